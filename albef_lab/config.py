@@ -1,0 +1,215 @@
+"""Configuration: dataclass presets (`tiny`, `base`), YAML files and `key=value` overrides.
+
+A YAML file is a nested mapping onto `Config`; it may name a `preset` to start from. Overrides
+use dotted keys (`model.text.hidden_size=64`) and YAML values (`train.bf16=true`).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+@dataclass
+class VisionConfig:
+    """ViT image encoder (the paper: ViT-B/16)."""
+
+    image_res: int = 256
+    patch_size: int = 16
+    width: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    layer_norm_eps: float = 1e-6
+
+
+@dataclass
+class TextConfig:
+    """BERT text + fusion encoder; the field names follow `BertConfig` so the official json maps 1:1."""
+
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    pad_token_id: int = 0
+    fusion_layer: int = 6
+    encoder_width: int = 768
+
+
+@dataclass
+class ModelConfig:
+    """Everything that decides the shapes and the numbers of an ALBEF model."""
+
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    embed_dim: int = 256
+    queue_size: int = 65536
+    momentum: float = 0.995
+    temp: float = 0.07
+    alpha: float = 0.4
+    mlm_probability: float = 0.15
+    distill: bool = True
+    # Special token ids of the tokenizer (BERT's by default; ShapesWorld's vocabulary keeps them).
+    cls_token_id: int = 101
+    sep_token_id: int = 102
+    mask_token_id: int = 103
+    # Objective switches, so that ablations are configuration rather than code.
+    use_itc: bool = True
+    use_itm: bool = True
+    hard_negatives: bool = True
+    use_mlm: bool = True
+    # Fixes of known faults of the original. Default False = the original behaviour (for equality).
+    fix_mlm_nan: bool = False  # MLM loss is 0 instead of NaN when no token was masked
+    grad_checkpointing: bool = False
+
+
+@dataclass
+class Config:
+    """Top-level configuration; `preset` records which preset it started from."""
+
+    preset: str = "base"
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+
+def _base() -> Config:
+    return Config(preset="base", model=ModelConfig())
+
+
+def _tiny() -> Config:
+    """A few MB of weights: trains on ShapesWorld on a laptop CPU in minutes."""
+    vision = VisionConfig(image_res=64, patch_size=8, width=128, depth=4, num_heads=4)
+    text = TextConfig(
+        vocab_size=512,
+        hidden_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=512,
+        max_position_embeddings=64,
+        fusion_layer=2,
+        encoder_width=128,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    model = ModelConfig(vision=vision, text=text, embed_dim=64, queue_size=1024)
+    return Config(preset="tiny", model=model)
+
+
+PRESETS = {"base": _base, "tiny": _tiny}
+
+
+def preset(name: str) -> Config:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[name]()
+
+
+def merge(obj: Any, values: dict, where: str = "") -> Any:
+    """Set dataclass fields from a nested dict, refusing keys the dataclass does not have."""
+    names = {f.name: f for f in dataclasses.fields(obj)}
+    for key, value in values.items():
+        path = f"{where}{key}"
+        if key not in names:
+            raise KeyError(f"unknown config key {path!r}; valid keys here: {sorted(names)}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise TypeError(f"config key {path!r} is a section; give a mapping, not {value!r}")
+            merge(current, value, path + ".")
+        else:
+            setattr(obj, key, _coerce(value, current, path))
+    return obj
+
+
+def _coerce(value: Any, current: Any, path: str) -> Any:
+    if current is None or value is None:
+        return value
+    if isinstance(current, bool):
+        if not isinstance(value, bool):
+            raise TypeError(f"config key {path!r} expects true/false, got {value!r}")
+        return value
+    if isinstance(current, float) and isinstance(value, int | float):
+        return float(value)
+    if isinstance(current, int) and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(current, str) and isinstance(value, str):
+        return value
+    if isinstance(current, list | tuple) and isinstance(value, list | tuple):
+        return type(current)(value)
+    raise TypeError(f"config key {path!r} expects {type(current).__name__}, got {value!r}")
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """`["a.b=3", "c=true"]` -> `{"a": {"b": 3}, "c": True}` (values parsed as YAML)."""
+    tree: dict = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} must look like key=value (e.g. model.embed_dim=128)")
+        key, raw = item.split("=", 1)
+        node = tree
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = yaml.safe_load(raw)
+    return tree
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                preset_name: str | None = None) -> Config:
+    """Preset (from the argument, else the file's `preset:`, else `tiny`), then the file, then overrides."""
+    values: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        values = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: a config file must be a mapping at the top level")
+    values = copy.deepcopy(values)
+    name = preset_name or values.pop("preset", None) or "tiny"
+    values.pop("preset", None)
+    cfg = preset(name)
+    merge(cfg, values)
+    merge(cfg, parse_overrides(overrides or []))
+    return cfg
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def model_config_from_dict(values: dict) -> ModelConfig:
+    return merge(ModelConfig(), values)
+
+
+def model_config_from_reference(model_config: dict, bert_config: dict, vit: dict) -> ModelConfig:
+    """Build our config from the original's yaml dict, BertConfig json and ViT constructor args."""
+    text_fields = {f.name for f in dataclasses.fields(TextConfig)}
+    text = TextConfig(**{k: v for k, v in bert_config.items() if k in text_fields})
+    if bert_config.get("hidden_act", "gelu") != "gelu":
+        raise ValueError(f"only exact GELU is supported, config has {bert_config['hidden_act']!r}")
+    vision = VisionConfig(
+        image_res=vit.get("img_size", model_config.get("image_res", 256)),
+        patch_size=vit.get("patch_size", 16),
+        width=vit.get("embed_dim", 768),
+        depth=vit.get("depth", 12),
+        num_heads=vit.get("num_heads", 12),
+        mlp_ratio=float(vit.get("mlp_ratio", 4.0)),
+        qkv_bias=vit.get("qkv_bias", True),
+    )
+    cfg = ModelConfig(vision=vision, text=text)
+    for key in ("embed_dim", "queue_size", "momentum", "temp", "mlm_probability", "distill"):
+        if key in model_config:
+            setattr(cfg, key, type(getattr(cfg, key))(model_config[key]))
+    return cfg
