@@ -1,0 +1,79 @@
+"""`albef-lab` command line: info, verify-reference (more subcommands join as they are built)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+
+def _add_config_args(p: argparse.ArgumentParser, default_preset: str | None = None) -> None:
+    p.add_argument("--preset", default=default_preset, help="tiny or base")
+    p.add_argument("--config", default=None, help="YAML file (see configs/)")
+    p.add_argument("overrides", nargs="*", default=[], help="key=value overrides, e.g. model.embed_dim=128")
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from albef_lab.config import load_config
+    from albef_lab.models.factory import create_model, parameter_counts, state_dict_tsv
+
+    cfg = load_config(args.config, args.overrides, args.preset)
+    if args.state_dict:
+        model = create_model(args.state_dict, cfg.model, device="meta")
+        sys.stdout.write(state_dict_tsv(model))
+        return 0
+    model = create_model("pretrain", cfg.model, device="meta")
+    m = cfg.model
+    print(f"albef-lab preset {cfg.preset!r}: ViT {m.vision.depth} blocks x {m.vision.width} at {m.vision.image_res} px "
+          f"(patch {m.vision.patch_size}); BERT {m.text.num_hidden_layers} layers x {m.text.hidden_size} "
+          f"(fusion from layer {m.text.fusion_layer}); embed {m.embed_dim}, queue {m.queue_size}")
+    for name, n in parameter_counts(model):
+        print(f"  {name:<44} {n:>14,d}  ({n / 1e6:.1f}M)")
+    print("  (the paper: BERT-base 123.7M, ViT-B/16 85.8M)")
+    return 0
+
+
+def cmd_verify_reference(args: argparse.Namespace) -> int:
+    from albef_lab.reference import format_checks, verify_file
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    dtype = torch.float64 if args.double else torch.float32
+    failed = 0
+    for path in args.files:
+        print(f"== {path} ({'float64' if args.double else 'float32'})")
+        checks = verify_file(path, dtype)
+        print(format_checks(checks))
+        failed += sum(not c.ok for c in checks)
+    print("verify-reference: " + ("FAIL" if failed else "PASS"))
+    return 1 if failed else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="albef-lab", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("info", help="parameter counts, or the state-dict layout as TSV")
+    _add_config_args(p, "tiny")
+    p.add_argument("--state-dict", nargs="?", const="pretrain", default=None, metavar="MODEL",
+                   help="print key<TAB>shape<TAB>dtype for MODEL (default pretrain), built without weights")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("verify-reference", help="compare against a dump of the original implementation")
+    p.add_argument("files", nargs="+", help="fixture files (.pt) in the reference dump format")
+    p.add_argument("--double", action="store_true", help="run our model in float64")
+    p.set_defaults(func=cmd_verify_reference)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (FileNotFoundError, ValueError, KeyError, TypeError, RuntimeError) as e:
+        print(f"albef-lab {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

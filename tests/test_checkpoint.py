@@ -1,0 +1,117 @@
+import os
+
+import pytest
+import torch
+
+from albef_lab.cli import main
+from albef_lab.models.albef import ALBEF
+from albef_lab.models.checkpoint import (
+    CheckpointError,
+    load_into,
+    read_file,
+    resize_pos_embed,
+    save_atomic,
+    state_dict_of,
+)
+from albef_lab.models.factory import load_model, save_model
+from tests.helpers import batch, small_config
+
+
+def test_official_layout_round_trip_is_strict_and_reported(tmp_path, capsys):
+    torch.manual_seed(0)
+    src = ALBEF(small_config())
+    path = tmp_path / "ALBEF.pth"
+    torch.save({"model": src.state_dict(), "epoch": 3, "config": {"lr": 1e-4}}, path)
+    dst = ALBEF(small_config())
+    report = load_into(dst, state_dict_of(read_file(path)))
+    assert report.clean and not report.resized
+    assert "missing: none" in capsys.readouterr().out
+    for (k, a), b in zip(src.state_dict().items(), dst.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+    assert dst.text_encoder.cls.predictions.decoder.weight is dst.text_encoder.bert.embeddings.word_embeddings.weight
+
+
+def test_wrong_and_missing_keys_are_named(tmp_path):
+    sd = ALBEF(small_config()).state_dict()
+    sd["visual_encoder.blocks.0.attn.qkvv.weight"] = sd.pop("visual_encoder.blocks.0.attn.qkv.weight")
+    with pytest.raises(CheckpointError) as e:
+        load_into(ALBEF(small_config()), sd, verbose=False)
+    assert "qkvv" in str(e.value) and "visual_encoder.blocks.0.attn.qkv.weight" in str(e.value)
+    report = load_into(ALBEF(small_config()), sd, strict=False, verbose=False)
+    assert report.missing == ["visual_encoder.blocks.0.attn.qkv.weight"]
+    assert report.unexpected == ["visual_encoder.blocks.0.attn.qkvv.weight"]
+
+
+def test_position_embeddings_are_resized_bicubic():
+    torch.manual_seed(0)
+    small = ALBEF(small_config())  # 32 px / 16 = 2x2 patches
+    big_cfg = small_config()
+    big_cfg.vision.image_res = 64  # 4x4 patches
+    big = ALBEF(big_cfg)
+    report = load_into(big, small.state_dict(), verbose=False)
+    assert len(report.resized) == 2 and report.clean
+    assert big.visual_encoder.pos_embed.shape == (1, 17, 32)
+    assert torch.equal(big.visual_encoder.pos_embed[:, 0], small.visual_encoder.pos_embed[:, 0])
+    grid = small.visual_encoder.pos_embed[:, 1:].reshape(1, 2, 2, 32).permute(0, 3, 1, 2)
+    expect = torch.nn.functional.interpolate(grid, size=(4, 4), mode="bicubic", align_corners=False)
+    assert torch.allclose(big.visual_encoder.pos_embed[:, 1:], expect.permute(0, 2, 3, 1).reshape(1, 16, 32))
+    same = resize_pos_embed(small.visual_encoder.pos_embed.detach(), 4)
+    assert torch.equal(same, small.visual_encoder.pos_embed)
+    with pytest.raises(ValueError, match="square"):
+        resize_pos_embed(torch.zeros(1, 5, 8), 6)
+
+
+def test_shape_mismatch_is_reported(tmp_path):
+    sd = ALBEF(small_config()).state_dict()
+    sd["itm_head.weight"] = torch.zeros(3, 32)
+    with pytest.raises(CheckpointError, match="itm_head.weight"):
+        load_into(ALBEF(small_config()), sd, verbose=False)
+
+
+def test_unsafe_and_corrupt_files_give_clear_errors(tmp_path):
+    import argparse
+    p = tmp_path / "pickled.pth"
+    torch.save({"model": {}, "args": argparse.Namespace(lr=1e-4)}, p)  # as the official files do
+    with pytest.raises(CheckpointError, match="trust_pickle"):
+        read_file(p)
+    bad = tmp_path / "corrupt.pth"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        read_file(bad)
+    with pytest.raises(FileNotFoundError, match="nowhere.pth"):
+        read_file(tmp_path / "nowhere.pth")
+
+
+def test_our_checkpoint_carries_the_config(tmp_path):
+    cfg = small_config(embed_dim=12)
+    torch.manual_seed(0)
+    model = ALBEF(cfg)
+    save_model(tmp_path / "m.pth", model, cfg)
+    loaded, cfg2, report = load_model(tmp_path / "m.pth")
+    assert cfg2 == cfg and report.clean
+    image, ids, mask = batch()
+    model.eval()
+    loaded.eval()
+    with torch.no_grad():
+        assert torch.equal(model.visual_encoder(image), loaded.visual_encoder(image))
+
+
+def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):
+    path = tmp_path / "ckpt.pth"
+    save_atomic({"model": {"w": torch.ones(2)}}, path)
+
+    def boom(obj, f):
+        f.write(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", boom)
+    with pytest.raises(KeyboardInterrupt):
+        save_atomic({"model": {"w": torch.zeros(2)}}, path)
+    monkeypatch.undo()
+    assert torch.equal(read_file(path)["model"]["w"], torch.ones(2))
+    assert os.listdir(tmp_path) == ["ckpt.pth"]
+
+
+def test_cli_reports_errors_without_a_traceback(tmp_path, capsys):
+    assert main(["verify-reference", str(tmp_path / "none.pt")]) == 2
+    assert "none.pt" in capsys.readouterr().err
