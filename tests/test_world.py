@@ -1,0 +1,222 @@
+"""ShapesWorld: determinism, and every text checked against the scene graph by an independent parser."""
+
+import filecmp
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from albef_lab.data.export import WorldSettings, write_world
+
+SHAPES = {"circle", "square", "triangle", "star", "cross", "diamond", "hexagon"}
+PLURALS = {"circles": "circle", "squares": "square", "triangles": "triangle", "stars": "star", "crosses": "cross",
+           "diamonds": "diamond", "hexagons": "hexagon"}
+COLOURS = {"red", "green", "blue", "yellow", "purple", "orange", "cyan", "white"}
+NUM = {w: i for i, w in enumerate(["zero", "one", "two", "three", "four", "five"])}
+GAP = 0.12  # the world's definition of a clear spatial relation (centres this far apart)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("world")
+    write_world(WorldSettings(out=str(out), images=200, seed=7, noise=0.25, workers=1), progress=False)
+    return out
+
+
+def load(world: Path, name: str):
+    return json.loads((world / name).read_text())
+
+
+def centre(o):
+    x0, y0, x1, y1 = o["box"]
+    return (x0 + x1) / 2, (y0 + y1) / 2
+
+
+def find(scene, phrase: str) -> list[dict]:
+    """Objects matching '[a|an|the] [size] [colour] [shape]' ('shape'/'object' = any shape)."""
+    words = [w for w in phrase.split() if w not in ("a", "an", "the")]
+    size = words.pop(0) if words and words[0] in ("small", "large") else None
+    shape = words.pop() if words else None
+    colour = words.pop() if words else None
+    assert not words, phrase
+    return [o for o in scene["objects"]
+            if (size is None or o["size"] == size) and (colour is None or o["colour"] == colour)
+            and (shape in ("shape", "object") or o["shape"] == shape)]
+
+
+def relation(a, b, rel: str) -> bool:
+    (ax, ay), (bx, by) = centre(a), centre(b)
+    return {"to the left of": bx - ax, "to the right of": ax - bx, "above": by - ay, "below": ay - by}[rel] > GAP
+
+
+REL = r"(to the left of|to the right of|above|below)"
+
+
+def caption_true(scene, cap: str) -> bool:
+    objs = scene["objects"]
+    if m := re.fullmatch(r"there is (an? .+)", cap):
+        return bool(find(scene, m.group(1)))
+    if m := re.fullmatch(rf"(an? .+?) {REL} (an? .+)", cap):
+        return any(relation(a, b, m.group(2)) for a in find(scene, m.group(1)) for b in find(scene, m.group(3)))
+    if m := re.fullmatch(r"(\w+) shapes?", cap):
+        return NUM[m.group(1)] == len(objs)
+    if m := re.fullmatch(r"(\w+) (\w+) and (\w+) other shapes?", cap):
+        shape = PLURALS.get(m.group(2), m.group(2))
+        k = sum(o["shape"] == shape for o in objs)
+        return NUM[m.group(1)] == k and NUM[m.group(3)] == len(objs) - k
+    phrases = re.split(r", | and ", cap)
+    return all(find(scene, p) for p in phrases)
+
+
+def test_same_seed_gives_identical_files(tmp_path):
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    for out, seed in ((a, 3), (b, 3), (c, 4)):
+        write_world(WorldSettings(out=str(out), images=30, seed=seed, noise=0.3, workers=1), progress=False)
+    files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    assert len(files) > 40
+    match, mismatch, errors = filecmp.cmpfiles(a, b, [str(f) for f in files], shallow=False)
+    assert not mismatch and not errors
+    assert (a / "pretrain.json").read_bytes() != (c / "pretrain.json").read_bytes()
+    assert (a / "images/000000.png").read_bytes() != (c / "images/000000.png").read_bytes()
+
+
+def test_scene_graph_is_valid(world):
+    for sc in load(world, "scenes.json"):
+        objs = sc["objects"]
+        assert 1 <= len(objs) <= 5
+        assert len({(o["shape"], o["colour"]) for o in objs}) == len(objs)
+        for i, a in enumerate(objs):
+            assert a["shape"] in SHAPES and a["colour"] in COLOURS and a["size"] in ("small", "large")
+            x0, y0, x1, y1 = a["box"]
+            assert 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1
+            side = x1 - x0
+            assert (side < 0.22) == (a["size"] == "small")
+            for b in objs[i + 1:]:  # nothing hidden: boxes never overlap
+                bx0, by0, bx1, by1 = b["box"]
+                assert x1 <= bx0 or bx1 <= x0 or y1 <= by0 or by1 <= y0
+
+
+def test_clean_captions_are_true_and_noise_is_as_asked(world):
+    scenes = load(world, "scenes.json")
+    pre = load(world, "pretrain.json")
+    kinds = Counter(p["noise"] for p in pre)
+    assert kinds["none"] + sum(kinds[k] for k in ("absent", "swap", "unrelated")) == len(pre)
+    assert (len(pre) - kinds["none"]) == round(0.25 * len(pre))
+    assert all(kinds[k] > 0 for k in ("absent", "swap", "unrelated"))
+    for p in pre:
+        truth = caption_true(scenes[p["image_id"]], p["caption"])
+        if p["noise"] == "none":
+            assert truth, p
+        elif p["noise"] in ("absent", "swap"):
+            assert not truth, p
+    for part in ("val", "test"):
+        entries = load(world, f"coco_{part}.json")
+        assert all(len(e["caption"]) == 5 for e in entries)
+        for e in entries:
+            sc = scenes[int(Path(e["image"]).stem)]
+            assert all(caption_true(sc, c) for c in e["caption"]), e
+
+
+def vqa_truth(scene, q: str) -> str:
+    objs = scene["objects"]
+    if m := re.fullmatch(r"what color is the (\w+)", q):
+        (o,) = [o for o in objs if o["shape"] == m.group(1)]
+        return o["colour"]
+    if m := re.fullmatch(r"what shape is the (\w+) object", q):
+        (o,) = [o for o in objs if o["colour"] == m.group(1)]
+        return o["shape"]
+    if q == "how many shapes are there":
+        return list(NUM)[len(objs)]
+    if m := re.fullmatch(r"how many (\w+) shapes are there", q):
+        return list(NUM)[sum(o["colour"] == m.group(1) for o in objs)]
+    if m := re.fullmatch(r"how many (\w+) are there", q):
+        return list(NUM)[sum(o["shape"] == PLURALS[m.group(1)] for o in objs)]
+    if m := re.fullmatch(r"is there an? (\w+) (\w+)", q):
+        return "yes" if find(scene, f"{m.group(1)} {m.group(2)}") else "no"
+    m = re.fullmatch(rf"is the (\w+ \w+) {REL} the (\w+ \w+)", q)
+    (a,), (b,) = find(scene, m.group(1)), find(scene, m.group(3))
+    return "yes" if relation(a, b, m.group(2)) else "no"
+
+
+def test_vqa_answers_agree_with_the_scene(world):
+    scenes = load(world, "scenes.json")
+    answer_list = set(load(world, "answer_list.json"))
+    types = Counter()
+    for part in ("train", "test"):
+        for e in load(world, f"vqa_{part}.json"):
+            sc = scenes[int(Path(e["image"]).stem)]
+            majority = Counter(e["answer"]).most_common(1)[0][0]
+            assert len(e["answer"]) == 10 and majority == vqa_truth(sc, e["question"]), e
+            assert set(e["answer"]) <= answer_list
+            types[e["type"]] += 1
+    assert set(types) == {"colour", "shape", "count", "exist", "relation"}
+
+
+def test_nlvr_labels_agree_with_both_scenes(world):
+    scenes = load(world, "scenes.json")
+    labels = Counter()
+    for part in ("train", "val", "test"):
+        for e in load(world, f"nlvr_{part}.json"):
+            left, right = (scenes[int(Path(p).stem)] for p in e["images"])
+            s, w = e["sentence"], e["sentence"].split()
+            if m := re.fullmatch(r"the (left|right) image contains an? (\w+) (\w+)", s):
+                sc = left if m.group(1) == "left" else right
+                truth = bool(find(sc, f"{m.group(2)} {m.group(3)}"))
+            elif s.startswith("both images contain"):
+                truth = all(any(o["shape"] == w[-1] for o in sc["objects"]) for sc in (left, right))
+            elif m := re.fullmatch(r"the (left|right) image has more shapes than the (left|right) image", s):
+                a, b = (left, right) if m.group(1) == "left" else (right, left)
+                truth = len(a["objects"]) > len(b["objects"])
+            else:
+                m = re.fullmatch(r"exactly one image contains an? (\w+) shape", s)
+                truth = sum(any(o["colour"] == m.group(1) for o in sc["objects"]) for sc in (left, right)) == 1
+            assert e["label"] == str(truth), e
+            labels[e["label"]] += 1
+    assert min(labels.values()) > 0.35 * sum(labels.values())
+
+
+def test_ve_labels_agree_with_the_scene(world):
+    scenes = load(world, "scenes.json")
+    for part in ("train", "val", "test"):
+        for e in load(world, f"ve_{part}.json"):
+            sc, s = scenes[int(Path(e["image"]).stem)], e["sentence"]
+            if m := re.fullmatch(r"there (?:is|are) (\w+) shapes?", s):
+                truth = NUM[m.group(1)] == len(sc["objects"])
+            elif m := re.fullmatch(r"the (\w+ \w+) is (small|large)", s):
+                (o,) = find(sc, m.group(1))
+                truth = o["size"] == m.group(2)
+            elif m := re.fullmatch(r"there is (an? \w+ \w+)", s):
+                truth = bool(find(sc, m.group(1)))
+            else:
+                assert e["label"] == "neutral", e
+                assert any(f"{o['colour']} {o['shape']}" in s for o in sc["objects"])
+                continue
+            assert e["label"] == ("entailment" if truth else "contradiction"), e
+
+
+def iou(a, b):
+    iw = max(0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
+    ih = max(0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
+    return iw * ih / (a[2] * a[3] + b[2] * b[3] - iw * ih)
+
+
+def test_referring_expressions_pick_out_their_box(world):
+    scenes = load(world, "scenes.json")
+    d = world / "refcoco+"
+    refs, inst, dets = load(d, "refs.json"), load(d, "instances.json"), load(d, "dets.json")
+    anns = {a["id"]: a for a in inst["annotations"]}
+    res = inst["images"][0]["width"]
+    splits = Counter()
+    for r in refs:
+        sc = scenes[r["image_id"]]
+        sent = r["sentences"][0]["sent"]
+        assert not re.search(r"\b(left|right|top|bottom|above|below)\b", sent)
+        (target,) = find(sc, sent)  # exactly one object fits the expression
+        x0, y0, x1, y1 = target["box"]
+        box = anns[r["ann_id"]]["bbox"]
+        assert box == pytest.approx([x0 * res, y0 * res, (x1 - x0) * res, (y1 - y0) * res], abs=0.02)
+        assert max(iou(box, p[:4]) for p in dets[str(r["image_id"])]) >= 0.5
+        splits[r["split"]] += 1
+    assert set(splits) == {"train", "val", "testA", "testB"}
