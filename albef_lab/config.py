@@ -72,7 +72,58 @@ class ModelConfig:
     use_mlm: bool = True
     # Fixes of known faults of the original. Default False = the original behaviour (for equality).
     fix_mlm_nan: bool = False  # MLM loss is 0 instead of NaN when no token was masked
+    fix_duplicate_negatives: bool = False  # captions of the same image in a batch: positives, never negatives
     grad_checkpointing: bool = False
+
+
+@dataclass
+class DataConfig:
+    """Where the pre-training data lives; a missing ShapesWorld is generated on first use."""
+
+    root: str = "data/shapesworld"
+    train_file: str = "pretrain.json"  # relative to root, or absolute
+    val_file: str = "coco_val.json"
+    image_root: str = ""  # default: root
+    tokenizer: str = ""  # a directory with vocab.txt or a cached model name; default: root/vocab
+    make_world: bool = True
+    world_images: int = 3000
+    world_res: int = 64
+    world_seed: int = 0
+    noise: float = 0.0
+    max_words: int = 30
+    max_tokens: int = 25  # tokenizer truncation, as the original's pre-training
+    num_workers: int = 2
+    randaugment: bool = True
+    crop_min_scale: float = 0.2  # random resized crop keeps 20-100 % of the image (the paper)
+    flip_text: str = "swap"  # swap | skip | ignore (the original's behaviour)
+
+
+@dataclass
+class TrainConfig:
+    """The recipe (the paper's AdamW + warm-up + cosine) and the run's bookkeeping."""
+
+    output_dir: str = "runs/pretrain"
+    epochs: int = 30
+    max_steps: int = 0  # optimiser steps; 0 = epochs decide
+    max_minutes: float = 0.0  # stop (and save) after this wall time; 0 = no limit
+    batch_size: int = 64  # per process
+    grad_accum: int = 1
+    lr: float = 1e-4
+    min_lr: float = 1e-5
+    warmup_lr: float = 1e-5
+    warmup_steps: int = 1000
+    weight_decay: float = 0.02
+    clip_grad: float = 0.0  # 0 = off
+    precision: str = "fp32"  # fp32 | bf16 | fp16
+    seed: int = 42
+    log_every: int = 10
+    eval_every: int = 0  # optimiser steps; 0 = at the end of each epoch
+    save_every: int = 0  # optimiser steps; 0 = at the end of each epoch
+    keep_last: int = 2
+    tensorboard: bool = False
+    device: str = "auto"  # auto | cpu | cuda
+    threads: int = 0  # torch CPU threads; 0 = torch's default
+    progress: bool = True
 
 
 @dataclass
@@ -81,6 +132,8 @@ class Config:
 
     preset: str = "base"
     model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
 
 def _base() -> Config:
@@ -103,7 +156,11 @@ def _tiny() -> Config:
         attention_probs_dropout_prob=0.0,
     )
     model = ModelConfig(vision=vision, text=text, embed_dim=64, queue_size=1024)
-    return Config(preset="tiny", model=model)
+    train = TrainConfig(output_dir="runs/pretrain_tiny", epochs=6, batch_size=64, lr=5e-4, min_lr=1e-5,
+                        warmup_lr=1e-5, warmup_steps=50, max_minutes=9.0, log_every=5)
+    # Small synthetic scenes: a crop may cut objects that the caption names, so crop gently, no RandAugment.
+    data = DataConfig(randaugment=False, crop_min_scale=0.8)
+    return Config(preset="tiny", model=model, data=data, train=train)
 
 
 PRESETS = {"base": _base, "tiny": _tiny}

@@ -1,0 +1,37 @@
+"""Optimiser groups, the learning-rate schedule and the MoD alpha ramp (pure functions of the step)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups as the original: no decay for 1-D tensors and biases; everything else decayed
+    (0-d `temp`, `cls_token` and `pos_embed` included). Frozen momentum weights are left out."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim == 1 or name.endswith(".bias") else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def lr_at(step: int, total: int, lr: float, min_lr: float, warmup_steps: int, warmup_lr: float) -> float:
+    """Linear warm-up from warmup_lr to lr, then cosine decay to min_lr at `total` steps."""
+    if step < warmup_steps:
+        return warmup_lr + (lr - warmup_lr) * step / max(1, warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / max(1, total - warmup_steps))
+    return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+def alpha_at(step: int, steps_per_epoch: int, alpha: float) -> float:
+    """MoD weight: ramps linearly 0 -> alpha over the first epoch, then stays."""
+    return alpha * min(1.0, step / max(1, steps_per_epoch))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for g in optimizer.param_groups:
+        g["lr"] = lr

@@ -1,0 +1,128 @@
+"""Pre-training step speed and memory: SDPA vs explicit attention, fp32 vs bf16, activation checkpointing.
+
+All variants run in this one process on the same random batch; ratios are against the first (SDPA, fp32).
+
+    python benchmarks/pretrain_bench.py --preset tiny --batch 64 [--steps 10] [--device cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import threading
+import time
+from contextlib import nullcontext
+
+import torch
+
+from albef_lab.config import preset
+from albef_lab.models.albef import ALBEF
+from albef_lab.models.attention import set_keep_attention
+from albef_lab.train.schedule import param_groups
+
+VARIANTS = [
+    ("sdpa fp32", dict(keep_attention=False, dtype=None, ckpt=False)),
+    ("explicit-attention fp32", dict(keep_attention=True, dtype=None, ckpt=False)),
+    ("sdpa bf16 autocast", dict(keep_attention=False, dtype=torch.bfloat16, ckpt=False)),
+    ("sdpa fp32 + activation ckpt", dict(keep_attention=False, dtype=None, ckpt=True)),
+    ("sdpa bf16 + activation ckpt", dict(keep_attention=False, dtype=torch.bfloat16, ckpt=True)),
+]
+
+
+class RSSPeak:
+    """Peak resident memory of this process while active (CPU runs), sampled every 2 ms."""
+
+    def __init__(self):
+        self.page = os.sysconf("SC_PAGE_SIZE")
+        self.peak = 0
+        self._run = False
+
+    def rss(self) -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * self.page
+
+    def __enter__(self):
+        self.base, self.peak, self._run = self.rss(), self.rss(), True
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+        return self
+
+    def _loop(self):
+        while self._run:
+            self.peak = max(self.peak, self.rss())
+            time.sleep(0.002)
+
+    def __exit__(self, *exc):
+        self._run = False
+        self.thread.join()
+
+
+def run_variant(base: ALBEF, batch: tuple, device: torch.device, steps: int, keep_attention: bool,
+                dtype, ckpt: bool) -> tuple[float, float]:
+    model = copy.deepcopy(base).to(device)
+    set_keep_attention(model, keep_attention)
+    model.set_grad_checkpointing(ckpt)
+    opt = torch.optim.AdamW(param_groups(model, 0.02), lr=1e-4)
+    images, ids, mask = (x.to(device) for x in batch)
+    gen = torch.Generator(device=device).manual_seed(0)
+    cast = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+    def step():
+        with cast:
+            loss = model(images, ids, mask, 0.4, generator=gen)["loss"]
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    for _ in range(2):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    sampler = RSSPeak() if device.type == "cpu" else nullcontext()
+    with sampler:
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        dt = (time.perf_counter() - t0) / steps
+    mem = torch.cuda.max_memory_allocated() if device.type == "cuda" else sampler.peak - sampler.base
+    return dt, mem / 2**20
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--preset", default="tiny")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--text-len", type=int, default=20)
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    cfg = preset(args.preset).model
+    cfg.queue_size = max(cfg.queue_size // args.batch, 1) * args.batch
+    torch.manual_seed(0)
+    base = ALBEF(cfg)
+    res = cfg.vision.image_res
+    images = torch.randn(args.batch, 3, res, res)
+    ids = torch.randint(1000 if cfg.text.vocab_size > 2000 else 104, cfg.text.vocab_size, (args.batch, args.text_len))
+    ids[:, 0] = cfg.cls_token_id
+    mask = torch.ones_like(ids)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    print(f"# preset {args.preset}, batch {args.batch}, text length {args.text_len}, {args.steps} timed steps, {name}")
+    print(f"# torch {torch.__version__}; memory = peak {'allocated (CUDA)' if device.type == 'cuda' else 'RSS growth'}")
+    print(f"{'variant':<30} {'s/step':>8} {'steps/s':>8} {'images/s':>9} {'peak MiB':>9} {'speed x':>8} {'mem x':>6}")
+    base_dt = base_mem = None
+    for name, kw in VARIANTS:
+        if kw["dtype"] is torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            continue
+        dt, mem = run_variant(base, (images, ids, mask), device, args.steps, **kw)
+        base_dt, base_mem = base_dt or dt, base_mem or max(mem, 1e-9)
+        print(f"{name:<30} {dt:>8.3f} {1 / dt:>8.2f} {args.batch / dt:>9.1f} {mem:>9.0f} {base_dt / dt:>8.2f} "
+              f"{mem / base_mem:>6.2f}")
+
+
+if __name__ == "__main__":
+    main()
