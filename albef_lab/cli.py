@@ -20,7 +20,12 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides, args.preset)
     if args.state_dict:
-        model = create_model(args.state_dict, cfg.model, device="meta")
+        from albef_lab.models.factory import FINETUNE_RES
+
+        name = args.state_dict
+        if cfg.preset == "base" and name in FINETUNE_RES and not any("image_res" in o for o in args.overrides):
+            cfg.model.vision.image_res = FINETUNE_RES[name]  # the original fine-tunes at 384 px
+        model = create_model(name, cfg.model, device="meta")
         sys.stdout.write(state_dict_tsv(model))
         return 0
     model = create_model("pretrain", cfg.model, device="meta")

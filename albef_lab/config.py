@@ -27,6 +27,7 @@ class VisionConfig:
     mlp_ratio: float = 4.0
     qkv_bias: bool = True
     layer_norm_eps: float = 1e-6
+    init_std: float = 0.02  # truncated-normal std of weights trained from scratch
 
 
 @dataclass
@@ -46,6 +47,7 @@ class TextConfig:
     pad_token_id: int = 0
     fusion_layer: int = 6
     encoder_width: int = 768
+    initializer_range: float = 0.02  # normal std of weights trained from scratch (BertConfig's name)
 
 
 @dataclass
@@ -196,6 +198,11 @@ def _coerce(value: Any, current: Any, path: str) -> Any:
         if not isinstance(value, bool):
             raise TypeError(f"config key {path!r} expects true/false, got {value!r}")
         return value
+    if isinstance(current, float) and isinstance(value, str):
+        try:  # YAML reads "1e-3" as a string
+            return float(value)
+        except ValueError:
+            pass
     if isinstance(current, float) and isinstance(value, int | float):
         return float(value)
     if isinstance(current, int) and isinstance(value, int) and not isinstance(value, bool):

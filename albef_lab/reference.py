@@ -126,7 +126,153 @@ def build_reference_model(cls: type, cfg: ModelConfig, state_dict: dict, dtype: 
     return model.to(dtype)
 
 
-VERIFIERS: dict[str, Callable[[dict, torch.dtype], list[Check]]] = {"pretrain": verify_pretrain}
+def _config(fx: dict, bert_key: str = "bert_config") -> ModelConfig:
+    c = fx["config"]
+    cfg = model_config_from_reference(c["model_config"], c[bert_key], c["vit"])
+    if c.get("momentum") is not None:  # the task models hard-code 0.995; the fixture records it
+        cfg.momentum = float(c["momentum"])
+    return cfg
+
+
+def _many(prefix: str, rec: dict, ref: dict, names: list[str] | None = None) -> list[Check]:
+    names = [k for k in ref if k in rec] if names is None else names
+    return [compare(f"{prefix}.{k}", rec[k], ref[k]) for k in names]
+
+
+def _after(model: torch.nn.Module, fx_part: dict, keys: tuple[str, ...] = ()) -> list[Check]:
+    sd = model.state_dict()
+    after = fx_part["after"]
+    checks = [compare(f"after.{k}", sd[k], after[k]) for k in keys]
+    if after.get("momentum_params"):
+        checks.append(compare_group("after.momentum_params",
+                                    {k: sd[k] for k in after["momentum_params"] if k in sd}, after["momentum_params"]))
+    checks.append(compare_group("grads", _grads(model), fx_part["grads"], rtol=GRAD_RTOL))
+    return checks
+
+
+def verify_retrieval(fx: dict, dtype: torch.dtype) -> list[Check]:
+    from albef_lab.eval.retrieval import rerank_scores
+    from albef_lab.models.tasks import ALBEFRetrieval
+
+    cfg = _config(fx)
+    tr = fx["train"]
+    model = build_reference_model(ALBEFRetrieval, cfg, fx["state_dict_before"], dtype).train()
+    inp, d = tr["inputs"], tr["draws"]
+    rec: dict = {}
+    out = model(_cast(inp["image"], dtype), inp["input_ids"], inp["attention_mask"], inp["alpha"],
+                idx=inp["idx"], draws=PretrainDraws(d["neg_image_idx_for_text"], d["neg_text_idx_for_image"]),
+                record=rec)
+    out["loss"].backward()
+    checks = _many("train.intermediates", rec, tr["intermediates"])
+    checks += [compare(f"train.outputs.{k}", out[k], tr["outputs"][k]) for k in ("loss_ita", "loss_itm")]
+    checks.append(compare("train.outputs.loss_total", out["loss"], tr["outputs"]["loss_total"]))
+    checks += _after(model, tr, ("image_queue", "text_queue", "idx_queue", "queue_ptr"))
+    checks.append(compare("train.after.temp_after_forward", model.temp, tr["after"]["temp_after_forward"]))
+
+    ev = fx["eval"]
+    model = build_reference_model(ALBEFRetrieval, cfg, fx["state_dict_before"], dtype).eval()
+    e = ev["inputs"]
+    with torch.no_grad():
+        image_states = model.visual_encoder(_cast(e["images"], dtype))
+        image_feat = torch.nn.functional.normalize(model.vision_proj(image_states[:, 0]), dim=-1)
+        text_states = model.text_encoder(e["text_input_ids"], e["text_attention_mask"], mode="text")
+        text_feat = torch.nn.functional.normalize(model.text_proj(text_states[:, 0]), dim=-1)
+        s_i2t, s_t2i = rerank_scores(model, image_states, image_feat, text_states, e["text_attention_mask"],
+                                     text_feat, e["k_test"])
+    ri = ev["intermediates"]
+    checks += [compare("eval.intermediates.text_feats", text_states, ri["text_feats"]),
+               compare("eval.intermediates.text_embeds", text_feat, ri["text_embeds"]),
+               compare("eval.intermediates.image_feats", image_states, ri["image_feats"]),
+               compare("eval.intermediates.image_embeds", image_feat, ri["image_embeds"]),
+               compare("eval.intermediates.sims_matrix_i2t", image_feat @ text_feat.t(), ri["sims_matrix_i2t"]),
+               compare("eval.outputs.score_matrix_i2t", s_i2t, ev["outputs"]["score_matrix_i2t"]),
+               compare("eval.outputs.score_matrix_t2i", s_t2i, ev["outputs"]["score_matrix_t2i"])]
+    return checks
+
+
+def verify_vqa(fx: dict, dtype: torch.dtype) -> list[Check]:
+    from albef_lab.models.tasks import ALBEFVQA, decoder_config
+
+    cfg = _config(fx)
+    n_dec = fx["config"]["decoder_bert_config"]["num_hidden_layers"]
+    expected = model_config_from_reference({}, fx["config"]["decoder_bert_config"], {})
+    if decoder_config(cfg.text, n_dec) != expected.text:
+        raise ValueError("the fixture's decoder config is not the one ALBEFVQA derives from its text config")
+    tr = fx["train"]
+    model = build_reference_model(ALBEFVQA, cfg, fx["state_dict_before"], dtype).train()
+    i = tr["inputs"]
+    rec: dict = {}
+    loss = model(_cast(i["image"], dtype), i["question_input_ids"], i["question_attention_mask"],
+                 i["answer_input_ids"], i["answer_attention_mask"], i["k"], _cast(i["weights"], dtype), i["alpha"],
+                 record=rec)
+    loss.backward()
+    rec["shifted_prediction_scores"] = rec["decoder_logits"][:, :-1]
+    checks = _many("train.intermediates", rec, tr["intermediates"])
+    checks.append(compare("train.outputs.loss", loss, tr["outputs"]["loss"]))
+    checks += _after(model, tr)
+
+    ev = fx["eval"]
+    model = build_reference_model(ALBEFVQA, cfg, fx["state_dict_before"], dtype).eval()
+    e = ev["inputs"]
+    rec = {}
+    topk_ids, topk_probs = model.rank_answers(_cast(e["image"], dtype), e["question_input_ids"],
+                                              e["question_attention_mask"], e["answer_list_input_ids"],
+                                              e["answer_list_attention_mask"], e["k"], record=rec)
+    checks += _many("eval.intermediates", rec, ev["intermediates"])
+    checks += [compare("eval.outputs.topk_ids", topk_ids, ev["outputs"]["topk_ids"]),
+               compare("eval.outputs.topk_probs", topk_probs, ev["outputs"]["topk_probs"])]
+    predicted = [e["answer_list"][int(topk_ids[b, topk_probs[b].argmax()])] for b in range(topk_ids.shape[0])]
+    ok = predicted == ev["outputs"]["predicted_answers"]
+    checks.append(Check("eval.outputs.predicted_answers", 0.0 if ok else float("inf"), 0.0 if ok else float("inf"),
+                        ok, "" if ok else f"{predicted} != {ev['outputs']['predicted_answers']}"))
+    return checks
+
+
+def verify_classifier(fx: dict, dtype: torch.dtype) -> list[Check]:
+    from albef_lab.models.tasks import ALBEFNLVR, ALBEFVE
+
+    pair = fx["meta"]["kind"] == "nlvr"
+    cls = ALBEFNLVR if pair else ALBEFVE
+    cfg = _config(fx, "effective_bert_config" if "effective_bert_config" in fx["config"] else "bert_config")
+    model = build_reference_model(cls, cfg, fx["state_dict_before"], dtype).train()
+    i = fx["inputs"]
+    rec: dict = {}
+    images = _cast(i["images"], dtype)
+    loss = model(images, i["input_ids"], i["attention_mask"], i["targets"], i["alpha"], record=rec)
+    loss.backward()
+    if pair:
+        b = i["input_ids"].shape[0]
+        rec["image0_embeds"], rec["image1_embeds"] = rec["image_embeds"][:b], rec["image_embeds"][b:]
+    checks = _many("intermediates", rec, fx["intermediates"])
+    checks.append(compare("outputs.loss", loss, fx["outputs"]["loss"]))
+    fresh = build_reference_model(cls, cfg, fx["state_dict_before"], dtype)
+    with torch.no_grad():
+        pred = fresh(images, i["input_ids"], i["attention_mask"], train=False)
+    checks.append(compare("outputs.prediction_eval", pred, fx["outputs"]["prediction_eval"]))
+    checks += _after(model, fx)
+    return checks
+
+
+def verify_pretrain_nlvr(fx: dict, dtype: torch.dtype) -> list[Check]:
+    from albef_lab.models.tasks import ALBEFPretrainNLVR, RandomSource
+
+    cfg = _config(fx)
+    model = build_reference_model(ALBEFPretrainNLVR, cfg, fx["state_dict_before"], dtype).train()
+    i = fx["inputs"]
+    rec: dict = {}
+    loss = model(_cast(i["image"], dtype), i["input_ids"], i["attention_mask"],
+                 source=RandomSource(log=fx["draws"]["raw_log"]), record=rec)
+    loss.backward()
+    checks = _many("intermediates", rec, fx["intermediates"])
+    checks.append(compare("outputs.loss", loss, fx["outputs"]["loss"]))
+    checks.append(compare_group("grads", _grads(model), fx["grads"], rtol=GRAD_RTOL))
+    return checks
+
+
+VERIFIERS: dict[str, Callable[[dict, torch.dtype], list[Check]]] = {
+    "pretrain": verify_pretrain, "retrieval": verify_retrieval, "vqa": verify_vqa, "nlvr": verify_classifier,
+    "ve": verify_classifier, "pretrain_nlvr": verify_pretrain_nlvr,
+}
 
 
 def verify_file(path: str | Path, dtype: torch.dtype = torch.float32) -> list[Check]:

@@ -25,6 +25,7 @@ def test_overrides_are_typed_and_nested():
     cfg = load_config(None, ["model.vision.width=64", "model.alpha=0", "model.distill=false"], "base")
     assert cfg.model.vision.width == 64 and cfg.model.alpha == 0.0 and isinstance(cfg.model.alpha, float)
     assert cfg.model.distill is False
+    assert load_config(None, ["train.lr=1e-3"], "tiny").train.lr == 0.001
 
 
 @pytest.mark.parametrize("bad,match", [

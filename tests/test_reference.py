@@ -8,14 +8,17 @@ from albef_lab.config import preset
 from albef_lab.models.factory import create_model, state_dict_tsv
 from albef_lab.reference import format_checks, verify_file
 
-PRETRAIN = ["pretrain_A.pt", "pretrain_B.pt"]
+FIXTURES = {"pretrain_A.pt": 42, "pretrain_B.pt": 42, "retrieval.pt": 46, "vqa.pt": 29, "vqa_nodistill.pt": 25,
+            "nlvr.pt": 12, "ve.pt": 10, "pretrain_nlvr.pt": 11}
+MODELS = {"pretrain": "model_pretrain", "retrieval": "model_retrieval", "grounding": "grounding__model_retrieval",
+          "vqa": "model_vqa", "nlvr": "model_nlvr", "ve": "model_ve", "pretrain_nlvr": "model_pretrain_nlvr"}
 
 
-@pytest.mark.parametrize("name", PRETRAIN)
+@pytest.mark.parametrize("name", sorted(FIXTURES))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_pretrain_fixture_matches(reference, name, dtype):
+def test_fixture_matches(reference, name, dtype):
     checks = verify_file(reference / "fixtures" / name, dtype)
-    assert len(checks) >= 40
+    assert len(checks) == FIXTURES[name]  # every recorded quantity is compared
     assert all(c.ok for c in checks), format_checks(checks)
 
 
@@ -46,16 +49,19 @@ def test_verify_reference_catches_a_changed_gradient(reference, tmp_path):
     assert checks["outputs.loss_total"].ok
 
 
-@pytest.mark.parametrize("model", ["pretrain"])
+@pytest.mark.parametrize("model", sorted(MODELS))
 def test_state_dict_layout_equals_reference_keys(reference, model):
-    expected = (reference / "keys" / f"model_{model}.tsv").read_text()
-    built = create_model(model, preset("base").model, device="meta")
+    expected = (reference / "keys" / f"{MODELS[model]}.tsv").read_text()
+    cfg = preset("base").model
+    cfg.vision.image_res = 256 if model.startswith("pretrain") else 384
+    built = create_model(model, cfg, device="meta")
     assert state_dict_tsv(built) == expected
 
 
-def test_info_state_dict_cli_prints_the_reference_file(reference, capsys):
-    assert main(["info", "--preset", "base", "--state-dict", "pretrain"]) == 0
-    assert capsys.readouterr().out == (reference / "keys" / "model_pretrain.tsv").read_text()
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_info_state_dict_cli_prints_the_reference_file(reference, capsys, model):
+    assert main(["info", "--preset", "base", "--state-dict", model]) == 0
+    assert capsys.readouterr().out == (reference / "keys" / f"{MODELS[model]}.tsv").read_text()
 
 
 def test_info_prints_parameter_counts(capsys):

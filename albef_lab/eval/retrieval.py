@@ -104,3 +104,37 @@ def zero_shot_eval(model: nn.Module, dataset, tokenizer: Tokenizer, device: torc
     out["itm_acc"] = 100.0 * correct / (2 * n)
     model.train(was_training)
     return out
+
+
+@torch.no_grad()
+def rerank_scores(model: nn.Module, image_states: Tensor, image_feat: Tensor, text_states: Tensor,
+                  text_atts: Tensor, text_feat: Tensor, k: int, batch_size: int = 256) -> tuple[Tensor, Tensor]:
+    """The original's retrieval evaluation, batched across queries: ITC similarities pick each query's
+    top-k candidates, which are scored by the raw ITM 'match' logit; every other entry is -100.
+    Returns (score_i2t [images, texts], score_t2i [texts, images])."""
+    bert = text_bert(model)
+    sims = image_feat @ text_feat.t()
+
+    def fused_scores(t_idx: Tensor, i_idx: Tensor) -> Tensor:
+        out = []
+        for a in range(0, t_idx.numel(), batch_size):
+            t, i = t_idx[a:a + batch_size], i_idx[a:a + batch_size]
+            img = image_states[i]
+            ones = torch.ones(img.shape[:2], dtype=torch.long, device=img.device)
+            fused = bert(encoder_embeds=text_states[t], attention_mask=text_atts[t], encoder_hidden_states=img,
+                         encoder_attention_mask=ones, mode="fusion")
+            out.append(model.itm_head(fused[:, 0])[:, 1])
+        return torch.cat(out)
+
+    n_img, n_txt = sims.shape
+    score_i2t = torch.full((n_img, n_txt), -100.0, device=sims.device, dtype=sims.dtype)
+    kt = min(k, n_txt)
+    top_t = sims.topk(kt, dim=1).indices  # [images, k]
+    rows = torch.arange(n_img, device=sims.device).repeat_interleave(kt)
+    score_i2t[rows, top_t.reshape(-1)] = fused_scores(top_t.reshape(-1), rows).to(score_i2t.dtype)
+    score_t2i = torch.full((n_txt, n_img), -100.0, device=sims.device, dtype=sims.dtype)
+    ki = min(k, n_img)
+    top_i = sims.t().topk(ki, dim=1).indices  # [texts, k]
+    rows = torch.arange(n_txt, device=sims.device).repeat_interleave(ki)
+    score_t2i[rows, top_i.reshape(-1)] = fused_scores(rows, top_i.reshape(-1)).to(score_t2i.dtype)
+    return score_i2t, score_t2i

@@ -169,7 +169,7 @@ class BertModel(nn.Module):
     def reset_parameters(self) -> None:
         for m in self.modules():
             if isinstance(m, nn.Linear | nn.Embedding):
-                nn.init.normal_(m.weight, std=0.02)
+                nn.init.normal_(m.weight, std=self.cfg.initializer_range)
                 if isinstance(m, nn.Linear) and m.bias is not None:
                     nn.init.zeros_(m.bias)
                 if isinstance(m, nn.Embedding) and m.padding_idx is not None:
@@ -255,7 +255,7 @@ class BertForMaskedLM(nn.Module):
         super().__init__()
         self.bert = BertModel(cfg)
         self.cls = BertOnlyMLMHead(cfg, self.bert.embeddings.word_embeddings)
-        nn.init.normal_(self.cls.predictions.transform.dense.weight, std=0.02)
+        nn.init.normal_(self.cls.predictions.transform.dense.weight, std=cfg.initializer_range)
         nn.init.zeros_(self.cls.predictions.transform.dense.bias)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,

@@ -19,13 +19,36 @@ from albef_lab.models.checkpoint import (
     save_atomic,
     state_dict_of,
 )
+from albef_lab.models.tasks import (
+    ALBEFNLVR,
+    ALBEFVE,
+    ALBEFVQA,
+    ALBEFPretrainNLVR,
+    ALBEFRetrieval,
+    with_nlvr_layers,
+)
 
-MODELS: dict[str, type[nn.Module]] = {"pretrain": ALBEF}
+MODELS: dict[str, type[nn.Module]] = {
+    "pretrain": ALBEF, "retrieval": ALBEFRetrieval, "grounding": ALBEFRetrieval, "vqa": ALBEFVQA,
+    "nlvr": ALBEFNLVR, "ve": ALBEFVE, "pretrain_nlvr": ALBEFPretrainNLVR,
+}
+# NLVR2 models double the fusion layers of the pre-training config (12 -> 18 layers at base size).
+EXPAND_FUSION = {"nlvr", "pretrain_nlvr"}
+# The image size the original fine-tunes at (the pre-trained files are at 256 px).
+FINETUNE_RES = {"retrieval": 384, "grounding": 384, "vqa": 384, "nlvr": 384, "ve": 384}
 
 
-def create_model(name: str, cfg: ModelConfig, device: str | torch.device | None = None) -> nn.Module:
+def task_config(name: str, cfg: ModelConfig) -> ModelConfig:
+    """The config a task model is built from, given the pre-training config."""
+    return with_nlvr_layers(cfg) if name in EXPAND_FUSION else cfg
+
+
+def create_model(name: str, cfg: ModelConfig, device: str | torch.device | None = None,
+                 expand: bool = True) -> nn.Module:
+    """Build model `name`; `expand=False` takes `cfg` as is (e.g. an NLVR2 config already at 18 layers)."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
+    cfg = task_config(name, cfg) if expand else cfg
     if device is None:
         return MODELS[name](cfg)
     with torch.device(device):

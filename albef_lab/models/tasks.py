@@ -1,0 +1,316 @@
+"""The downstream models of the paper, with the original's state-dict layout.
+
+Retrieval (and grounding) reuse the pre-training model's ITC/ITM code; VQA adds a causal answer
+decoder; NLVR2 doubles the fusion layers to look at two images in turn; SNLI-VE classifies the fused
+[CLS]; the NLVR2 "text assignment" pre-training tells which image pair a text belongs to.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from albef_lab.config import ModelConfig, TextConfig
+from albef_lab.models.albef import ALBEF, PretrainDraws, momentum_copy
+from albef_lab.models.bert import BertLMHeadModel, BertModel
+from albef_lab.models.vit import VisionTransformer
+from albef_lab.objectives.distill import copy_params, momentum_update, soft_cross_entropy
+from albef_lab.objectives.lm import answer_nll
+
+
+class ALBEFRetrieval(ALBEF):
+    """ITC (every caption of an image is a positive, via the image-id queue) + ITM with hard negatives."""
+
+    text_encoder_cls = BertModel
+    id_queue = True
+
+    def forward(self, image: Tensor, input_ids: Tensor, attention_mask: Tensor, alpha: float = 0.0, *,
+                idx: Tensor, draws: PretrainDraws | None = None, generator: torch.Generator | None = None,
+                record: dict | None = None) -> dict[str, Tensor]:
+        """One fine-tuning step; `idx` [B] are image ids. No temperature clamp (as the original)."""
+        rec = record if record is not None else {}
+        rec["temp_used"] = self.temp.detach().clone()
+        image_embeds, image_feat, text_embeds, text_feat = self.encode(image, input_ids, attention_mask, rec)
+        idx = idx.view(-1).to(image.device)
+        same = idx.view(-1, 1) == idx.view(1, -1)
+        loss_ita, sim_i2t, sim_t2i = self.contrastive(image, input_ids, attention_mask, image_feat, text_feat,
+                                                      alpha, idx, None, self.cfg.distill, rec)
+        rec["mask"] = same
+        loss_itm = self.matching(image_embeds, text_embeds, attention_mask, sim_i2t, sim_t2i, same,
+                                 draws or PretrainDraws(), generator, rec)
+        return {"loss": loss_ita + loss_itm, "loss_ita": loss_ita, "loss_itm": loss_itm}
+
+
+def decoder_config(text: TextConfig, layers: int = 6) -> TextConfig:
+    """The VQA answer decoder: same widths, `layers` causal layers, each cross-attending to the question."""
+    return dataclasses.replace(text, num_hidden_layers=layers, fusion_layer=0, encoder_width=text.hidden_size)
+
+
+class ALBEFVQA(nn.Module):
+    """Question encoder (text + fusion over the image) and a causal answer decoder over the question states."""
+
+    def __init__(self, cfg: ModelConfig, decoder_layers: int = 6):
+        super().__init__()
+        self.cfg = cfg
+        self.visual_encoder = VisionTransformer(cfg.vision)
+        self.text_encoder = BertModel(cfg.text)
+        self.text_decoder = BertLMHeadModel(decoder_config(cfg.text, decoder_layers))
+        if cfg.distill:
+            self.visual_encoder_m = momentum_copy(self.visual_encoder)
+            self.text_encoder_m = momentum_copy(self.text_encoder)
+            self.text_decoder_m = momentum_copy(self.text_decoder)
+
+    @property
+    def model_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        if not self.cfg.distill:
+            return []
+        return [(self.visual_encoder, self.visual_encoder_m), (self.text_encoder, self.text_encoder_m),
+                (self.text_decoder, self.text_decoder_m)]
+
+    def copy_params(self) -> None:
+        copy_params(self.model_pairs)
+
+    def encode_question(self, image: Tensor, q_ids: Tensor, q_mask: Tensor, momentum: bool = False) -> Tensor:
+        vit = self.visual_encoder_m if momentum else self.visual_encoder
+        enc = self.text_encoder_m if momentum else self.text_encoder
+        image_embeds = vit(image)
+        ones = torch.ones(image_embeds.shape[:2], dtype=torch.long, device=image.device)
+        return enc(q_ids, q_mask, encoder_hidden_states=image_embeds, encoder_attention_mask=ones)
+
+    def forward(self, image: Tensor, q_ids: Tensor, q_mask: Tensor, a_ids: Tensor, a_mask: Tensor,
+                k: list[int] | Tensor, weights: Tensor, alpha: float = 0.0, record: dict | None = None) -> Tensor:
+        """Training loss: weighted, summed answer NLL divided by the number of questions."""
+        rec = record if record is not None else {}
+        pad = self.cfg.text.pad_token_id
+        k = torch.as_tensor(k, device=image.device)
+        if int(k.sum()) != a_ids.shape[0] or weights.shape[0] != a_ids.shape[0]:
+            raise ValueError(f"answers ({a_ids.shape[0]}), weights ({weights.shape[0]}) and sum(k) "
+                             f"({int(k.sum())}) must agree")
+        targets = a_ids.masked_fill(a_ids == pad, -100)
+        question_output = self.encode_question(image, q_ids, q_mask)
+        states = question_output.repeat_interleave(k, dim=0)
+        atts = q_mask.repeat_interleave(k, dim=0)
+        rec.update(answer_targets=targets, question_output=question_output, question_states=states,
+                   question_atts=atts)
+        soft = None
+        if self.cfg.distill:
+            with torch.no_grad():
+                momentum_update(self.model_pairs, self.cfg.momentum)
+                states_m = self.encode_question(image, q_ids, q_mask, momentum=True).repeat_interleave(k, dim=0)
+                logits_m = self.text_decoder_m(a_ids, a_mask, states_m, atts)[:, :-1]
+                soft = F.softmax(logits_m, dim=-1)
+            rec.update(question_states_m=states_m, logits_m=logits_m, soft_labels=soft)
+        logits = self.text_decoder(a_ids, a_mask, states, atts)
+        answer_loss = answer_nll(logits, targets, soft, alpha)
+        rec.update(decoder_logits=logits, answer_loss=answer_loss)
+        return (weights.to(answer_loss.dtype) * answer_loss).sum() / image.shape[0]
+
+    @torch.no_grad()
+    def rank_answers(self, image: Tensor, q_ids: Tensor, q_mask: Tensor, answer_ids: Tensor, answer_mask: Tensor,
+                     k: int, fix_double_count: bool = False, record: dict | None = None) -> tuple[Tensor, Tensor]:
+        """Top-k answers of a fixed list: top-k by first-token probability, rescored by sequence likelihood.
+
+        The original adds log P(first token) twice; `fix_double_count=True` counts it once.
+        Returns (answer indices [B, k], probabilities [B, k]) best first.
+        """
+        rec = record if record is not None else {}
+        k = min(k, answer_ids.shape[0])
+        states = self.encode_question(image, q_ids, q_mask)
+        b = states.shape[0]
+        start = answer_ids[0, 0].repeat(b, 1)
+        start_logits = self.text_decoder(start, None, states, q_mask)[:, 0]
+        first = answer_ids[:, 1]
+        prob_first = F.softmax(start_logits, dim=1).index_select(1, first)
+        topk_probs, topk_ids = prob_first.topk(k, dim=1)
+        cand_ids = answer_ids[topk_ids.view(-1)]
+        cand_mask = answer_mask[topk_ids.view(-1)]
+        targets = cand_ids.masked_fill(cand_ids == self.cfg.text.pad_token_id, -100)
+        tiled, tiled_mask = states.repeat_interleave(k, dim=0), q_mask.repeat_interleave(k, dim=0)
+        logits = self.text_decoder(cand_ids, cand_mask, tiled, tiled_mask)
+        nll = answer_nll(logits, targets).view(-1, 1)
+        first_term = torch.zeros_like(nll) if fix_double_count else topk_probs.reshape(-1, 1).log()
+        log_probs = torch.cat([first_term, -nll], dim=1)
+        log_probs_sum = log_probs.sum(1).view(b, k)
+        probs, rerank = F.softmax(log_probs_sum, dim=-1).topk(k, dim=1)
+        rec.update(question_states=tiled, question_atts=tiled_mask, start_logits=start_logits,
+                   prob_first_token=prob_first, first_topk_probs=topk_probs, first_topk_ids=topk_ids,
+                   cand_input_ids=cand_ids, cand_targets_ids=targets, cand_decoder_logits=logits,
+                   answer_loss=nll, log_probs=log_probs, log_probs_sum=log_probs_sum, rerank_id=rerank)
+        return topk_ids.gather(1, rerank), probs
+
+
+def share_cross_attention(bert: BertModel) -> None:
+    """NLVR2: fusion layers f+2i and f+2i+1 share the cross-attention key and value (weights and biases)."""
+    layers, fusion = bert.encoder.layer, bert.cfg.fusion_layer
+    for i in range(fusion, len(layers) - 1, 2):
+        a, b = layers[i].crossattention.self, layers[i + 1].crossattention.self
+        b.key, b.value = a.key, a.value
+
+
+def nlvr_text_config(text: TextConfig) -> TextConfig:
+    """Each fusion layer of the pre-trained model becomes two (one per image), as the original does."""
+    return dataclasses.replace(text, num_hidden_layers=text.fusion_layer + 2 * (text.num_hidden_layers -
+                                                                                 text.fusion_layer))
+
+
+class ALBEFClassifier(nn.Module):
+    """Fused [CLS] -> Linear-ReLU-Linear. SNLI-VE: one image, 3 classes; NLVR2: an image pair, 2 classes."""
+
+    def __init__(self, cfg: ModelConfig, num_classes: int, pair: bool):
+        super().__init__()
+        self.cfg, self.pair = cfg, pair
+        self.visual_encoder = VisionTransformer(cfg.vision)
+        self.text_encoder = BertModel(cfg.text)
+        if pair:
+            share_cross_attention(self.text_encoder)
+        h = cfg.text.hidden_size
+        self.cls_head = nn.Sequential(nn.Linear(h, h), nn.ReLU(), nn.Linear(h, num_classes))
+        if cfg.distill:
+            self.visual_encoder_m = momentum_copy(self.visual_encoder)
+            self.text_encoder_m = momentum_copy(self.text_encoder)
+            self.cls_head_m = momentum_copy(self.cls_head)
+
+    @property
+    def model_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        if not self.cfg.distill:
+            return []
+        return [(self.visual_encoder, self.visual_encoder_m), (self.text_encoder, self.text_encoder_m),
+                (self.cls_head, self.cls_head_m)]
+
+    def copy_params(self) -> None:
+        copy_params(self.model_pairs)
+
+    def logits(self, images: Tensor, ids: Tensor, mask: Tensor, momentum: bool = False,
+               rec: dict | None = None) -> Tensor:
+        vit = self.visual_encoder_m if momentum else self.visual_encoder
+        enc = self.text_encoder_m if momentum else self.text_encoder
+        head = self.cls_head_m if momentum else self.cls_head
+        image_embeds = vit(images)
+        ones = torch.ones(image_embeds.shape[:2], dtype=torch.long, device=images.device)
+        if self.pair:  # images = [left (B); right (B)]
+            b = ids.shape[0]
+            if image_embeds.shape[0] != 2 * b:
+                raise ValueError(f"NLVR2 takes 2B images (left then right) for B texts: {images.shape[0]} vs {b}")
+            states, masks = [image_embeds[:b], image_embeds[b:]], [ones[:b], ones[b:]]
+        else:
+            states, masks = image_embeds, ones
+        fused = enc(ids, mask, encoder_hidden_states=states, encoder_attention_mask=masks)
+        if rec is not None:
+            suffix = "_m" if momentum else ""
+            rec.update({f"image_embeds{suffix}": image_embeds, f"fused_output{suffix}": fused})
+        return head(fused[:, 0])
+
+    def forward(self, images: Tensor, ids: Tensor, mask: Tensor, targets: Tensor | None = None,
+                alpha: float = 0.0, train: bool = True, record: dict | None = None) -> Tensor:
+        """train=True: the (distilled) loss; train=False: the class logits."""
+        rec = record if record is not None else {}
+        prediction = self.logits(images, ids, mask, rec=rec)
+        rec["prediction"] = prediction
+        if not train:
+            return prediction
+        if targets is None:
+            raise ValueError("training needs targets")
+        loss = F.cross_entropy(prediction, targets)
+        if self.cfg.distill:
+            with torch.no_grad():
+                momentum_update(self.model_pairs, self.cfg.momentum)
+                prediction_m = self.logits(images, ids, mask, momentum=True, rec=rec)
+            rec["prediction_m"] = prediction_m
+            distill = soft_cross_entropy(prediction, F.softmax(prediction_m, dim=-1)).mean()
+            loss = (1 - alpha) * loss + alpha * distill
+        return loss
+
+
+class ALBEFVE(ALBEFClassifier):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg, num_classes=3, pair=False)
+
+
+class ALBEFNLVR(ALBEFClassifier):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg, num_classes=2, pair=True)
+
+
+class RandomSource:
+    """The draws a model makes (`rand`, `multinomial`), from a generator or replayed from a recording."""
+
+    def __init__(self, generator: torch.Generator | None = None, log: list[dict] | None = None):
+        self.generator, self.log = generator, list(log) if log is not None else None
+
+    def _replay(self, fn: str) -> Tensor:
+        entry = self.log.pop(0)
+        if entry["fn"] != fn:
+            raise ValueError(f"recorded draw is {entry['fn']!r} but the model asks for {fn!r}")
+        return entry["result"]
+
+    def rand(self, n: int, device: torch.device) -> Tensor:
+        if self.log is not None:
+            return self._replay("rand").to(device)
+        return torch.rand(n, generator=self.generator, device=device)
+
+    def multinomial(self, weights: Tensor, n: int) -> Tensor:
+        if self.log is not None:
+            return self._replay("multinomial").to(weights.device)
+        return torch.multinomial(weights, n, generator=self.generator)
+
+
+class ALBEFPretrainNLVR(nn.Module):
+    """Text assignment: is a caption about the left image (0), the right (1), or neither (2)?"""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.temp = nn.Parameter(torch.tensor(float(cfg.temp)))  # unused, kept for the checkpoint layout
+        self.visual_encoder = VisionTransformer(cfg.vision)
+        self.text_encoder = BertModel(cfg.text)
+        share_cross_attention(self.text_encoder)
+        self.vision_proj = nn.Linear(cfg.vision.width, cfg.embed_dim)
+        self.text_proj = nn.Linear(cfg.text.hidden_size, cfg.embed_dim)  # unused, as in the original
+        self.ta_head = nn.Linear(cfg.text.hidden_size, 3)
+
+    def forward(self, image: Tensor, ids: Tensor, mask: Tensor, source: RandomSource | None = None,
+                record: dict | None = None) -> Tensor:
+        rec = record if record is not None else {}
+        source = source or RandomSource()
+        b, device = image.shape[0], image.device
+        image_embeds = self.visual_encoder(image)
+        with torch.no_grad():
+            image_feat = F.normalize(self.vision_proj(image_embeds[:, 0]), dim=-1)
+            sim = image_feat @ image_feat.t() / 0.07
+            weights = F.softmax(sim, dim=1)
+            weights.fill_diagonal_(0)
+        left, right, labels = [], [], []
+        for i in range(b):
+            if source.rand(1, device).item() > 1 / 3:
+                j = int(source.multinomial(weights[i], 1).item())
+                if source.rand(1, device).item() > 0.5:
+                    left.append(i)
+                    right.append(j)
+                    labels.append(0)
+                else:
+                    left.append(j)
+                    right.append(i)
+                    labels.append(1)
+            else:
+                j1, j2 = source.multinomial(weights[i], 2).tolist()
+                left.append(j1)
+                right.append(j2)
+                labels.append(2)
+        labels_t = torch.tensor(labels, device=device)
+        img0, img1 = image_embeds[torch.tensor(left, device=device)], image_embeds[torch.tensor(right, device=device)]
+        ones = torch.ones(img0.shape[:2], dtype=torch.long, device=device)
+        fused = self.text_encoder(ids, mask, encoder_hidden_states=[img0, img1], encoder_attention_mask=[ones, ones])
+        pred = self.ta_head(fused[:, 0])
+        rec.update(image_embeds=image_embeds, image_feat=image_feat, sim=sim, weights=weights,
+                   image_inputs_0=img0, image_inputs_1=img1, labels=labels_t, fused_output=fused, pred=pred)
+        return F.cross_entropy(pred, labels_t)
+
+
+def with_nlvr_layers(cfg: ModelConfig) -> ModelConfig:
+    out = copy.deepcopy(cfg)
+    out.text = nlvr_text_config(cfg.text)
+    return out
