@@ -63,6 +63,7 @@ class ModelConfig:
     alpha: float = 0.4
     mlm_probability: float = 0.15
     distill: bool = True
+    decoder_layers: int = 6  # VQA answer decoder (initialised from the fusion layers)
     # Special token ids of the tokenizer (BERT's by default; ShapesWorld's vocabulary keeps them).
     cls_token_id: int = 101
     sep_token_id: int = 102

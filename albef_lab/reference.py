@@ -194,7 +194,7 @@ def verify_vqa(fx: dict, dtype: torch.dtype) -> list[Check]:
     from albef_lab.models.tasks import ALBEFVQA, decoder_config
 
     cfg = _config(fx)
-    n_dec = fx["config"]["decoder_bert_config"]["num_hidden_layers"]
+    n_dec = cfg.decoder_layers = fx["config"]["decoder_bert_config"]["num_hidden_layers"]
     expected = model_config_from_reference({}, fx["config"]["decoder_bert_config"], {})
     if decoder_config(cfg.text, n_dec) != expected.text:
         raise ValueError("the fixture's decoder config is not the one ALBEFVQA derives from its text config")

@@ -115,3 +115,94 @@ def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch
 def test_cli_reports_errors_without_a_traceback(tmp_path, capsys):
     assert main(["verify-reference", str(tmp_path / "none.pt")]) == 2
     assert "none.pt" in capsys.readouterr().err
+
+
+# --- published files: fine-tuned layouts load strictly; pre-trained files initialise every task ---
+
+from albef_lab.models.checkpoint import init_from_pretrained  # noqa: E402
+from albef_lab.models.factory import create_model  # noqa: E402
+
+
+def nlvr_ready_config(**kw):
+    cfg = small_config(**kw)
+    cfg.text.fusion_layer, cfg.text.num_hidden_layers = 1, 3  # 2 text+fusion -> NLVR2 doubles the fusion layers
+    return cfg
+
+
+@pytest.mark.parametrize("task,file", [("retrieval", "mscoco.pth"), ("retrieval", "flickr30k.pth"),
+                                       ("grounding", "refcoco.pth"), ("vqa", "vqa.pth"),
+                                       ("pretrain_nlvr", "pretrain_model_nlvr.pth"), ("nlvr", "nlvr.pth"),
+                                       ("ve", "ve.pth")])
+def test_finetuned_files_load_strictly(tmp_path, task, file):
+    torch.manual_seed(0)
+    src = create_model(task, small_config())
+    torch.save({"model": src.state_dict(), "epoch": 5}, tmp_path / file)
+    torch.manual_seed(1)
+    dst = create_model(task, small_config())
+    report = load_into(dst, state_dict_of(read_file(tmp_path / file)), verbose=False)
+    assert report.clean
+    for k, v in src.state_dict().items():
+        assert torch.equal(v, dst.state_dict()[k]), k
+
+
+def test_pretrained_file_initialises_retrieval_at_a_larger_image_size(tmp_path):
+    torch.manual_seed(0)
+    pre = ALBEF(small_config())
+    cfg = small_config()
+    cfg.vision.image_res = 48  # as 256 -> 384
+    task = create_model("retrieval", cfg)
+    report = init_from_pretrained(task, "retrieval", pre.state_dict(), fusion_layer=2, verbose=False)
+    assert report.missing == ["idx_queue"] and len(report.resized) == 2
+    assert all(".cls." in k for k in report.unexpected) and report.unexpected
+    a = pre.text_encoder.bert.encoder.layer[3].crossattention.self.key.weight
+    assert torch.equal(task.text_encoder.encoder.layer[3].crossattention.self.key.weight, a)
+    assert torch.equal(task.text_encoder_m.embeddings.word_embeddings.weight,
+                       pre.text_encoder_m.bert.embeddings.word_embeddings.weight)
+
+
+def test_pretrained_file_builds_the_vqa_decoder_from_the_fusion_layers():
+    torch.manual_seed(0)
+    pre = ALBEF(small_config())
+    vqa = create_model("vqa", small_config(decoder_layers=2))  # one decoder layer per fusion layer
+    report = init_from_pretrained(vqa, "vqa", pre.state_dict(), fusion_layer=2, verbose=False)
+    assert not report.missing and all(k.startswith(("vision_proj", "text_proj", "itm_head", "temp", "image_queue",
+                                                     "text_queue", "queue_ptr")) for k in report.unexpected)
+    with pytest.raises(CheckpointError, match="text_decoder.bert.encoder.layer.2"):
+        init_from_pretrained(create_model("vqa", small_config()), "vqa", pre.state_dict(), fusion_layer=2,
+                             verbose=False)  # 6 decoder layers, only 2 fusion layers to fill them
+    for i in range(2):
+        assert torch.equal(vqa.text_decoder.bert.encoder.layer[i].crossattention.self.query.weight,
+                           pre.text_encoder.bert.encoder.layer[2 + i].crossattention.self.query.weight)
+        assert torch.equal(vqa.text_decoder_m.bert.encoder.layer[i].output.dense.weight,
+                           pre.text_encoder_m.bert.encoder.layer[2 + i].output.dense.weight)
+    assert torch.equal(vqa.text_decoder.cls.predictions.transform.dense.weight,
+                       pre.text_encoder.cls.predictions.transform.dense.weight)
+    assert vqa.text_decoder.cls.predictions.decoder.weight is vqa.text_decoder.bert.embeddings.word_embeddings.weight
+
+
+def test_text_assignment_then_nlvr_with_the_momentum_fix():
+    torch.manual_seed(0)
+    base = nlvr_ready_config()
+    pre = ALBEF(base)
+    ta = create_model("pretrain_nlvr", base)
+    assert len(ta.text_encoder.encoder.layer) == 5
+    init_from_pretrained(ta, "pretrain_nlvr", pre.state_dict(), fusion_layer=1, verbose=False)
+    for i in range(2):
+        for j in (1 + 2 * i, 2 + 2 * i):
+            assert torch.equal(ta.text_encoder.encoder.layer[j].crossattention.self.query.weight,
+                               pre.text_encoder.bert.encoder.layer[1 + i].crossattention.self.query.weight)
+    sd = ta.state_dict()
+    original = create_model("nlvr", base)
+    init_from_pretrained(original, "nlvr", sd, fusion_layer=1, verbose=False)
+    assert not torch.equal(original.visual_encoder_m.cls_token, original.visual_encoder.cls_token)
+    fixed = create_model("nlvr", base)
+    init_from_pretrained(fixed, "nlvr", sd, fusion_layer=1, fix_momentum_init=True, verbose=False)
+    assert torch.equal(fixed.visual_encoder_m.cls_token, fixed.visual_encoder.cls_token)
+    assert torch.equal(fixed.visual_encoder.cls_token, ta.visual_encoder.cls_token)
+
+
+def test_a_pretrained_file_with_a_wrong_key_is_refused():
+    sd = ALBEF(small_config()).state_dict()
+    sd["visual_encoder.norm.weightt"] = sd.pop("visual_encoder.norm.weight")
+    with pytest.raises(CheckpointError, match="visual_encoder.norm.weight"):
+        init_from_pretrained(create_model("ve", small_config()), "ve", sd, fusion_layer=2, verbose=False)

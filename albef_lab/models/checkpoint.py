@@ -130,3 +130,80 @@ def save_atomic(obj: dict, path: str | Path) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _layer_index(key: str) -> tuple[int, int] | None:
+    """(position of the layer number among the dot-separated parts, the number) of a BERT layer key."""
+    parts = key.split(".")
+    if "layer" in parts:
+        i = parts.index("layer") + 1
+        if i < len(parts) and parts[i].isdigit():
+            return i, int(parts[i])
+    return None
+
+
+def _with_layer(key: str, pos: int, n: int) -> str:
+    parts = key.split(".")
+    parts[pos] = str(n)
+    return ".".join(parts)
+
+
+def pretrained_to_task(state_dict: dict[str, Tensor], task: str, fusion_layer: int = 6) -> dict[str, Tensor]:
+    """Map a pre-training state dict (`ALBEF.pth`, ours) to a task's keys, as the original scripts do.
+
+    retrieval / grounding / ve / nlvr-from-text-assignment: `text_encoder.bert.*` -> `text_encoder.*` (the
+    MLM head keys stay as they are, and are reported unused). vqa: additionally the answer decoder (and
+    its momentum copy) is built from the fusion layers (renumbered from 0), the embeddings and the MLM head.
+    pretrain_nlvr: every fusion layer f+i is copied into layers f+2i and f+2i+1 (one per image).
+    """
+    out: dict[str, Tensor] = {}
+    for key, value in state_dict.items():
+        is_text = key.startswith(("text_encoder.", "text_encoder_m."))
+        new = key.replace(".bert.", ".", 1) if is_text else key
+        if task == "vqa" and is_text:
+            dec = key.replace("text_encoder", "text_decoder", 1)
+            loc = _layer_index(dec)
+            if loc is None:
+                out[dec] = value
+            elif loc[1] >= fusion_layer:
+                out[_with_layer(dec, loc[0], loc[1] - fusion_layer)] = value
+            if ".cls." in key:  # moved to the decoder
+                continue
+        if task == "pretrain_nlvr" and is_text:
+            loc = _layer_index(new)
+            if loc is not None and loc[1] >= fusion_layer:
+                n = (loc[1] - fusion_layer) * 2 + fusion_layer
+                out[_with_layer(new, loc[0], n)] = value
+                out[_with_layer(new, loc[0], n + 1)] = value
+                continue
+        out[new] = value
+    return out
+
+
+# What a task model may lack after initialisation from a pre-training file (new heads, new buffers).
+NEW_IN_TASK = {
+    "retrieval": ("idx_queue",), "grounding": ("idx_queue",), "vqa": (), "pretrain_nlvr": ("ta_head.",),
+    "ve": ("cls_head.", "cls_head_m."), "nlvr": ("cls_head.", "cls_head_m."),
+}
+
+
+def init_from_pretrained(model: nn.Module, task: str, state_dict: dict[str, Tensor], fusion_layer: int = 6,
+                         fix_momentum_init: bool = False, verbose: bool = True) -> LoadReport:
+    """Start a task model from a pre-trained checkpoint; keys the task does not use are reported, not loaded.
+
+    Anything missing other than the task's new heads is an error. Momentum copies absent from the file
+    (NLVR2 after text-assignment pre-training) stay as built, like the original, which copies the
+    online weights into them BEFORE loading; `fix_momentum_init=True` copies the loaded weights instead.
+    """
+    mapped = pretrained_to_task(state_dict, task, fusion_layer)
+    report = load_into(model, mapped, strict=False, verbose=False)
+    allowed = NEW_IN_TASK.get(task, ())
+    lacking = [k for k in report.missing if not k.startswith(allowed) and "_m." not in k]
+    if lacking or report.mismatched:
+        raise CheckpointError(f"pre-trained checkpoint cannot initialise the {task} model\n{report}")
+    momentum_missing = [k for k in report.missing if "_m." in k and not k.startswith(allowed)]
+    if momentum_missing and fix_momentum_init and hasattr(model, "copy_params"):
+        model.copy_params()
+    if verbose:
+        print(report)
+    return report

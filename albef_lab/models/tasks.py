@@ -53,12 +53,12 @@ def decoder_config(text: TextConfig, layers: int = 6) -> TextConfig:
 class ALBEFVQA(nn.Module):
     """Question encoder (text + fusion over the image) and a causal answer decoder over the question states."""
 
-    def __init__(self, cfg: ModelConfig, decoder_layers: int = 6):
+    def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
         self.visual_encoder = VisionTransformer(cfg.vision)
         self.text_encoder = BertModel(cfg.text)
-        self.text_decoder = BertLMHeadModel(decoder_config(cfg.text, decoder_layers))
+        self.text_decoder = BertLMHeadModel(decoder_config(cfg.text, cfg.decoder_layers))
         if cfg.distill:
             self.visual_encoder_m = momentum_copy(self.visual_encoder)
             self.text_encoder_m = momentum_copy(self.text_encoder)
