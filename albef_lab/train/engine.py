@@ -56,14 +56,20 @@ def ensure_world(data: DataConfig, progress: bool = True) -> None:
 
 
 def rng_state(gen: torch.Generator) -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+    """Every RNG state as plain types and tensors, so checkpoints load with weights_only=True."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    numpy_state = {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                   "has_gauss": int(has_gauss), "cached": float(cached)}
+    return {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "draws": gen.get_state()}
 
 
 def set_rng_state(state: dict, gen: torch.Generator) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -245,7 +251,8 @@ class Pretrainer:
             self.dataset.set_epoch(st.epoch)
             loader = DataLoader(self.dataset, batch_size=t.batch_size, sampler=self.sampler, drop_last=True,
                                 num_workers=cfg.data.num_workers, pin_memory=self.device.type == "cuda",
-                                persistent_workers=False)
+                                persistent_workers=False,  # its own generator: the global RNG stays untouched
+                                generator=torch.Generator().manual_seed(t.seed + st.epoch))
             for images, captions, image_ids in loader:
                 i = st.batch_in_epoch
                 alpha = alpha_at(st.epoch * self.batches_per_epoch + i, self.batches_per_epoch, cfg.model.alpha)
