@@ -86,6 +86,45 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from albef_lab.config import load_config
+    from albef_lab.train.engine import train
+
+    cfg = load_config(args.config, args.overrides, args.preset)
+    if not any(o.startswith("train.output_dir=") for o in args.overrides) and cfg.train.output_dir.startswith("runs/"):
+        cfg.train.output_dir = f"runs/{args.task}_{cfg.preset}"
+    result = train(cfg, args.task, resume=args.resume, init=args.init)
+    shown = ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items())
+    print(f"{args.task}: {shown}\nmodel: {cfg.train.output_dir}/model.pth")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from albef_lab.config import load_config
+    from albef_lab.data.tokenizer import load_tokenizer
+    from albef_lab.models.checkpoint import load_into, read_file, state_dict_of
+    from albef_lab.models.factory import create_model, load_model
+    from albef_lab.train.tasks import TASKS
+
+    cfg = load_config(args.config, args.overrides, args.preset)
+    task_cls = TASKS[args.task]
+    obj = read_file(args.checkpoint)
+    if isinstance(obj.get("config"), dict) and "vision" in obj["config"]:
+        model, model_cfg, _ = load_model(args.checkpoint, task_cls.model_name)
+        cfg.model = model_cfg
+    else:  # an official file: the architecture comes from the preset / config given here
+        model = create_model(task_cls.model_name, cfg.model)
+        print(load_into(model, state_dict_of(obj, args.checkpoint), strict=True, verbose=False))
+    device = torch.device("cuda" if torch.cuda.is_available() and cfg.train.device != "cpu" else "cpu")
+    tok = load_tokenizer(cfg.data.tokenizer or f"{cfg.data.root}/vocab")
+    task = task_cls(cfg, tok)
+    metrics = task.evaluate(model.to(device), device)
+    print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in metrics.items()}))
+    return 0
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
     from albef_lab.train.plot import plot_metrics
 
@@ -117,6 +156,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p, None)
     p.add_argument("--resume", default=None, metavar="auto|PATH", help="continue from a checkpoint")
     p.set_defaults(func=cmd_pretrain)
+
+    tasks = ["retrieval", "vqa", "nlvr", "ve", "grounding", "pretrain"]
+    p = sub.add_parser("finetune", help="fine-tune a task (from --init: ALBEF.pth, ours, or a fine-tuned file)")
+    p.add_argument("task", choices=tasks)
+    _add_config_args(p, None)
+    p.add_argument("--init", default=None, help="pre-trained or fine-tuned checkpoint to start from")
+    p.add_argument("--resume", default=None, metavar="auto|PATH")
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("evaluate", help="evaluate a checkpoint on a task's evaluation split")
+    p.add_argument("task", choices=tasks)
+    p.add_argument("--checkpoint", required=True)
+    _add_config_args(p, None)
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("plot", help="draw the curves of a run (metrics.jsonl -> PNG)")
     p.add_argument("run", help="run directory or metrics.jsonl")

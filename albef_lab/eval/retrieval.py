@@ -16,10 +16,12 @@ def text_bert(model: nn.Module) -> nn.Module:
     return enc.bert if hasattr(enc, "bert") else enc
 
 
-def recall_metrics(scores_i2t: Tensor, txt2img: Tensor, ks: tuple[int, ...] = (1, 5, 10)) -> dict[str, float]:
+def recall_metrics(scores_i2t: Tensor, txt2img: Tensor, ks: tuple[int, ...] = (1, 5, 10),
+                   scores_t2i: Tensor | None = None) -> dict[str, float]:
     """Recall@k in percent, as the original's `itm_eval`: an image is right if any of its texts ranks < k.
 
-    `scores_i2t` [images, texts]; `txt2img` [texts] gives each text's image. Ties count in the query's favour.
+    `scores_i2t` [images, texts]; `txt2img` [texts] gives each text's image; `scores_t2i` [texts, images]
+    ranks images for each text (default: the transpose). Ties count in the query's favour.
     """
     n_img, n_txt = scores_i2t.shape
     txt2img = txt2img.to(scores_i2t.device)
@@ -29,7 +31,7 @@ def recall_metrics(scores_i2t: Tensor, txt2img: Tensor, ks: tuple[int, ...] = (1
         pos = txt2img[None, :] == torch.arange(a, a + s.shape[0], device=s.device)[:, None]
         best_pos = s.masked_fill(~pos, float("-inf")).max(dim=1, keepdim=True).values
         ranks_i[a:a + 256] = (s > best_pos).sum(dim=1)
-    s_t = scores_i2t.t()
+    s_t = scores_i2t.t() if scores_t2i is None else scores_t2i
     target = s_t.gather(1, txt2img[:, None])
     ranks_t = (s_t > target).sum(dim=1)
     out = {}

@@ -154,7 +154,8 @@ def pretrained_to_task(state_dict: dict[str, Tensor], task: str, fusion_layer: i
     retrieval / grounding / ve / nlvr-from-text-assignment: `text_encoder.bert.*` -> `text_encoder.*` (the
     MLM head keys stay as they are, and are reported unused). vqa: additionally the answer decoder (and
     its momentum copy) is built from the fusion layers (renumbered from 0), the embeddings and the MLM head.
-    pretrain_nlvr: every fusion layer f+i is copied into layers f+2i and f+2i+1 (one per image).
+    pretrain_nlvr (and nlvr started straight from a pre-training file): every fusion layer f+i is copied
+    into layers f+2i and f+2i+1 (one per image).
     """
     out: dict[str, Tensor] = {}
     for key, value in state_dict.items():
@@ -169,7 +170,7 @@ def pretrained_to_task(state_dict: dict[str, Tensor], task: str, fusion_layer: i
                 out[_with_layer(dec, loc[0], loc[1] - fusion_layer)] = value
             if ".cls." in key:  # moved to the decoder
                 continue
-        if task == "pretrain_nlvr" and is_text:
+        if task in ("pretrain_nlvr", "nlvr") and is_text and ".bert." in key:
             loc = _layer_index(new)
             if loc is not None and loc[1] >= fusion_layer:
                 n = (loc[1] - fusion_layer) * 2 + fusion_layer

@@ -23,12 +23,8 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from albef_lab.config import Config, DataConfig, model_config_from_dict, to_dict
-from albef_lab.data.datasets import PretrainDataset, RetrievalEvalDataset
 from albef_lab.data.export import WorldSettings, write_world
 from albef_lab.data.tokenizer import Tokenizer, load_tokenizer
-from albef_lab.data.transforms import ImageTextTransform, eval_transform
-from albef_lab.eval.retrieval import zero_shot_eval
-from albef_lab.models.albef import ALBEF
 from albef_lab.models.checkpoint import read_file, save_atomic
 from albef_lab.train import distributed as D
 from albef_lab.train.data import ResumableSampler, SeededDataset
@@ -42,12 +38,11 @@ def _path(root: str, name: str) -> Path:
     return p if p.is_absolute() else Path(root) / p
 
 
-def ensure_world(data: DataConfig, progress: bool = True) -> None:
-    """Generate ShapesWorld at `data.root` when its pre-training file is absent (rank 0; others wait)."""
-    train = _path(data.root, data.train_file)
+def ensure_world(data: DataConfig, train: Path, progress: bool = True) -> None:
+    """Generate ShapesWorld at `data.root` when the training file is absent (rank 0; others wait)."""
     if not train.is_file():
         if not data.make_world:
-            raise FileNotFoundError(f"pre-training annotations not found: {train} (and data.make_world is off)")
+            raise FileNotFoundError(f"training annotations not found: {train} (and data.make_world is off)")
         if D.is_main_process():
             print(f"ShapesWorld not found at {data.root}: generating {data.world_images} images ...")
             write_world(WorldSettings(out=data.root, seed=data.world_seed, images=data.world_images,
@@ -90,10 +85,15 @@ class RunState:
     history: list = field(default_factory=list)
 
 
-class Pretrainer:
-    """Builds everything from a Config; `run()` trains, evaluates, checkpoints and returns final metrics."""
+class Trainer:
+    """Builds everything from a Config and a task; `run()` trains, evaluates, checkpoints, returns metrics."""
 
-    def __init__(self, cfg: Config, resume: str | None = None):
+    def __init__(self, cfg: Config, task: str = "pretrain", resume: str | None = None, init: str | None = None):
+        from albef_lab.models.factory import create_model
+        from albef_lab.train.tasks import DEFAULT_FILES, TASKS
+
+        if task not in TASKS:
+            raise ValueError(f"unknown task {task!r}; choose one of {sorted(TASKS)}")
         self.cfg = cfg
         t, d = cfg.train, cfg.data
         if t.threads:
@@ -104,47 +104,41 @@ class Pretrainer:
         self.rank, self.world = D.rank(), D.world_size()
         self.main = self.rank == 0
         self.run_dir = Path(t.output_dir)
-        global_batch = t.batch_size * self.world
-        if cfg.model.queue_size % global_batch:
-            raise ValueError(f"model.queue_size ({cfg.model.queue_size}) must be a multiple of the global batch "
-                             f"({t.batch_size} x {self.world} processes = {global_batch})")
 
-        ensure_world(d, progress=t.progress and self.main)
+        ensure_world(d, _path(d.root, d.train_file or DEFAULT_FILES[task][0]), progress=t.progress and self.main)
         self.tokenizer: Tokenizer = load_tokenizer(d.tokenizer or Path(d.root) / "vocab")
         self._check_vocab()
-        image_root = d.image_root or d.root
-        res = cfg.model.vision.image_res
-        base = PretrainDataset(_path(d.root, d.train_file), image_root,
-                               ImageTextTransform(res, train=True, scale=(d.crop_min_scale, 1.0),
-                                                  randaugment=d.randaugment, flip_text=d.flip_text),
-                               max_words=d.max_words)
+        self.task = TASKS[task](cfg, self.tokenizer)
+        base = self.task.train_set()
         self.dataset = SeededDataset(base, t.seed)
         self.sampler = ResumableSampler(len(base), self.world, self.rank, shuffle=True, seed=t.seed)
         # whole accumulation groups only, so that every epoch ends on an optimiser step
         self.batches_per_epoch = self.sampler.per_rank // t.batch_size // t.grad_accum * t.grad_accum
         if self.batches_per_epoch < t.grad_accum or self.batches_per_epoch == 0:
-            raise ValueError(f"{len(base)} training pairs give fewer than {t.grad_accum} batches of {t.batch_size}")
+            raise ValueError(f"{len(base)} training items give fewer than {t.grad_accum} batches of {t.batch_size}")
         self.steps_per_epoch = self.batches_per_epoch // t.grad_accum
         self.total_steps = t.max_steps or t.epochs * self.steps_per_epoch
-        val_file = _path(d.root, d.val_file)
-        self.val = RetrievalEvalDataset(val_file, image_root, eval_transform(res), d.max_words) \
-            if self.main and val_file.is_file() else None
 
         torch.manual_seed(t.seed + self.rank)
         random.seed(t.seed + self.rank)
         np.random.seed((t.seed + self.rank) % 2**32)
         self.gen = torch.Generator(device=self.device).manual_seed(t.seed + 1000 + self.rank)
-        self.model = ALBEF(cfg.model).to(self.device)
+        self.model = create_model(self.task.model_name, cfg.model).to(self.device)
+        if hasattr(self.model, "image_queue"):
+            global_batch = t.batch_size * self.world
+            if cfg.model.queue_size % global_batch:
+                raise ValueError(f"model.queue_size ({cfg.model.queue_size}) must be a multiple of the global batch "
+                                 f"({t.batch_size} x {self.world} processes = {global_batch})")
+        if init and not resume:
+            self.initialise(init)
         self.optimizer = torch.optim.AdamW(param_groups(self.model, t.weight_decay), lr=t.lr)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.precision == "fp16")
         self.state = RunState()
         if resume:
             self.load(resume)
-        m = cfg.model
-        switches_off = not (m.use_itc and m.use_itm and m.use_mlm)
         self.ddp = DistributedDataParallel(
             self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-            broadcast_buffers=False, find_unused_parameters=switches_off) if self.world > 1 else None
+            broadcast_buffers=False, find_unused_parameters=True) if self.world > 1 else None
         self.metrics_file = self.run_dir / "metrics.jsonl"
         self.tb = None
         if self.main:
@@ -156,6 +150,20 @@ class Pretrainer:
                     self.tb = SummaryWriter(str(self.run_dir / "tb"))
                 except ImportError:
                     print("tensorboard is not installed: `pip install tensorboard` to get its logs")
+
+    def initialise(self, path: str) -> None:
+        """Start from a pre-trained file (official or ours) with the original's key mapping for the task."""
+        from albef_lab.models.checkpoint import init_from_pretrained, load_into, state_dict_of
+
+        sd = state_dict_of(read_file(path), path)
+        name = self.task.model_name
+        if set(self.model.state_dict()) <= set(sd):  # already this model's layout (e.g. mscoco.pth)
+            report = load_into(self.model, sd, strict=False, verbose=False)
+        else:
+            report = init_from_pretrained(self.model, name, sd, self.cfg.model.text.fusion_layer, verbose=False,
+                                          fix_momentum_init=self.cfg.model.fix_momentum_init)
+        if self.main:
+            print(f"initialised {name} from {path}\n{report}")
 
     def _check_vocab(self) -> None:
         m, tok = self.cfg.model, self.tokenizer
@@ -174,7 +182,8 @@ class Pretrainer:
             states = [mine]
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict(), "config": to_dict(self.cfg.model), "full_config": to_dict(self.cfg),
-                "state": vars(self.state), "rng": states, "world_size": self.world, "model_name": "pretrain"}
+                "state": vars(self.state), "rng": states, "world_size": self.world,
+                "model_name": self.task.model_name}
 
     def save(self, best: bool = False) -> Path | None:
         ckpt = self.checkpoint()  # every rank takes part in the gather
@@ -230,9 +239,7 @@ class Pretrainer:
                     self.tb.add_scalar(k, v, record["step"])
 
     def evaluate(self) -> dict:
-        if self.val is None:
-            return {}
-        return zero_shot_eval(self.model, self.val, self.tokenizer, self.device)
+        return self.task.evaluate(self.model, self.device)
 
     def run(self) -> dict:
         cfg, t = self.cfg, self.cfg.train
@@ -253,23 +260,22 @@ class Pretrainer:
                                 num_workers=cfg.data.num_workers, pin_memory=self.device.type == "cuda",
                                 persistent_workers=False,  # its own generator: the global RNG stays untouched
                                 generator=torch.Generator().manual_seed(t.seed + st.epoch))
-            for images, captions, image_ids in loader:
+            for batch in loader:
                 i = st.batch_in_epoch
                 alpha = alpha_at(st.epoch * self.batches_per_epoch + i, self.batches_per_epoch, cfg.model.alpha)
-                ids, mask = self.tokenizer(list(captions), max_length=cfg.data.max_tokens)
-                images, ids, mask = (x.to(self.device, non_blocking=True) for x in (images, ids, mask))
-                same_image = image_ids.to(self.device) if cfg.model.fix_duplicate_negatives else None
+                if not cfg.model.distill:
+                    alpha = 0.0
                 last_micro = (i + 1) % t.grad_accum == 0
                 sync = nullcontext() if (self.ddp is None or last_micro) else self.ddp.no_sync()
                 with sync:
                     with self.autocast():
-                        out = net(images, ids, mask, alpha, generator=self.gen, image_ids=same_image)
+                        out = self.task.forward(net, batch, alpha, self.gen, self.device)
                     self.scaler.scale(out["loss"] / t.grad_accum).backward()
                 st.batch_in_epoch += 1
                 for k, v in out.items():
                     window[k] = window.get(k, 0.0) + v.item()
                 n_window += 1
-                images_window += images.shape[0] * self.world
+                images_window += t.batch_size * self.world
                 if not last_micro:
                     continue
                 lr = lr_at(st.step, self.total_steps, t.lr, t.min_lr, t.warmup_steps, t.warmup_lr)
@@ -293,9 +299,8 @@ class Pretrainer:
                            "lr": lr, "alpha": alpha, "images_per_s": round(ips, 1),
                            "time_s": round(time.perf_counter() - t_start, 1)}
                     self.log(rec)
-                    bar.set_postfix(loss=f"{means['loss']:.3f}", ita=f"{means['loss_ita']:.2f}",
-                                    itm=f"{means['loss_itm']:.2f}", mlm=f"{means['loss_mlm']:.2f}",
-                                    lr=f"{lr:.1e}", alpha=f"{alpha:.2f}", img_s=f"{ips:.0f}")
+                    parts = {k.removeprefix("loss_"): f"{v:.3f}" for k, v in means.items()}
+                    bar.set_postfix(**parts, lr=f"{lr:.1e}", alpha=f"{alpha:.2f}", img_s=f"{ips:.0f}")
                     window, n_window, images_window, t_window = {}, 0, 0, time.perf_counter()
                 out_of_time = t.max_minutes > 0 and (time.perf_counter() - t_start) > 60 * t.max_minutes
                 stop = st.step >= self.total_steps or out_of_time
@@ -313,11 +318,11 @@ class Pretrainer:
                         if last_eval:
                             self.log({"step": st.step, "epoch": st.epoch, **{f"val_{k}": round(v, 3)
                                                                             for k, v in last_eval.items()}})
-                            best = last_eval["r_mean"] > st.best
-                            st.best = max(st.best, last_eval["r_mean"])
-                            bar.write(f"step {st.step}: zero-shot val TR@1 {last_eval['txt_r1']:.1f} "
-                                      f"IR@1 {last_eval['img_r1']:.1f} IR@5 {last_eval['img_r5']:.1f} "
-                                      f"ITM acc {last_eval['itm_acc']:.1f}")
+                            score = last_eval[self.task.primary]
+                            best = score > st.best
+                            st.best = max(st.best, score)
+                            shown = ", ".join(f"{k} {v:.1f}" for k, v in last_eval.items() if not k.startswith("itc_"))
+                            bar.write(f"step {st.step}: val {shown}")
                     D.barrier()
                 if do_save:
                     if self.world > 1:
@@ -332,20 +337,25 @@ class Pretrainer:
         bar.close()
         if self.main:
             from albef_lab.models.factory import save_model
-            save_model(self.run_dir / "model.pth", self.model, cfg.model)
+            save_model(self.run_dir / "model.pth", self.model, cfg.model, self.task.model_name)
         if self.tb is not None:
             self.tb.close()
-        n_val = len(self.val) if self.val is not None else 0
-        return {"step": st.step, "epoch": st.epoch, "seconds": time.perf_counter() - t_start,
-                "n_val_images": n_val, **last_eval}
+        return {"step": st.step, "epoch": st.epoch, "seconds": time.perf_counter() - t_start, **last_eval}
 
 
-def pretrain(cfg: Config, resume: str | None = None) -> dict:
-    trainer = Pretrainer(cfg, resume)
+Pretrainer = Trainer  # the pre-training task is the default
+
+
+def train(cfg: Config, task: str = "pretrain", resume: str | None = None, init: str | None = None) -> dict:
+    trainer = Trainer(cfg, task, resume, init)
     try:
         return trainer.run()
     finally:
         D.cleanup()
+
+
+def pretrain(cfg: Config, resume: str | None = None) -> dict:
+    return train(cfg, "pretrain", resume)
 
 
 def chance_recall(n_images: int, k: int = 1) -> float:

@@ -1,0 +1,241 @@
+"""What the engine needs to know about each task: data, one training step, evaluation.
+
+The engine (engine.py) is the same for pre-training and every downstream task; a Task supplies the
+training set and its collate function, turns a batch into losses, and evaluates a model.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from albef_lab.config import Config
+from albef_lab.data import datasets as DS
+from albef_lab.data.formats import read_json
+from albef_lab.data.tokenizer import Tokenizer
+from albef_lab.data.transforms import ImageTextTransform, eval_transform
+from albef_lab.eval.retrieval import encode_images, encode_texts, recall_metrics, rerank_scores, zero_shot_eval
+
+# ShapesWorld file names per task (the official names differ; every one is a config key).
+DEFAULT_FILES = {
+    "pretrain": ("pretrain.json", "coco_val.json"),
+    "retrieval": ("coco_train.json", "coco_val.json"),
+    "vqa": ("vqa_train.json", "vqa_test.json"),
+    "nlvr": ("nlvr_train.json", "nlvr_val.json"),
+    "ve": ("ve_train.json", "ve_val.json"),
+    "grounding": ("grounding_train.json", "grounding_test.json"),
+}
+
+
+def _path(root: str, name: str) -> Path:
+    p = Path(name)
+    return p if p.is_absolute() else Path(root) / p
+
+
+def vqa_score(answer: str, annotators: list[str]) -> float:
+    """VQA accuracy of one answer: min(1, #annotators who gave it / 3)."""
+    return min(1.0, sum(a == answer for a in annotators) / 3.0)
+
+
+class Task:
+    name = "pretrain"
+    model_name = "pretrain"
+    primary = "r_mean"  # the metric that decides the best checkpoint
+
+    def __init__(self, cfg: Config, tokenizer: Tokenizer):
+        self.cfg, self.tok = cfg, tokenizer
+        d = cfg.data
+        train_file, val_file = DEFAULT_FILES[self.name]
+        self.train_file = _path(d.root, d.train_file or train_file)
+        self.val_file = _path(d.root, d.val_file or val_file)
+        self.image_root = d.image_root or d.root
+        self.res = cfg.model.vision.image_res
+
+    def train_transform(self) -> ImageTextTransform:
+        d = self.cfg.data
+        return ImageTextTransform(self.res, train=True, scale=(d.crop_min_scale, 1.0), randaugment=d.randaugment,
+                                  flip_text=d.flip_text)
+
+    def train_set(self) -> Dataset:
+        return DS.PretrainDataset(self.train_file, self.image_root, self.train_transform(), self.cfg.data.max_words)
+
+    collate = None
+
+    def text(self, texts, device: torch.device, max_length: int | None = None) -> tuple[Tensor, Tensor]:
+        ids, mask = self.tok(list(texts), max_length=max_length or self.cfg.data.max_tokens)
+        return ids.to(device), mask.to(device)
+
+    def forward(self, net: nn.Module, batch, alpha: float, gen: torch.Generator, device: torch.device) -> dict:
+        images, captions, image_ids = batch
+        ids, mask = self.text(captions, device)
+        same = image_ids.to(device) if self.cfg.model.fix_duplicate_negatives else None
+        return net(images.to(device, non_blocking=True), ids, mask, alpha, generator=gen, image_ids=same)
+
+    def evaluate(self, model: nn.Module, device: torch.device) -> dict:
+        if not self.val_file.is_file():
+            return {}
+        val = DS.RetrievalEvalDataset(self.val_file, self.image_root, eval_transform(self.res),
+                                      self.cfg.data.max_words)
+        return zero_shot_eval(model, val, self.tok, device)
+
+
+class RetrievalTask(Task):
+    name = model_name = "retrieval"
+
+    def train_set(self) -> Dataset:
+        return DS.RetrievalTrainDataset(self.train_file, self.image_root, self.train_transform(),
+                                        self.cfg.data.max_words)
+
+    def forward(self, net, batch, alpha, gen, device):
+        images, captions, image_ids = batch
+        ids, mask = self.text(captions, device)
+        return net(images.to(device), ids, mask, alpha, idx=image_ids.to(device), generator=gen)
+
+    @torch.no_grad()
+    def evaluate(self, model, device):
+        val = DS.RetrievalEvalDataset(self.val_file, self.image_root, eval_transform(self.res),
+                                      self.cfg.data.max_words)
+        was = model.training
+        model.eval()
+        loader = DataLoader(val, batch_size=128, shuffle=False)
+        image_states, image_feat = encode_images(model, loader, device)
+        text_states, text_atts, text_feat = encode_texts(model, self.tok, val.text, device)
+        txt2img = torch.tensor([val.txt2img[t] for t in range(len(val.text))], device=device)
+        s_i2t, s_t2i = rerank_scores(model, image_states, image_feat, text_states, text_atts, text_feat,
+                                     self.cfg.data.k_test)
+        itc = recall_metrics(image_feat @ text_feat.t(), txt2img)
+        # reranked: ITM scores inside the top-k; the ITC order decides outside it (as -100 entries tie)
+        out = recall_metrics(s_i2t, txt2img, scores_t2i=s_t2i)
+        out.update({f"itc_{k}": v for k, v in itc.items()})
+        model.train(was)
+        return out
+
+
+class VQATask(Task):
+    name = model_name = "vqa"
+    primary = "vqa_acc"
+
+    def train_set(self):
+        return DS.VQADataset(self.train_file, self.image_root, self.train_transform(), train=True,
+                             max_words=self.cfg.data.max_words)
+
+    collate = staticmethod(DS.vqa_collate)
+
+    def answers(self, texts, device):
+        return self.text([a + "[SEP]" for a in texts], device, max_length=self.cfg.data.max_tokens)
+
+    def forward(self, net, batch, alpha, gen, device):
+        images, questions, answers, weights, k = batch
+        q_ids, q_mask = self.text(questions, device)
+        a_ids, a_mask = self.answers(answers, device)
+        loss = net(images.to(device), q_ids, q_mask, a_ids, a_mask, k, weights.to(device), alpha)
+        return {"loss": loss}
+
+    @torch.no_grad()
+    def evaluate(self, model, device, out_file: Path | None = None):
+        d = self.cfg.data
+        test = DS.VQADataset(self.val_file, self.image_root, eval_transform(self.res), train=False,
+                             max_words=d.max_words)
+        answer_list = read_json(_path(d.root, d.answer_list))
+        a_ids, a_mask = self.answers(answer_list, device)
+        was = model.training
+        model.eval()
+        results, score, counted = [], 0.0, 0
+        for images, questions, qids in DataLoader(test, batch_size=64, shuffle=False):
+            q_ids, q_mask = self.text(questions, device)
+            topk, probs = model.rank_answers(images.to(device), q_ids, q_mask, a_ids, a_mask,
+                                             min(d.k_test, len(answer_list)),
+                                             fix_double_count=self.cfg.model.fix_vqa_double_count)
+            best = topk.gather(1, probs.argmax(1, keepdim=True)).squeeze(1)
+            for qid, a in zip(qids.tolist(), best.tolist(), strict=True):
+                results.append({"question_id": qid, "answer": answer_list[a]})
+        by_qid = {e["question_id"]: e for e in test.entries}
+        for r in results:
+            annotators = by_qid[r["question_id"]].get("answer")
+            if annotators:
+                score += vqa_score(r["answer"], annotators)
+                counted += 1
+        if out_file is not None:
+            out_file.write_text(json.dumps(results))
+        model.train(was)
+        majority = Counter(Counter(e["answer"]).most_common(1)[0][0] for e in test.entries if e.get("answer"))
+        return {"vqa_acc": 100.0 * score / max(1, counted), "answered": len(results),
+                "majority_answer_acc": 100.0 * majority.most_common(1)[0][1] / max(1, counted) if majority else 0.0}
+
+
+class ClassifyTask(Task):
+    primary = "acc"
+
+    def train_set(self):
+        tf = self.train_transform()
+        if self.name == "nlvr":
+            return DS.NLVRDataset(self.train_file, self.image_root, tf, self.cfg.data.max_words)
+        return DS.VEDataset(self.train_file, self.image_root, tf, self.cfg.data.max_words)
+
+    def _split(self, batch, device):
+        if self.name == "nlvr":
+            img0, img1, text, labels = batch
+            images = torch.cat([img0, img1], dim=0)
+        else:
+            images, text, labels = batch
+        ids, mask = self.text(text, device)
+        return images.to(device), ids, mask, labels.to(device)
+
+    def forward(self, net, batch, alpha, gen, device):
+        images, ids, mask, labels = self._split(batch, device)
+        return {"loss": net(images, ids, mask, labels, alpha)}
+
+    @torch.no_grad()
+    def evaluate(self, model, device):
+        ds = (DS.NLVRDataset if self.name == "nlvr" else DS.VEDataset)(
+            self.val_file, self.image_root, eval_transform(self.res), self.cfg.data.max_words)
+        was = model.training
+        model.eval()
+        correct = n = 0
+        labels_seen = Counter()
+        for batch in DataLoader(ds, batch_size=64, shuffle=False):
+            images, ids, mask, labels = self._split(batch, device)
+            pred = model(images, ids, mask, train=False).argmax(1)
+            correct += (pred == labels).sum().item()
+            n += labels.numel()
+            labels_seen.update(labels.tolist())
+        model.train(was)
+        return {"acc": 100.0 * correct / max(1, n), "majority_class_acc": 100.0 * max(labels_seen.values()) / max(1, n)}
+
+
+class NLVRTask(ClassifyTask):
+    name = model_name = "nlvr"
+
+
+class VETask(ClassifyTask):
+    name = model_name = "ve"
+
+
+class GroundingTask(RetrievalTask):
+    """Fine-tunes the retrieval model on referring expressions (each expression a caption of its image);
+    evaluation ranks the proposals by Grad-CAM (see albef_lab/eval/grounding.py)."""
+
+    name = "grounding"
+    model_name = "grounding"
+    primary = "acc_all"
+
+    def train_set(self):
+        return DS.GroundingDataset(self.train_file, self.image_root, self.train_transform(),
+                                   self.cfg.data.max_words, train=True)
+
+    def evaluate(self, model, device):
+        from albef_lab.eval.grounding import evaluate_grounding
+
+        d = self.cfg.data
+        return evaluate_grounding(model, self.tok, self.val_file, self.image_root, _path(d.root, d.refer_dir),
+                                  self.res, device, block=d.gradcam_block)
+
+
+TASKS: dict[str, type[Task]] = {"pretrain": Task, "retrieval": RetrievalTask, "vqa": VQATask, "nlvr": NLVRTask,
+                                "ve": VETask, "grounding": GroundingTask}
+
