@@ -1,4 +1,4 @@
-"""`albef-lab` command line: info, verify-reference (more subcommands join as they are built)."""
+"""`albef-lab` command line: info, make-world, pretrain, finetune, evaluate, plot, verify-reference."""
 
 from __future__ import annotations
 
@@ -81,7 +81,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         print(f"done: {result['step']} steps in {result['seconds'] / 60:.1f} min; held-out zero-shot retrieval: "
               f"text->image R@1 {result['img_r1']:.1f}% R@5 {result['img_r5']:.1f}%, image->text R@1 "
               f"{result['txt_r1']:.1f}%, ITM accuracy {result['itm_acc']:.1f}% "
-              f"(chance: R@1 {chance_recall(result.get('n_val_images', 0)):.2f}%, ITM 50%)")
+              f"(chance: R@1 {chance_recall(result.get('n_images', 0)):.2f}%, ITM 50%)")
         print(f"checkpoint: {cfg.train.output_dir}/model.pth; curves: albef-lab plot {cfg.train.output_dir}")
     return 0
 
@@ -184,7 +184,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may come after options (argparse stops filling a positional list at an option)
+    bad = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
+    if bad:
+        parser.error(f"unrecognized arguments: {' '.join(bad)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     try:
         return args.func(args)
     except (FileNotFoundError, ValueError, KeyError, TypeError, RuntimeError) as e:

@@ -47,8 +47,8 @@ def evaluate_grounding(model: nn.Module, tokenizer: Tokenizer, ann_file: str | P
     """
     refer = read_refer(refer_dir)
     ds = GroundingDataset(ann_file, image_root, eval_transform(res))
-    if mode == "itm" and block < 0:
-        block = model.cfg.text.fusion_layer + 2
+    if mode == "itm" and block < 0:  # the third fusion layer (8 of 12 at base size), or the last one
+        block = min(model.cfg.text.fusion_layer + 2, model.cfg.text.num_hidden_layers - 1)
     was = model.training
     model.eval()
     hits, counts = defaultdict(int), defaultdict(int)

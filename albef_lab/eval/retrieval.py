@@ -104,6 +104,7 @@ def zero_shot_eval(model: nn.Module, dataset, tokenizer: Tokenizer, device: torc
         neg_s = itm_scores(model, text_states[neg[a:a + batch_size]], text_atts[neg[a:a + batch_size]], img)
         correct += (pos_s > 0).sum().item() + (neg_s <= 0).sum().item()
     out["itm_acc"] = 100.0 * correct / (2 * n)
+    out["n_images"] = n
     model.train(was_training)
     return out
 

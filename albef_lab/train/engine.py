@@ -257,6 +257,7 @@ class Trainer:
             self.sampler.set_epoch(st.epoch, st.batch_in_epoch * t.batch_size)
             self.dataset.set_epoch(st.epoch)
             loader = DataLoader(self.dataset, batch_size=t.batch_size, sampler=self.sampler, drop_last=True,
+                                collate_fn=self.task.collate,
                                 num_workers=cfg.data.num_workers, pin_memory=self.device.type == "cuda",
                                 persistent_workers=False,  # its own generator: the global RNG stays untouched
                                 generator=torch.Generator().manual_seed(t.seed + st.epoch))
