@@ -168,7 +168,8 @@ def _tiny() -> Config:
         initializer_range=0.1,
     )
     # A faster teacher and a shorter queue than the paper's (0.995, 65,536): minutes, not days, of training.
-    model = ModelConfig(vision=vision, text=text, embed_dim=64, queue_size=256, momentum=0.99)
+    model = ModelConfig(vision=vision, text=text, embed_dim=64, queue_size=256, momentum=0.99,
+                        decoder_layers=2)  # the VQA decoder starts from the 2 fusion layers
     train = TrainConfig(output_dir="runs/pretrain_tiny", epochs=10, batch_size=64, lr=1e-3, min_lr=1e-5,
                         warmup_lr=1e-5, warmup_steps=50, max_minutes=9.0, log_every=5)
     # Small synthetic scenes: a crop may cut objects that the caption names, so crop gently, no RandAugment.

@@ -206,3 +206,56 @@ def test_a_pretrained_file_with_a_wrong_key_is_refused():
     sd["visual_encoder.norm.weightt"] = sd.pop("visual_encoder.norm.weight")
     with pytest.raises(CheckpointError, match="visual_encoder.norm.weight"):
         init_from_pretrained(create_model("ve", small_config()), "ve", sd, fusion_layer=2, verbose=False)
+
+
+def test_deit_weights_initialise_the_vit(tmp_path):
+    from albef_lab.models.checkpoint import load_deit
+    from albef_lab.models.vit import VisionTransformer
+
+    cfg = small_config().vision
+    cfg.image_res = 48  # DeiT at 224 -> ALBEF at 256, in small: 3x3 -> 2x2 patches
+    torch.manual_seed(0)
+    deit = VisionTransformer(cfg)
+    sd = deit.state_dict()
+    sd["head.weight"], sd["head.bias"] = torch.zeros(10, 32), torch.zeros(10)
+    torch.save({"model": sd}, tmp_path / "deit.pth")
+    vit = VisionTransformer(small_config().vision)
+    report = load_deit(vit, tmp_path / "deit.pth", verbose=False)
+    assert report.clean and report.resized
+    assert torch.equal(vit.blocks[1].mlp.fc2.weight, deit.blocks[1].mlp.fc2.weight)
+    assert vit.pos_embed.shape == (1, 5, 32)
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "bin"])
+def test_bert_base_weights_initialise_text_encoders(tmp_path, fmt):
+    from safetensors.torch import save_file
+
+    from albef_lab.models.bert import BertForMaskedLM, BertModel
+    from albef_lab.models.checkpoint import load_bert
+
+    text = small_config().text
+    torch.manual_seed(0)
+    hf = BertForMaskedLM(text)  # stands for bert-base-uncased: same keys, no cross-attention
+    sd = {k: v.clone() for k, v in hf.state_dict().items() if ".crossattention." not in k
+          and k != "cls.predictions.decoder.weight"}
+    sd["bert.pooler.dense.weight"] = torch.zeros(32, 32)
+    sd["cls.seq_relationship.weight"] = torch.zeros(2, 32)
+    folder = tmp_path / "bert-base-uncased"
+    folder.mkdir()
+    if fmt == "safetensors":
+        save_file(sd, str(folder / "model.safetensors"))
+    else:
+        sd = {k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
+              for k, v in sd.items()}
+        torch.save(sd, folder / "pytorch_model.bin")
+    mlm = BertForMaskedLM(text)
+    report = load_bert(mlm, folder, verbose=False)
+    assert all(".crossattention." in k for k in report.missing) and report.missing
+    assert torch.equal(mlm.bert.encoder.layer[3].output.dense.weight, hf.bert.encoder.layer[3].output.dense.weight)
+    assert mlm.cls.predictions.decoder.weight is mlm.bert.embeddings.word_embeddings.weight
+    assert torch.equal(mlm.cls.predictions.decoder.weight, hf.bert.embeddings.word_embeddings.weight)
+    plain = BertModel(text)
+    load_bert(plain, folder, verbose=False)
+    assert torch.equal(plain.embeddings.LayerNorm.weight, hf.bert.embeddings.LayerNorm.weight)
+    with pytest.raises(FileNotFoundError, match="no model.safetensors"):
+        load_bert(plain, tmp_path)

@@ -177,8 +177,8 @@ def test_short_tiny_pretraining_learns(tmp_path):
     world = tmp_path / "world"
     write_world(WorldSettings(out=str(world), images=3000, seed=0, res=64), progress=False)
     run = tmp_path / "run"
-    cfg = load_config(None, [f"data.root={world}", f"train.output_dir={run}", "train.max_steps=450",
-                             "train.progress=false", "train.eval_every=450", "train.save_every=450",
+    cfg = load_config(None, [f"data.root={world}", f"train.output_dir={run}", "train.max_steps=560",
+                             "train.progress=false", "train.eval_every=560", "train.save_every=560",
                              "train.max_minutes=0"], "tiny")
     result = E.pretrain(cfg)
     chance = E.chance_recall(result["n_images"])

@@ -208,3 +208,59 @@ def init_from_pretrained(model: nn.Module, task: str, state_dict: dict[str, Tens
     if verbose:
         print(report)
     return report
+
+
+def load_deit(vit: nn.Module, path: str | Path, verbose: bool = True) -> LoadReport:
+    """Initialise a ViT from a DeiT/timm ImageNet checkpoint (e.g. deit_base_patch16_224): the classifier
+    head (and a distillation token) are dropped, the position table is resized to the ViT's image size."""
+    sd = state_dict_of(read_file(path), path)
+    sd = {k: v for k, v in sd.items() if not k.startswith(("head", "dist_token", "fc_norm"))}
+    if "pos_embed" in sd:
+        extra = sd["pos_embed"].shape[1] - 1 - math.isqrt(sd["pos_embed"].shape[1] - 1) ** 2
+        if extra:  # DeiT-distilled: [cls, dist] tokens; keep cls
+            sd["pos_embed"] = torch.cat([sd["pos_embed"][:, :1], sd["pos_embed"][:, 1 + extra:]], dim=1)
+    return load_into(vit, sd, strict=True, verbose=verbose)  # resizes the position table if needed
+
+
+def load_bert(text_encoder: nn.Module, path: str | Path, verbose: bool = True) -> LoadReport:
+    """Initialise the BERT text encoder (with or without MLM head) from a `bert-base-uncased` checkpoint
+    file or folder (`model.safetensors` or `pytorch_model.bin`). Cross-attention starts random, as in
+    the original; the pooler and the next-sentence head are not used."""
+    path = Path(path)
+    if path.is_dir():
+        for name in ("model.safetensors", "pytorch_model.bin"):
+            if (path / name).is_file():
+                path = path / name
+                break
+        else:
+            raise FileNotFoundError(f"{path}: no model.safetensors or pytorch_model.bin")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        sd = load_file(str(path))
+    else:
+        sd = state_dict_of(read_file(path), path)
+    # older files name LayerNorm parameters gamma/beta
+    sd = {k.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias"): v
+          for k, v in sd.items()}
+    own = text_encoder.state_dict()
+    has_bert_prefix = any(k.startswith("bert.") for k in own)
+    mapped = {}
+    for k, v in sd.items():
+        if k.startswith(("bert.pooler", "cls.seq_relationship")):
+            continue
+        key = k if has_bert_prefix else k.removeprefix("bert.")
+        if not has_bert_prefix and key.startswith("cls."):
+            continue
+        mapped[key] = v
+    words = mapped.get("bert.embeddings.word_embeddings.weight")
+    if has_bert_prefix and "cls.predictions.decoder.weight" not in mapped and words is not None:
+        mapped["cls.predictions.decoder.weight"] = words
+        mapped["cls.predictions.decoder.bias"] = mapped.get("cls.predictions.bias", own["cls.predictions.bias"])
+    report = load_into(text_encoder, mapped, strict=False, verbose=False)
+    lacking = [k for k in report.missing if ".crossattention." not in k and not k.endswith("position_ids")]
+    if lacking or report.mismatched:
+        raise CheckpointError(f"{path} does not fit the BERT text encoder\n{report}")
+    if verbose:
+        print(report)
+    return report

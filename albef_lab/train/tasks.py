@@ -42,6 +42,15 @@ def vqa_score(answer: str, annotators: list[str]) -> float:
     return min(1.0, sum(a == answer for a in annotators) / 3.0)
 
 
+def majority_answer_accuracy(entries: list[dict]) -> float:
+    """VQA accuracy (percent) of always giving the most common answer of the split: the 'prior' baseline."""
+    labelled = [e["answer"] for e in entries if e.get("answer")]
+    if not labelled:
+        return 0.0
+    top = Counter(a for answers in labelled for a in answers).most_common(1)[0][0]
+    return 100.0 * sum(vqa_score(top, answers) for answers in labelled) / len(labelled)
+
+
 class Task:
     name = "pretrain"
     model_name = "pretrain"
@@ -111,7 +120,7 @@ class RetrievalTask(Task):
         itc = recall_metrics(image_feat @ text_feat.t(), txt2img)
         # reranked: ITM scores inside the top-k; the ITC order decides outside it (as -100 entries tie)
         out = recall_metrics(s_i2t, txt2img, scores_t2i=s_t2i)
-        out.update({f"itc_{k}": v for k, v in itc.items()})
+        out.update({f"itc_{k}": v for k, v in itc.items()}, n_images=len(val))
         model.train(was)
         return out
 
@@ -163,9 +172,8 @@ class VQATask(Task):
         if out_file is not None:
             out_file.write_text(json.dumps(results))
         model.train(was)
-        majority = Counter(Counter(e["answer"]).most_common(1)[0][0] for e in test.entries if e.get("answer"))
         return {"vqa_acc": 100.0 * score / max(1, counted), "answered": len(results),
-                "majority_answer_acc": 100.0 * majority.most_common(1)[0][1] / max(1, counted) if majority else 0.0}
+                "majority_answer_acc": majority_answer_accuracy(test.entries)}
 
 
 class ClassifyTask(Task):
