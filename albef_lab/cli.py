@@ -101,6 +101,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import json
+    from pathlib import Path
 
     from albef_lab.config import load_config
     from albef_lab.data.tokenizer import load_tokenizer
@@ -116,10 +117,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         cfg.model = model_cfg
     else:  # an official file: the architecture comes from the preset / config given here
         model = create_model(task_cls.model_name, cfg.model)
-        print(load_into(model, state_dict_of(obj, args.checkpoint), strict=True, verbose=False))
+        sd = state_dict_of(obj, args.checkpoint)
+        if set(model.state_dict()) <= set(sd):  # a fine-tuned file of this task: strict
+            report = load_into(model, sd, strict=True, verbose=False)
+        else:  # a pre-training file: zero-shot, with the original's key mapping
+            from albef_lab.models.checkpoint import init_from_pretrained
+
+            report = init_from_pretrained(model, task_cls.model_name, sd, cfg.model.text.fusion_layer, verbose=False)
+        print(report)
+        if report.resized:
+            print(f"warning: the checkpoint was trained at another image size; its position embeddings were "
+                  f"resized to {cfg.model.vision.image_res} px, which costs accuracy without fine-tuning",
+                  file=sys.stderr)
     device = torch.device("cuda" if torch.cuda.is_available() and cfg.train.device != "cpu" else "cpu")
     tok = load_tokenizer(cfg.data.tokenizer or f"{cfg.data.root}/vocab")
-    task = task_cls(cfg, tok)
+    task = task_cls(cfg, tok, Path(args.checkpoint).parent)
     metrics = task.evaluate(model.to(device), device)
     print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in metrics.items()}))
     return 0

@@ -92,6 +92,9 @@ def test_finetune_each_task_from_a_pretrained_checkpoint(world, tmp_path, task):
     primary = {"retrieval": "r_mean", "vqa": "vqa_acc", "nlvr": "acc", "ve": "acc", "grounding": "acc_all"}[task]
     assert 0.0 <= result[primary] <= 100.0
     assert (out / "model.pth").is_file()
+    if task == "vqa":
+        answers = json.loads((out / "vqa_result.json").read_text())
+        assert answers and set(answers[0]) == {"question_id", "answer"}
 
 
 def test_evaluate_cli_on_a_finetuned_checkpoint(world, tmp_path, capsys):
@@ -102,6 +105,21 @@ def test_evaluate_cli_on_a_finetuned_checkpoint(world, tmp_path, capsys):
     assert main(["evaluate", "ve", "--checkpoint", str(out / "model.pth"), f"data.root={world}"]) == 0
     metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(metrics) == {"acc", "majority_class_acc"}
+
+
+def test_zero_shot_evaluation_of_a_pretraining_file_warns_about_the_image_size(world, tmp_path, capsys):
+    pre = tmp_path / "pre"
+    E.pretrain(load_config(None, [*SMALL, f"data.root={world}", f"train.output_dir={pre}", "train.max_steps=1"],
+                           "tiny"))
+    official = tmp_path / "ALBEF.pth"
+    torch.save({"model": torch.load(pre / "model.pth", weights_only=True)["model"]}, official)  # no config inside
+    capsys.readouterr()
+    args = ["evaluate", "retrieval", "--checkpoint", str(official), "--preset", "tiny", *SMALL,
+            "model.vision.image_res=48", f"data.root={world}", "data.k_test=4"]
+    assert main(args) == 0
+    out, err = capsys.readouterr()
+    assert "missing (1): idx_queue" in out and "warning" in err and "48 px" in err
+    assert "r_mean" in json.loads(out.strip().splitlines()[-1])
 
 
 def test_random_proposal_baseline_is_a_probability(world):

@@ -108,7 +108,7 @@ class Trainer:
         ensure_world(d, _path(d.root, d.train_file or DEFAULT_FILES[task][0]), progress=t.progress and self.main)
         self.tokenizer: Tokenizer = load_tokenizer(d.tokenizer or Path(d.root) / "vocab")
         self._check_vocab()
-        self.task = TASKS[task](cfg, self.tokenizer)
+        self.task = TASKS[task](cfg, self.tokenizer, self.run_dir if self.main else None)
         base = self.task.train_set()
         self.dataset = SeededDataset(base, t.seed)
         self.sampler = ResumableSampler(len(base), self.world, self.rank, shuffle=True, seed=t.seed)

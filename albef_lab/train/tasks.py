@@ -56,8 +56,9 @@ class Task:
     model_name = "pretrain"
     primary = "r_mean"  # the metric that decides the best checkpoint
 
-    def __init__(self, cfg: Config, tokenizer: Tokenizer):
+    def __init__(self, cfg: Config, tokenizer: Tokenizer, out_dir: str | Path | None = None):
         self.cfg, self.tok = cfg, tokenizer
+        self.out_dir = Path(out_dir) if out_dir else None  # where evaluations write their result files
         d = cfg.data
         train_file, val_file = DEFAULT_FILES[self.name]
         self.train_file = _path(d.root, d.train_file or train_file)
@@ -146,7 +147,7 @@ class VQATask(Task):
         return {"loss": loss}
 
     @torch.no_grad()
-    def evaluate(self, model, device, out_file: Path | None = None):
+    def evaluate(self, model, device):
         d = self.cfg.data
         test = DS.VQADataset(self.val_file, self.image_root, eval_transform(self.res), train=False,
                              max_words=d.max_words)
@@ -169,8 +170,11 @@ class VQATask(Task):
             if annotators:
                 score += vqa_score(r["answer"], annotators)
                 counted += 1
-        if out_file is not None:
-            out_file.write_text(json.dumps(results))
+        if self.out_dir is not None:  # written at every evaluation, not only at the end
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            tmp = self.out_dir / "vqa_result.json.tmp"
+            tmp.write_text(json.dumps(results))
+            tmp.replace(self.out_dir / "vqa_result.json")
         model.train(was)
         return {"vqa_acc": 100.0 * score / max(1, counted), "answered": len(results),
                 "majority_answer_acc": majority_answer_accuracy(test.entries)}
