@@ -91,7 +91,8 @@ class DataConfig:
     answer_list: str = "answer_list.json"  # VQA candidate answers
     refer_dir: str = "refcoco+"  # RefCOCO+ refs / instances / dets
     k_test: int = 256  # retrieval: candidates re-ranked by ITM (COCO 256, Flickr 128); VQA: answers rescored
-    gradcam_block: int = -1  # grounding: cross-attention layer for Grad-CAM; -1 = the third fusion layer
+    gradcam_mode: str = "itm"  # grounding: "itm" (ITM score on a cross-attention layer) or "itc" (ViT block)
+    gradcam_block: int = -1  # -1 = the third fusion layer (itm) or the last ViT block (itc)
     image_root: str = ""  # default: root
     tokenizer: str = ""  # a directory with vocab.txt or a cached model name; default: root/vocab
     make_world: bool = True

@@ -45,6 +45,8 @@ def evaluate_grounding(model: nn.Module, tokenizer: Tokenizer, ann_file: str | P
     `block`: cross-attention layer for mode 'itm' (-1 = the third fusion layer, block 8 of 12 at base size),
     ViT block for mode 'itc' (-1 = the last).
     """
+    if mode not in ("itm", "itc"):
+        raise ValueError(f"Grad-CAM mode must be 'itm' or 'itc', got {mode!r}")
     refer = read_refer(refer_dir)
     ds = GroundingDataset(ann_file, image_root, eval_transform(res))
     if mode == "itm" and block < 0:  # the third fusion layer (8 of 12 at base size), or the last one

@@ -245,7 +245,7 @@ class GroundingTask(RetrievalTask):
 
         d = self.cfg.data
         return evaluate_grounding(model, self.tok, self.val_file, self.image_root, _path(d.root, d.refer_dir),
-                                  self.res, device, block=d.gradcam_block)
+                                  self.res, device, block=d.gradcam_block, mode=d.gradcam_mode)
 
 
 TASKS: dict[str, type[Task]] = {"pretrain": Task, "retrieval": RetrievalTask, "vqa": VQATask, "nlvr": NLVRTask,
