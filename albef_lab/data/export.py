@@ -1,0 +1,185 @@
+"""Write a ShapesWorld to disk in the official ALBEF/COCO/VQA/NLVR2/SNLI-VE/RefCOCO+ JSON formats.
+
+Layout of OUT:
+  images/NNNNNN.png          scenes.json (ground truth)    world.json (settings and counts)
+  vocab/vocab.txt            pretrain.json                 coco_{train,val,test}.json
+  vqa_{train,test}.json      answer_list.json              nlvr_{train,val,test}.json
+  ve_{train,val,test}.json   refcoco+/{refs,instances,dets}.json, grounding_{train,test}.json
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from albef_lab.data import world as W
+from albef_lab.data.tokenizer import write_vocab
+
+
+@dataclass
+class WorldSettings:
+    out: str = "data/shapesworld"
+    seed: int = 0
+    images: int = 3000
+    res: int = 64
+    noise: float = 0.0  # fraction of pre-training captions corrupted
+    captions_per_image: int = 3  # pre-training / retrieval train
+    test_captions: int = 5  # retrieval val/test, as COCO
+    questions_per_image: int = 2
+    workers: int = 2
+
+
+def _split(i: int, n: int) -> str:
+    return "train" if i < int(n * 0.8) else ("val" if i < int(n * 0.9) else "test")
+
+
+def _render_chunk(args: tuple[int, int, int, int, str]) -> int:
+    start, stop, seed, res, out = args
+    for i in range(start, stop):
+        W.render(W.make_scene(i, seed), res).save(Path(out) / "images" / f"{i:06d}.png", compress_level=1)
+    return stop - start
+
+
+def _dump(path: Path, obj) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=None, separators=(",", ":")))
+    tmp.replace(path)
+
+
+def write_world(s: WorldSettings, progress: bool = True) -> dict:
+    """Generate scenes, render images, and write every task's annotations. Returns the counts."""
+    if not 0.0 <= s.noise <= 1.0:
+        raise ValueError(f"noise must be a fraction in [0, 1], got {s.noise}")
+    if s.images < 10:
+        raise ValueError("a world needs at least 10 images (train/val/test splits)")
+    out = Path(s.out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / "refcoco+").mkdir(exist_ok=True)
+    scenes = [W.make_scene(i, s.seed) for i in range(s.images)]
+    img = [f"images/{i:06d}.png" for i in range(s.images)]
+    split = [_split(i, s.images) for i in range(s.images)]
+    by_split = {k: [i for i in range(s.images) if split[i] == k] for k in ("train", "val", "test")}
+
+    chunk = max(1, s.images // (8 * max(1, s.workers)))
+    jobs = [(a, min(a + chunk, s.images), s.seed, s.res, str(out)) for a in range(0, s.images, chunk)]
+    bar = tqdm(total=s.images, desc="rendering", unit="img", disable=not progress)
+    if s.workers > 1:
+        with ProcessPoolExecutor(s.workers) as pool:
+            for n in pool.map(_render_chunk, jobs):
+                bar.update(n)
+    else:
+        for job in jobs:
+            bar.update(_render_chunk(job))
+    bar.close()
+
+    def rng(i: int, task: str) -> random.Random:
+        return random.Random(f"{s.seed}/{i}/{task}")
+
+    # captions: pre-training (with noise) and retrieval
+    pretrain, coco = [], {"train": [], "val": [], "test": []}
+    for i in by_split["train"]:
+        for c in W.captions(scenes[i], rng(i, "caption"), s.captions_per_image):
+            pretrain.append({"image": img[i], "caption": c, "image_id": i, "noise": "none"})
+            coco["train"].append({"image": img[i], "caption": c, "image_id": str(i)})
+    n_noisy = round(s.noise * len(pretrain))
+    noise_rng = random.Random(f"{s.seed}/noise")
+    for k in noise_rng.sample(range(len(pretrain)), n_noisy):
+        i = pretrain[k]["image_id"]
+        other = scenes[noise_rng.choice([j for j in by_split["train"] if j != i] or [i])]
+        pretrain[k]["caption"], pretrain[k]["noise"] = W.corrupt_caption(scenes[i], other, noise_rng)
+    for part in ("val", "test"):
+        for i in by_split[part]:
+            coco[part].append({"image": img[i], "caption": W.captions(scenes[i], rng(i, "caption"), s.test_captions)})
+
+    # VQA
+    vqa = {"train": [], "test": []}
+    qid = 0
+    for part, ids in (("train", by_split["train"]), ("test", by_split["val"] + by_split["test"])):
+        for i in ids:
+            r = rng(i, "vqa")
+            seen = set()
+            for _ in range(s.questions_per_image * 3):
+                q = W.vqa_item(scenes[i], r)
+                if q["question"] in seen:
+                    continue
+                seen.add(q["question"])
+                answers = W.annotator_answers(q["answer"], q["type"], r)
+                vqa[part].append({"question_id": qid, "image": img[i], "question": q["question"],
+                                  "answer": answers, "type": q["type"], "dataset": "vqa"})
+                qid += 1
+                if len(seen) == s.questions_per_image:
+                    break
+    answer_list = sorted(set(W.COLOURS) | set(W.SHAPES) | set(W.NUMBERS) | {"yes", "no"})
+
+    # NLVR2: each image is the left image of one pair with a random partner of its split
+    nlvr = {k: [] for k in by_split}
+    for part, ids in by_split.items():
+        for n, i in enumerate(ids):
+            r = rng(i, "nlvr")
+            j = r.choice([x for x in ids if x != i] or [i])
+            sentence = W.nlvr_statement(scenes[i], scenes[j], r, want=n % 2 == 0)
+            label = W.nlvr_truth(sentence, scenes[i], scenes[j])
+            nlvr[part].append({"images": [img[i], img[j]], "sentence": sentence, "label": str(label)})
+
+    # SNLI-VE: one hypothesis per label per image
+    ve = {k: [] for k in by_split}
+    for part, ids in by_split.items():
+        for i in ids:
+            r = rng(i, "ve")
+            for label in W.VE_LABELS:
+                ve[part].append({"image": img[i], "sentence": W.ve_item(scenes[i], r, label), "label": label})
+
+    # RefCOCO+ style grounding
+    refs, annotations, images, dets = [], [], [], {}
+    g_train, g_test = [], []
+    ann_id = ref_id = 0
+    for i, sc in enumerate(scenes):
+        r = rng(i, "ref")
+        images.append({"id": i, "file_name": img[i], "height": s.res, "width": s.res})
+        ref_split = split[i] if split[i] != "test" else ("testA" if len(sc.objects) <= 3 else "testB")
+        dets[str(i)] = W.proposals(sc, r, s.res)
+        targets = r.sample(range(len(sc.objects)), min(2, len(sc.objects)))
+        first_ann = ann_id
+        for o in sc.objects:
+            box = o.pixel_box(s.res)
+            annotations.append({"id": ann_id, "image_id": i, "bbox": box, "area": round(box[2] * box[3], 2),
+                                "category_id": W.SHAPES.index(o.shape) + 1, "iscrowd": 0})
+            ann_id += 1
+        for t in targets:
+            text = W.referring_expression(sc, t, r)
+            refs.append({"ref_id": ref_id, "image_id": i, "ann_id": first_ann + t, "split": ref_split,
+                         "category_id": W.SHAPES.index(sc.objects[t].shape) + 1, "sentences": [{"sent": text}]})
+            entry = {"image": img[i], "text": text, "ref_id": ref_id}
+            (g_train if ref_split == "train" else g_test).append(entry)
+            ref_id += 1
+    instances = {"images": images, "annotations": annotations,
+                 "categories": [{"id": k + 1, "name": n} for k, n in enumerate(W.SHAPES)]}
+
+    write_vocab(out / "vocab", W.vocabulary())
+    files = {
+        "scenes.json": [dict(sc.to_dict(), image=img[i], split=split[i]) for i, sc in enumerate(scenes)],
+        "pretrain.json": pretrain, "answer_list.json": answer_list,
+        "grounding_train.json": g_train, "grounding_test.json": g_test,
+        "refcoco+/refs.json": refs, "refcoco+/instances.json": instances, "refcoco+/dets.json": dets,
+    }
+    for part in ("train", "val", "test"):
+        files[f"coco_{part}.json"] = coco[part]
+        files[f"nlvr_{part}.json"] = nlvr[part]
+        files[f"ve_{part}.json"] = ve[part]
+    for part in ("train", "test"):
+        files[f"vqa_{part}.json"] = vqa[part]
+    for name, obj in files.items():
+        _dump(out / name, obj)
+    counts = {"images": s.images, **{f"{k}_images": len(v) for k, v in by_split.items()},
+              "pretrain_pairs": len(pretrain), "noisy_captions": n_noisy,
+              "vqa_train": len(vqa["train"]), "vqa_test": len(vqa["test"]), "answers": len(answer_list),
+              "nlvr": sum(len(v) for v in nlvr.values()), "ve": sum(len(v) for v in ve.values()),
+              "refs": len(refs)}
+    settings = {k: v for k, v in vars(s).items() if k not in ("workers", "out")}
+    _dump(out / "world.json", {"settings": settings, "counts": counts})
+    return counts

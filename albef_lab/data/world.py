@@ -1,0 +1,392 @@
+"""ShapesWorld: procedural scenes with exact ground truth, and the language of every ALBEF task.
+
+A scene holds 1-5 objects (shape, colour, size, box) that never overlap, on a lightly textured
+background. Everything said about a scene (captions, VQA, NLVR2 statements, SNLI-VE hypotheses,
+referring expressions) is derived from its scene graph, so it is true (or false where meant) by
+construction. Colour+shape pairs are unique within a scene, which keeps every phrase unambiguous.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+SHAPES = ["circle", "square", "triangle", "star", "cross", "diamond", "hexagon"]
+PLURAL = {s: s + ("es" if s.endswith("ss") or s.endswith("x") else "s") for s in SHAPES}
+COLOURS = {
+    "red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 215, 40),
+    "purple": (140, 60, 190), "orange": (245, 140, 30), "cyan": (40, 205, 215), "white": (245, 245, 245),
+}
+SIZES = {"small": (0.16, 0.2), "large": (0.27, 0.33)}  # side as a fraction of the image
+NUMBERS = ["zero", "one", "two", "three", "four", "five"]
+RELATIONS = {"to the left of": (0, -1), "to the right of": (0, 1), "above": (1, -1), "below": (1, 1)}
+MIN_GAP = 0.12  # centres must differ by this much (fraction of the image) for a relation to be stated
+NEUTRAL = ["the {o} was drawn by a child", "the {o} is made of wood", "the {o} is about to move",
+           "someone painted the {o} yesterday", "the {o} is heavier than it looks", "the {o} smells of paint"]
+VE_LABELS = ["contradiction", "neutral", "entailment"]  # ids 0, 1, 2 as the original's ve_dataset
+NOISE_KINDS = ["absent", "swap", "unrelated"]
+
+
+@dataclass
+class Obj:
+    shape: str
+    colour: str
+    size: str
+    box: tuple[float, float, float, float]  # x0, y0, x1, y1 as fractions of the image
+
+    @property
+    def centre(self) -> tuple[float, float]:
+        return ((self.box[0] + self.box[2]) / 2, (self.box[1] + self.box[3]) / 2)
+
+    def phrase(self, with_size: bool = True) -> str:
+        return f"{self.size} {self.colour} {self.shape}" if with_size else f"{self.colour} {self.shape}"
+
+    def pixel_box(self, res: int) -> list[float]:
+        """[x, y, w, h] in pixels at resolution `res` (COCO convention)."""
+        x0, y0, x1, y1 = (v * res for v in self.box)
+        return [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)]
+
+
+@dataclass
+class Scene:
+    index: int
+    seed: int
+    objects: list[Obj] = field(default_factory=list)
+    background: tuple[int, int, int] = (120, 120, 120)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @staticmethod
+    def from_dict(d: dict) -> Scene:
+        objs = [Obj(o["shape"], o["colour"], o["size"], tuple(o["box"])) for o in d["objects"]]
+        return Scene(d["index"], d["seed"], objs, tuple(d["background"]))
+
+    def count(self, shape: str | None = None, colour: str | None = None) -> int:
+        return sum((shape is None or o.shape == shape) and (colour is None or o.colour == colour)
+                   for o in self.objects)
+
+    def has(self, colour: str, shape: str) -> bool:
+        return self.count(shape, colour) > 0
+
+
+def relation_holds(a: Obj, b: Obj, rel: str) -> bool:
+    axis, sign = RELATIONS[rel]
+    d = a.centre[axis] - b.centre[axis]
+    return d * sign > MIN_GAP
+
+
+def _overlaps(a: tuple, b: tuple, margin: float) -> bool:
+    return not (a[2] + margin <= b[0] or b[2] + margin <= a[0] or a[3] + margin <= b[1] or b[3] + margin <= a[1])
+
+
+def make_scene(index: int, seed: int) -> Scene:
+    """Deterministic in (seed, index): 1-5 non-overlapping objects with unique colour+shape."""
+    rng = random.Random(seed * 1_000_003 + index)
+    bg = tuple(int(v) for v in (rng.randint(95, 140), rng.randint(95, 140), rng.randint(95, 140)))
+    for n in range(rng.randint(1, 5), 0, -1):
+        objs: list[Obj] = []
+        pairs = rng.sample([(s, c) for s in SHAPES for c in COLOURS], n)
+        for shape, colour in pairs:
+            size = rng.choice(list(SIZES))
+            for _ in range(60):
+                side = rng.uniform(*SIZES[size])
+                x0, y0 = rng.uniform(0.02, 0.98 - side), rng.uniform(0.02, 0.98 - side)
+                box = (x0, y0, x0 + side, y0 + side)
+                if not any(_overlaps(box, o.box, 0.02) for o in objs):
+                    objs.append(Obj(shape, colour, size, tuple(round(v, 4) for v in box)))
+                    break
+            else:
+                break
+        if len(objs) == n:
+            return Scene(index, seed, objs, bg)
+    raise RuntimeError("could not place a single object")  # unreachable: one object always fits
+
+
+def _shape_points(shape: str, box: tuple[float, ...]) -> list[tuple[float, float]]:
+    x0, y0, x1, y1 = box
+    cx, cy, r = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2
+
+    def polar(k: int, radius: list[float], turn: float = -math.pi / 2) -> list[tuple[float, float]]:
+        return [(cx + radius[i % len(radius)] * math.cos(turn + 2 * math.pi * i / k),
+                 cy + radius[i % len(radius)] * math.sin(turn + 2 * math.pi * i / k)) for i in range(k)]
+
+    if shape == "triangle":
+        return [(cx, y0), (x1, y1), (x0, y1)]
+    if shape == "diamond":
+        return [(cx, y0), (x1, cy), (cx, y1), (x0, cy)]
+    if shape == "star":
+        return polar(10, [r, r * 0.45])
+    if shape == "hexagon":
+        return polar(6, [r], 0.0)
+    if shape == "cross":
+        t = r / 3
+        return [(cx - t, y0), (cx + t, y0), (cx + t, cy - t), (x1, cy - t), (x1, cy + t), (cx + t, cy + t),
+                (cx + t, y1), (cx - t, y1), (cx - t, cy + t), (x0, cy + t), (x0, cy - t), (cx - t, cy - t)]
+    raise ValueError(shape)
+
+
+def render(scene: Scene, res: int = 64) -> Image.Image:
+    """Draw the scene at `res` x `res` pixels (supersampled for clean edges)."""
+    ss = 4 if res <= 128 else 2
+    size = res * ss
+    rng = np.random.default_rng(scene.seed * 7919 + scene.index)
+    base = np.array(scene.background, dtype=np.float32)
+    coarse = rng.normal(0, 10, (8, 8, 1)).astype(np.float32)
+    texture = np.array(Image.fromarray(coarse[..., 0]).resize((res, res), Image.BICUBIC))[..., None]
+    noise = rng.normal(0, 4, (res, res, 1)).astype(np.float32)
+    bg = np.clip(base + texture + noise, 0, 255).astype(np.uint8)
+    img = Image.fromarray(bg).resize((size, size), Image.NEAREST)
+    draw = ImageDraw.Draw(img)
+    for o in scene.objects:
+        box = tuple(v * size for v in o.box)
+        fill = COLOURS[o.colour]
+        if o.shape == "circle":
+            draw.ellipse(box, fill=fill)
+        elif o.shape == "square":
+            draw.rectangle(box, fill=fill)
+        else:
+            draw.polygon(_shape_points(o.shape, box), fill=fill)
+    return img.resize((res, res), Image.LANCZOS)
+
+
+# --- language -----------------------------------------------------------------------------------
+
+def _article(phrase: str) -> str:
+    return "an" if phrase[0] in "aeiou" else "a"
+
+
+def _with_article(phrase: str) -> str:
+    return f"{_article(phrase)} {phrase}"
+
+
+def _number(n: int) -> str:
+    return NUMBERS[n] if n < len(NUMBERS) else str(n)
+
+
+def _noun(shape: str, n: int) -> str:
+    return shape if n == 1 else PLURAL[shape]
+
+
+def relations(scene: Scene) -> list[tuple[Obj, str, Obj]]:
+    return [(a, rel, b) for a in scene.objects for b in scene.objects if a is not b
+            for rel in RELATIONS if relation_holds(a, b, rel)]
+
+
+def caption(scene: Scene, rng: random.Random) -> str:
+    """One true caption; the kind (listing, count, relation, single object) is drawn at random."""
+    objs = scene.objects
+    kinds = ["listing", "count", "single"] + (["relation"] * 2 if relations(scene) else [])
+    kind = rng.choice(kinds)
+    if kind == "relation":
+        a, rel, b = rng.choice(relations(scene))
+        return f"{_with_article(a.phrase(rng.random() < 0.5))} {rel} {_with_article(b.phrase(rng.random() < 0.5))}"
+    if kind == "count":
+        n = len(objs)
+        choice = rng.random()
+        shape = rng.choice(objs).shape
+        k = scene.count(shape=shape)
+        if choice < 0.4 or k == n:
+            return f"{_number(n)} {'shape' if n == 1 else 'shapes'}"
+        return f"{_number(k)} {_noun(shape, k)} and {_number(n - k)} other {'shape' if n - k == 1 else 'shapes'}"
+    if kind == "single":
+        o = rng.choice(objs)
+        return f"there is {_with_article(o.phrase(rng.random() < 0.5))}"
+    shown = rng.sample(objs, min(len(objs), 3))
+    parts = [_with_article(o.phrase(rng.random() < 0.5)) for o in shown]
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def captions(scene: Scene, rng: random.Random, n: int) -> list[str]:
+    out: list[str] = []
+    for _ in range(n * 6):
+        c = caption(scene, rng)
+        if c not in out:
+            out.append(c)
+        if len(out) == n:
+            break
+    while len(out) < n:
+        out.append(caption(scene, rng))
+    return out
+
+
+def corrupt_caption(scene: Scene, other: Scene, rng: random.Random, kind: str | None = None) -> tuple[str, str]:
+    """A caption that is wrong the way web alt-text is: an absent object, a swapped attribute, unrelated."""
+    kind = kind or rng.choice(NOISE_KINDS)
+    if kind == "absent":
+        present = {(o.shape, o.colour) for o in scene.objects}
+        shape, colour = rng.choice([(s, c) for s in SHAPES for c in COLOURS if (s, c) not in present])
+        fake = Obj(shape, colour, rng.choice(list(SIZES)), (0, 0, 0, 0))
+        return f"there is {_with_article(fake.phrase(False))}", kind
+    if kind == "swap":
+        o = rng.choice(scene.objects)
+        others = [c for c in COLOURS if c != o.colour and not scene.has(c, o.shape)]
+        wrong = Obj(o.shape, rng.choice(others), o.size, o.box)
+        return f"there is {_with_article(wrong.phrase(rng.random() < 0.5))}", kind
+    return caption(other, rng), "unrelated"
+
+
+def vqa_item(scene: Scene, rng: random.Random) -> dict:
+    """A question with its true answer and type (colour, shape, count, exist, relation)."""
+    objs = scene.objects
+    unique_shapes = [o for o in objs if scene.count(shape=o.shape) == 1]
+    unique_colours = [o for o in objs if scene.count(colour=o.colour) == 1]
+    types = ["count", "exist"] + (["colour"] if unique_shapes else []) + (["shape"] if unique_colours else [])
+    types += ["relation"] if len(objs) > 1 else []
+    qtype = rng.choice(types)
+    if qtype == "colour":
+        o = rng.choice(unique_shapes)
+        return {"question": f"what color is the {o.shape}", "answer": o.colour, "type": qtype}
+    if qtype == "shape":
+        o = rng.choice(unique_colours)
+        return {"question": f"what shape is the {o.colour} object", "answer": o.shape, "type": qtype}
+    if qtype == "count":
+        r = rng.random()
+        if r < 0.3:
+            return {"question": "how many shapes are there", "answer": _number(len(objs)), "type": qtype}
+        if r < 0.65:
+            shape = rng.choice(objs).shape if rng.random() < 0.7 else rng.choice(SHAPES)
+            return {"question": f"how many {PLURAL[shape]} are there", "answer": _number(scene.count(shape=shape)),
+                    "type": qtype}
+        colour = rng.choice(objs).colour if rng.random() < 0.7 else rng.choice(list(COLOURS))
+        return {"question": f"how many {colour} shapes are there",
+                "answer": _number(scene.count(colour=colour)), "type": qtype}
+    if qtype == "exist":
+        if rng.random() < 0.5:
+            o = rng.choice(objs)
+            colour, shape = o.colour, o.shape
+        else:
+            colour, shape = rng.choice([(c, s) for s in SHAPES for c in COLOURS if not scene.has(c, s)])
+        return {"question": f"is there {_with_article(colour)} {shape}",
+                "answer": "yes" if scene.has(colour, shape) else "no", "type": qtype}
+    a, b = rng.sample(objs, 2)
+    rel = rng.choice(list(RELATIONS))
+    if relation_holds(a, b, rel) or rng.random() < 0.5:
+        candidates = [r for r in RELATIONS if relation_holds(a, b, r)]
+        rel = rng.choice(candidates) if candidates else rel
+    answer = "yes" if relation_holds(a, b, rel) else "no"
+    return {"question": f"is the {a.phrase(False)} {rel} the {b.phrase(False)}", "answer": answer, "type": "relation"}
+
+
+def annotator_answers(answer: str, qtype: str, rng: random.Random, n: int = 10, error: float = 0.1) -> list[str]:
+    """VQA v2 style: n annotators, each wrong with probability `error` (a plausible other answer)."""
+    pools = {"colour": list(COLOURS), "shape": SHAPES, "count": NUMBERS[:6], "exist": ["yes", "no"],
+             "relation": ["yes", "no"]}
+    pool = [a for a in pools[qtype] if a != answer]
+    return [rng.choice(pool) if rng.random() < error else answer for _ in range(n)]
+
+
+def nlvr_statement(left: Scene, right: Scene, rng: random.Random, want: bool) -> str:
+    """A statement over an image pair whose truth value is `want` (if the pair allows it)."""
+    options: list[tuple[str, bool]] = []
+    for side, scene in (("left", left), ("right", right)):
+        for o in scene.objects:
+            options.append((f"the {side} image contains {_with_article(o.phrase(False))}", True))
+        c, s = rng.choice([(c, s) for s in SHAPES for c in COLOURS if not scene.has(c, s)])
+        options.append((f"the {side} image contains {_with_article(c)} {s}", False))
+    for shape in {o.shape for o in left.objects + right.objects}:
+        both = left.count(shape=shape) > 0 and right.count(shape=shape) > 0
+        options.append((f"both images contain {_with_article(shape)}", both))
+    nl, nr = len(left.objects), len(right.objects)
+    if nl != nr:
+        options.append(("the left image has more shapes than the right image", nl > nr))
+        options.append(("the right image has more shapes than the left image", nr > nl))
+    for colour in {o.colour for o in left.objects + right.objects}:
+        one = (left.count(colour=colour) > 0) != (right.count(colour=colour) > 0)
+        options.append((f"exactly one image contains {_with_article(colour)} shape", one))
+    matching = [s for s, t in options if t == want]
+    return rng.choice(matching or [s for s, _ in options])
+
+
+def nlvr_truth(statement: str, left: Scene, right: Scene) -> bool:
+    """Evaluate a statement produced by `nlvr_statement` (used for its label)."""
+    words = statement.split()
+    if statement.startswith("the ") and " image contains " in statement:
+        scene = left if words[1] == "left" else right
+        return scene.has(words[-2], words[-1])
+    if statement.startswith("both images contain"):
+        return left.count(shape=words[-1]) > 0 and right.count(shape=words[-1]) > 0
+    if "has more shapes than" in statement:
+        nl, nr = len(left.objects), len(right.objects)
+        return nl > nr if words[1] == "left" else nr > nl
+    if statement.startswith("exactly one image contains"):
+        c = words[-2]
+        return (left.count(colour=c) > 0) != (right.count(colour=c) > 0)
+    raise ValueError(f"not an NLVR statement of ShapesWorld: {statement!r}")
+
+
+def ve_item(scene: Scene, rng: random.Random, label: str) -> str:
+    """A hypothesis for the image with the given SNLI-VE label."""
+    objs = scene.objects
+    o = rng.choice(objs)
+    if label == "neutral":
+        return rng.choice(NEUTRAL).format(o=o.phrase(False))
+    truth = label == "entailment"
+    form = rng.choice(["exists", "count", "size"])
+    if form == "count":
+        n = len(objs)
+        k = n if truth else rng.choice([m for m in range(1, 6) if m != n])
+        return f"there {'is' if k == 1 else 'are'} {_number(k)} {'shape' if k == 1 else 'shapes'}"
+    if form == "size":
+        size = o.size if truth else ("large" if o.size == "small" else "small")
+        return f"the {o.phrase(False)} is {size}"
+    if truth:
+        return f"there is {_with_article(o.phrase(False))}"
+    c, s = rng.choice([(c, s) for s in SHAPES for c in COLOURS if not scene.has(c, s)])
+    return f"there is {_with_article(c)} {s}"
+
+
+def referring_expression(scene: Scene, target: int, rng: random.Random) -> str:
+    """Appearance-only expression (no position words, as RefCOCO+) that picks out exactly `target`."""
+    o = scene.objects[target]
+    options = []
+    if scene.count(shape=o.shape) == 1:
+        options.append(f"the {o.shape}")
+    if scene.count(colour=o.colour) == 1:
+        options.append(f"the {o.colour} shape")
+    options.append(f"the {o.colour} {o.shape}")
+    options.append(f"the {o.size} {o.colour} {o.shape}")
+    return rng.choice(options)
+
+
+def proposals(scene: Scene, rng: random.Random, res: int, n_random: int = 3) -> list[list[float]]:
+    """Region proposals [x, y, w, h, score] in pixels: jittered true boxes, unions and random boxes."""
+    def clip(b: tuple) -> tuple:
+        x0, y0, x1, y1 = (min(max(v, 0.0), 1.0) for v in b)
+        return (x0, y0, max(x1, x0 + 0.02), max(y1, y0 + 0.02))
+
+    boxes = []
+    for o in scene.objects:
+        x0, y0, x1, y1 = o.box
+        w, h = x1 - x0, y1 - y0
+        j = [rng.uniform(-0.08, 0.08) for _ in range(4)]
+        boxes.append(clip((x0 + j[0] * w, y0 + j[1] * h, x1 + j[2] * w, y1 + j[3] * h)))
+    if len(scene.objects) > 1:
+        a, b = rng.sample(scene.objects, 2)
+        boxes.append(clip((min(a.box[0], b.box[0]), min(a.box[1], b.box[1]),
+                           max(a.box[2], b.box[2]), max(a.box[3], b.box[3]))))
+    for _ in range(n_random):
+        side = rng.uniform(0.15, 0.5)
+        x0, y0 = rng.uniform(0, 1 - side), rng.uniform(0, 1 - side)
+        boxes.append((x0, y0, x0 + side, y0 + side))
+    rng.shuffle(boxes)
+    return [[round(b[0] * res, 2), round(b[1] * res, 2), round((b[2] - b[0]) * res, 2),
+             round((b[3] - b[1]) * res, 2), round(rng.uniform(0.5, 1.0), 3)] for b in boxes]
+
+
+def vocabulary() -> list[str]:
+    """Every word ShapesWorld text can contain."""
+    words = set(SHAPES) | set(PLURAL.values()) | set(COLOURS) | set(SIZES) | set(NUMBERS) | {"color", "shape",
+                                                                                                 "shapes"}
+    templates = list(RELATIONS) + NEUTRAL + [
+        "a an and other there is are what the object how many yes no left right image images contains contain",
+        "both has have more than exactly one of to above below",
+    ]
+    for t in templates:
+        words |= set(t.replace("{o}", "").split())
+    words |= set(",.?!;:'-")  # punctuation a user's own text may carry
+    return sorted(w for w in words if w)
