@@ -169,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", default=None, metavar="auto|PATH", help="continue from a checkpoint")
     p.set_defaults(func=cmd_pretrain)
 
-    tasks = ["retrieval", "vqa", "nlvr", "ve", "grounding", "pretrain"]
+    tasks = ["retrieval", "vqa", "nlvr", "ve", "grounding", "pretrain_nlvr", "pretrain"]
     p = sub.add_parser("finetune", help="fine-tune a task (from --init: ALBEF.pth, ours, or a fine-tuned file)")
     p.add_argument("task", choices=tasks)
     _add_config_args(p, None)

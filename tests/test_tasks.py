@@ -75,7 +75,7 @@ def test_gradcam_maps_have_the_patch_grid_and_respond_to_the_image():
     assert all(not getattr(m, "keep_attention", False) for m in model.modules())  # switched back to SDPA
 
 
-@pytest.mark.parametrize("task", ["retrieval", "vqa", "nlvr", "ve", "grounding"])
+@pytest.mark.parametrize("task", ["retrieval", "vqa", "nlvr", "ve", "grounding", "pretrain_nlvr"])
 def test_finetune_each_task_from_a_pretrained_checkpoint(world, tmp_path, task):
     pre = tmp_path / "pre"
     E.pretrain(load_config(None, [*SMALL, f"data.root={world}", f"train.output_dir={pre}", "train.max_steps=2",
@@ -89,7 +89,8 @@ def test_finetune_each_task_from_a_pretrained_checkpoint(world, tmp_path, task):
     assert result["step"] == 2
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert any("loss" in r for r in rows) and any(any(k.startswith("val_") for k in r) for r in rows)
-    primary = {"retrieval": "r_mean", "vqa": "vqa_acc", "nlvr": "acc", "ve": "acc", "grounding": "acc_all"}[task]
+    primary = {"retrieval": "r_mean", "vqa": "vqa_acc", "nlvr": "acc", "ve": "acc", "grounding": "acc_all",
+               "pretrain_nlvr": "ta_acc"}[task]
     assert 0.0 <= result[primary] <= 100.0
     assert (out / "model.pth").is_file()
     if task == "vqa":

@@ -13,8 +13,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 from PIL import Image, ImageEnhance, ImageOps
-from torchvision.transforms import functional as TF
 from torchvision.transforms import InterpolationMode, RandomResizedCrop
+from torchvision.transforms import functional as TF
 
 MEAN = (0.48145466, 0.4578275, 0.40821073)
 STD = (0.26862954, 0.26130258, 0.27577711)

@@ -105,7 +105,8 @@ class Trainer:
         self.main = self.rank == 0
         self.run_dir = Path(t.output_dir)
 
-        ensure_world(d, _path(d.root, d.train_file or DEFAULT_FILES[task][0]), progress=t.progress and self.main)
+        files = DEFAULT_FILES.get(task, DEFAULT_FILES["pretrain"])
+        ensure_world(d, _path(d.root, d.train_file or files[0]), progress=t.progress and self.main)
         self.tokenizer: Tokenizer = load_tokenizer(d.tokenizer or Path(d.root) / "vocab")
         self._check_vocab()
         self.task = TASKS[task](cfg, self.tokenizer, self.run_dir if self.main else None)

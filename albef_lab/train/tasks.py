@@ -248,6 +248,43 @@ class GroundingTask(RetrievalTask):
                                   self.res, device, block=d.gradcam_block, mode=d.gradcam_mode)
 
 
+class TextAssignmentTask(Task):
+    """NLVR2's extra pre-training: tell whether a caption belongs to the left image, the right one, or neither
+    of an image pair drawn from the batch (image-caption pairs as in pre-training)."""
+
+    name = "pretrain"  # same files as pre-training
+    model_name = "pretrain_nlvr"
+    primary = "ta_acc"
+
+    def forward(self, net, batch, alpha, gen, device):
+        from albef_lab.models.tasks import RandomSource
+
+        images, captions, _ = batch
+        ids, mask = self.text(captions, device)
+        return {"loss": net(images.to(device), ids, mask, source=RandomSource(gen))}
+
+    @torch.no_grad()
+    def evaluate(self, model, device):
+        from albef_lab.models.tasks import RandomSource
+
+        val = DS.RetrievalEvalDataset(self.val_file, self.image_root, eval_transform(self.res),
+                                      self.cfg.data.max_words)
+        was = model.training
+        model.eval()
+        gen = torch.Generator(device=device).manual_seed(0)
+        correct = n = 0
+        for images, index in DataLoader(val, batch_size=64, shuffle=False):
+            if images.shape[0] < 3:
+                continue
+            ids, mask = self.text([val.text[val.img2txt[i][0]] for i in index.tolist()], device)
+            rec: dict = {}
+            model(images.to(device), ids, mask, source=RandomSource(gen), record=rec)
+            correct += (rec["pred"].argmax(1) == rec["labels"]).sum().item()
+            n += images.shape[0]
+        model.train(was)
+        return {"ta_acc": 100.0 * correct / max(1, n)}
+
+
 TASKS: dict[str, type[Task]] = {"pretrain": Task, "retrieval": RetrievalTask, "vqa": VQATask, "nlvr": NLVRTask,
-                                "ve": VETask, "grounding": GroundingTask}
+                                "ve": VETask, "grounding": GroundingTask, "pretrain_nlvr": TextAssignmentTask}
 
