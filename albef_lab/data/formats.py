@@ -28,6 +28,12 @@ def pre_question(question: str, max_words: int = 50) -> str:
     return " ".join(words[:max_words]) if len(words) > max_words else text
 
 
+def resolve(root: str | Path, name: str | Path) -> Path:
+    """`name` itself when absolute, else relative to the data root."""
+    p = Path(name)
+    return p if p.is_absolute() else Path(root) / p
+
+
 def read_json(path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():

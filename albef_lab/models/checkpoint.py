@@ -32,8 +32,9 @@ def read_file(path: str | Path, trust_pickle: bool = False) -> dict:
     except pickle.UnpicklingError as e:
         raise CheckpointError(
             f"{path} holds Python objects that a safe load (weights_only=True) refuses: {e}\n"
-            "If you trust where this file comes from, load it with trust_pickle=True "
-            "(CLI: --trust-pickle).") from e
+            "If you trust where this file comes from, load it with "
+            "albef_lab.models.checkpoint.read_file(path, trust_pickle=True) and save its state dict with "
+            "torch.save({'model': state_dict}, new_path).") from e
     except (RuntimeError, EOFError) as e:
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): {e}") from e
     if not isinstance(obj, dict):

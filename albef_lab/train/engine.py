@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from albef_lab.config import Config, DataConfig, model_config_from_dict, to_dict
 from albef_lab.data.export import WorldSettings, write_world
+from albef_lab.data.formats import resolve
 from albef_lab.data.tokenizer import Tokenizer, load_tokenizer
 from albef_lab.models.checkpoint import read_file, save_atomic
 from albef_lab.train import distributed as D
@@ -32,10 +33,6 @@ from albef_lab.train.schedule import alpha_at, lr_at, param_groups, set_lr
 
 CKPT = re.compile(r"checkpoint_(\d+)\.pth$")
 
-
-def _path(root: str, name: str) -> Path:
-    p = Path(name)
-    return p if p.is_absolute() else Path(root) / p
 
 
 def ensure_world(data: DataConfig, train: Path, progress: bool = True) -> None:
@@ -106,7 +103,7 @@ class Trainer:
         self.run_dir = Path(t.output_dir)
 
         files = DEFAULT_FILES.get(task, DEFAULT_FILES["pretrain"])
-        ensure_world(d, _path(d.root, d.train_file or files[0]), progress=t.progress and self.main)
+        ensure_world(d, resolve(d.root, d.train_file or files[0]), progress=t.progress and self.main)
         self.tokenizer: Tokenizer = load_tokenizer(d.tokenizer or Path(d.root) / "vocab")
         self._check_vocab()
         self.task = TASKS[task](cfg, self.tokenizer, self.run_dir if self.main else None)

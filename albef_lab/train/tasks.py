@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from albef_lab.config import Config
 from albef_lab.data import datasets as DS
-from albef_lab.data.formats import read_json
+from albef_lab.data.formats import read_json, resolve
 from albef_lab.data.tokenizer import Tokenizer
 from albef_lab.data.transforms import ImageTextTransform, eval_transform
 from albef_lab.eval.retrieval import encode_images, encode_texts, recall_metrics, rerank_scores, zero_shot_eval
@@ -31,10 +31,6 @@ DEFAULT_FILES = {
     "grounding": ("grounding_train.json", "grounding_test.json"),
 }
 
-
-def _path(root: str, name: str) -> Path:
-    p = Path(name)
-    return p if p.is_absolute() else Path(root) / p
 
 
 def vqa_score(answer: str, annotators: list[str]) -> float:
@@ -61,8 +57,8 @@ class Task:
         self.out_dir = Path(out_dir) if out_dir else None  # where evaluations write their result files
         d = cfg.data
         train_file, val_file = DEFAULT_FILES[self.name]
-        self.train_file = _path(d.root, d.train_file or train_file)
-        self.val_file = _path(d.root, d.val_file or val_file)
+        self.train_file = resolve(d.root, d.train_file or train_file)
+        self.val_file = resolve(d.root, d.val_file or val_file)
         self.image_root = d.image_root or d.root
         self.res = cfg.model.vision.image_res
 
@@ -151,7 +147,7 @@ class VQATask(Task):
         d = self.cfg.data
         test = DS.VQADataset(self.val_file, self.image_root, eval_transform(self.res), train=False,
                              max_words=d.max_words)
-        answer_list = read_json(_path(d.root, d.answer_list))
+        answer_list = read_json(resolve(d.root, d.answer_list))
         a_ids, a_mask = self.answers(answer_list, device)
         was = model.training
         model.eval()
@@ -244,7 +240,7 @@ class GroundingTask(RetrievalTask):
         from albef_lab.eval.grounding import evaluate_grounding
 
         d = self.cfg.data
-        return evaluate_grounding(model, self.tok, self.val_file, self.image_root, _path(d.root, d.refer_dir),
+        return evaluate_grounding(model, self.tok, self.val_file, self.image_root, resolve(d.root, d.refer_dir),
                                   self.res, device, block=d.gradcam_block, mode=d.gradcam_mode)
 
 
