@@ -93,9 +93,12 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides, args.preset)
     if not any(o.startswith("train.output_dir=") for o in args.overrides) and cfg.train.output_dir.startswith("runs/"):
         cfg.train.output_dir = f"runs/{args.task}_{cfg.preset}"
+    from albef_lab.train import distributed as D
+
     result = train(cfg, args.task, resume=args.resume, init=args.init)
-    shown = ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items())
-    print(f"{args.task}: {shown}\nmodel: {cfg.train.output_dir}/model.pth")
+    if D.is_main_process():
+        shown = ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items())
+        print(f"{args.task}: {shown}\nmodel: {cfg.train.output_dir}/model.pth")
     return 0
 
 

@@ -20,7 +20,10 @@ def rank() -> int:
 
 
 def is_main_process() -> bool:
-    return rank() == 0
+    """Rank 0 of the group, or of the torchrun launch (also after the group is destroyed)."""
+    import os
+
+    return (rank() if is_distributed() else int(os.environ.get("RANK", 0))) == 0
 
 
 @torch.no_grad()

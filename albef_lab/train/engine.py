@@ -134,9 +134,12 @@ class Trainer:
         self.state = RunState()
         if resume:
             self.load(resume)
+        m = cfg.model
+        # objectives switched off, or text assignment (temp / projections unused), leave parameters without grad
+        unused = not (m.use_itc and m.use_itm and m.use_mlm) or self.task.model_name == "pretrain_nlvr"
         self.ddp = DistributedDataParallel(
             self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-            broadcast_buffers=False, find_unused_parameters=True) if self.world > 1 else None
+            broadcast_buffers=False, find_unused_parameters=unused) if self.world > 1 else None
         self.metrics_file = self.run_dir / "metrics.jsonl"
         self.tb = None
         if self.main:
