@@ -85,9 +85,12 @@ class Task:
     def evaluate(self, model: nn.Module, device: torch.device) -> dict:
         if not self.val_file.is_file():
             return {}
-        val = DS.RetrievalEvalDataset(self.val_file, self.image_root, eval_transform(self.res),
+        return zero_shot_eval(model, self.retrieval_val(), self.tok, device)
+
+    def retrieval_val(self) -> DS.RetrievalEvalDataset:
+        """The held-out images with all their captions (COCO val/test layout)."""
+        return DS.RetrievalEvalDataset(self.val_file, self.image_root, eval_transform(self.res),
                                       self.cfg.data.max_words)
-        return zero_shot_eval(model, val, self.tok, device)
 
 
 class RetrievalTask(Task):
@@ -104,8 +107,7 @@ class RetrievalTask(Task):
 
     @torch.no_grad()
     def evaluate(self, model, device):
-        val = DS.RetrievalEvalDataset(self.val_file, self.image_root, eval_transform(self.res),
-                                      self.cfg.data.max_words)
+        val = self.retrieval_val()
         was = model.training
         model.eval()
         loader = DataLoader(val, batch_size=128, shuffle=False)
@@ -263,8 +265,7 @@ class TextAssignmentTask(Task):
     def evaluate(self, model, device):
         from albef_lab.models.tasks import RandomSource
 
-        val = DS.RetrievalEvalDataset(self.val_file, self.image_root, eval_transform(self.res),
-                                      self.cfg.data.max_words)
+        val = self.retrieval_val()
         was = model.training
         model.eval()
         gen = torch.Generator(device=device).manual_seed(0)
