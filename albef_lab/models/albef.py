@@ -32,6 +32,19 @@ class PretrainDraws:
     mask: MaskDraws | None = None
 
 
+class MomentumPairs:
+    """Mixin: every child `name` that has a child `name_m` is paired with it for the EMA (the original's
+    `model_pairs`, derived from the module's own registration instead of listed by hand)."""
+
+    @property
+    def model_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        children = dict(self.named_children())
+        return [(m, children[f"{n}_m"]) for n, m in children.items() if f"{n}_m" in children]
+
+    def copy_params(self) -> None:
+        copy_params(self.model_pairs)
+
+
 def momentum_copy(module: nn.Module) -> nn.Module:
     """A frozen deep copy (ties inside the module are kept)."""
     m = copy.deepcopy(module)
@@ -40,7 +53,7 @@ def momentum_copy(module: nn.Module) -> nn.Module:
     return m
 
 
-class ALBEF(nn.Module):
+class ALBEF(MomentumPairs, nn.Module):
     """Pre-training model. `ALBEFRetrieval` (models/tasks.py) shares its ITC and ITM code."""
 
     text_encoder_cls: type[nn.Module] = BertForMaskedLM
@@ -70,14 +83,6 @@ class ALBEF(nn.Module):
         self.text_encoder_m = momentum_copy(self.text_encoder)
         self.text_proj_m = momentum_copy(self.text_proj)
         self.set_grad_checkpointing(cfg.grad_checkpointing)
-
-    @property
-    def model_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
-        return [(self.visual_encoder, self.visual_encoder_m), (self.vision_proj, self.vision_proj_m),
-                (self.text_encoder, self.text_encoder_m), (self.text_proj, self.text_proj_m)]
-
-    def copy_params(self) -> None:
-        copy_params(self.model_pairs)
 
     @property
     def bert(self) -> nn.Module:

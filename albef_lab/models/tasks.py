@@ -15,10 +15,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from albef_lab.config import ModelConfig, TextConfig
-from albef_lab.models.albef import ALBEF, PretrainDraws, momentum_copy
+from albef_lab.models.albef import ALBEF, MomentumPairs, PretrainDraws, momentum_copy
 from albef_lab.models.bert import BertLMHeadModel, BertModel
 from albef_lab.models.vit import VisionTransformer
-from albef_lab.objectives.distill import copy_params, momentum_update, soft_cross_entropy
+from albef_lab.objectives.distill import momentum_update, soft_cross_entropy
 from albef_lab.objectives.lm import answer_nll
 
 
@@ -50,7 +50,7 @@ def decoder_config(text: TextConfig, layers: int = 6) -> TextConfig:
     return dataclasses.replace(text, num_hidden_layers=layers, fusion_layer=0, encoder_width=text.hidden_size)
 
 
-class ALBEFVQA(nn.Module):
+class ALBEFVQA(MomentumPairs, nn.Module):
     """Question encoder (text + fusion over the image) and a causal answer decoder over the question states."""
 
     def __init__(self, cfg: ModelConfig):
@@ -63,16 +63,6 @@ class ALBEFVQA(nn.Module):
             self.visual_encoder_m = momentum_copy(self.visual_encoder)
             self.text_encoder_m = momentum_copy(self.text_encoder)
             self.text_decoder_m = momentum_copy(self.text_decoder)
-
-    @property
-    def model_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
-        if not self.cfg.distill:
-            return []
-        return [(self.visual_encoder, self.visual_encoder_m), (self.text_encoder, self.text_encoder_m),
-                (self.text_decoder, self.text_decoder_m)]
-
-    def copy_params(self) -> None:
-        copy_params(self.model_pairs)
 
     def encode_question(self, image: Tensor, q_ids: Tensor, q_mask: Tensor, momentum: bool = False) -> Tensor:
         vit = self.visual_encoder_m if momentum else self.visual_encoder
@@ -157,7 +147,7 @@ def nlvr_text_config(text: TextConfig) -> TextConfig:
                                                                                  text.fusion_layer))
 
 
-class ALBEFClassifier(nn.Module):
+class ALBEFClassifier(MomentumPairs, nn.Module):
     """Fused [CLS] -> Linear-ReLU-Linear. SNLI-VE: one image, 3 classes; NLVR2: an image pair, 2 classes."""
 
     def __init__(self, cfg: ModelConfig, num_classes: int, pair: bool):
@@ -173,16 +163,6 @@ class ALBEFClassifier(nn.Module):
             self.visual_encoder_m = momentum_copy(self.visual_encoder)
             self.text_encoder_m = momentum_copy(self.text_encoder)
             self.cls_head_m = momentum_copy(self.cls_head)
-
-    @property
-    def model_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
-        if not self.cfg.distill:
-            return []
-        return [(self.visual_encoder, self.visual_encoder_m), (self.text_encoder, self.text_encoder_m),
-                (self.cls_head, self.cls_head_m)]
-
-    def copy_params(self) -> None:
-        copy_params(self.model_pairs)
 
     def logits(self, images: Tensor, ids: Tensor, mask: Tensor, momentum: bool = False,
                rec: dict | None = None) -> Tensor:
