@@ -20,11 +20,12 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides, args.preset)
     if args.state_dict:
-        from albef_lab.models.factory import FINETUNE_RES
+        from albef_lab.models.registry import task_spec
 
         name = args.state_dict
-        if cfg.preset == "base" and name in FINETUNE_RES and not any("image_res" in o for o in args.overrides):
-            cfg.model.vision.image_res = FINETUNE_RES[name]  # the original fine-tunes at 384 px
+        res = task_spec(name).finetune_res
+        if cfg.preset == "base" and res and not any("image_res" in o for o in args.overrides):
+            cfg.model.vision.image_res = res  # the original fine-tunes at 384 px
         model = create_model(name, cfg.model, device="meta")
         sys.stdout.write(state_dict_tsv(model))
         return 0
@@ -71,11 +72,12 @@ def cmd_make_world(args: argparse.Namespace) -> int:
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from albef_lab.config import load_config
-    from albef_lab.train.engine import chance_recall, pretrain
+    from albef_lab.eval.retrieval import chance_recall
+    from albef_lab.train.engine import pretrain
 
     cfg = load_config(args.config, args.overrides, args.preset)
     result = pretrain(cfg, resume=args.resume)
-    from albef_lab.train import distributed as D
+    from albef_lab import distributed as D
 
     if D.is_main_process() and "img_r1" in result:
         print(f"done: {result['step']} steps in {result['seconds'] / 60:.1f} min; held-out zero-shot retrieval: "
@@ -93,7 +95,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides, args.preset)
     if not any(o.startswith("train.output_dir=") for o in args.overrides) and cfg.train.output_dir.startswith("runs/"):
         cfg.train.output_dir = f"runs/{args.task}_{cfg.preset}"
-    from albef_lab.train import distributed as D
+    from albef_lab import distributed as D
 
     result = train(cfg, args.task, resume=args.resume, init=args.init)
     if D.is_main_process():
@@ -108,33 +110,26 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     from albef_lab.config import load_config
     from albef_lab.data.tokenizer import load_tokenizer
-    from albef_lab.models.checkpoint import load_into, read_file, state_dict_of
-    from albef_lab.models.factory import create_model, load_model
-    from albef_lab.train.tasks import TASKS
+    from albef_lab.models.checkpoint import load_for_task, read_file, state_dict_of
+    from albef_lab.models.factory import create_model, has_config, load_model
+    from albef_lab.train.tasks import task_class
 
     cfg = load_config(args.config, args.overrides, args.preset)
-    task_cls = TASKS[args.task]
     obj = read_file(args.checkpoint)
-    if isinstance(obj.get("config"), dict) and "vision" in obj["config"]:
-        model, model_cfg, _ = load_model(args.checkpoint, task_cls.model_name)
-        cfg.model = model_cfg
+    if has_config(obj):  # ours: the architecture travels in the file
+        model, cfg.model, report = load_model(args.checkpoint, args.task)
     else:  # an official file: the architecture comes from the preset / config given here
-        model = create_model(task_cls.model_name, cfg.model)
-        sd = state_dict_of(obj, args.checkpoint)
-        if set(model.state_dict()) <= set(sd):  # a fine-tuned file of this task: strict
-            report = load_into(model, sd, strict=True, verbose=False)
-        else:  # a pre-training file: zero-shot, with the original's key mapping
-            from albef_lab.models.checkpoint import init_from_pretrained
-
-            report = init_from_pretrained(model, task_cls.model_name, sd, cfg.model.text.fusion_layer, verbose=False)
-        print(report)
-        if report.resized:
-            print(f"warning: the checkpoint was trained at another image size; its position embeddings were "
-                  f"resized to {cfg.model.vision.image_res} px, which costs accuracy without fine-tuning",
-                  file=sys.stderr)
+        model = create_model(args.task, cfg.model)
+        report = load_for_task(model, args.task, state_dict_of(obj, args.checkpoint),
+                               fusion_layer=cfg.model.text.fusion_layer)
+    print(report)
+    if report.resized:
+        print(f"warning: the checkpoint was trained at another image size; its position embeddings were "
+              f"resized to {cfg.model.vision.image_res} px, which costs accuracy without fine-tuning",
+              file=sys.stderr)
     device = torch.device("cuda" if torch.cuda.is_available() and cfg.train.device != "cpu" else "cpu")
     tok = load_tokenizer(cfg.data.tokenizer or f"{cfg.data.root}/vocab")
-    task = task_cls(cfg, tok, Path(args.checkpoint).parent)
+    task = task_class(args.task)(cfg, tok, Path(args.checkpoint).parent)
     metrics = task.evaluate(model.to(device), device)
     print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in metrics.items()}))
     return 0
@@ -149,6 +144,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="albef-lab", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of user errors too")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("info", help="parameter counts, or the state-dict layout as TSV")
@@ -172,7 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", default=None, metavar="auto|PATH", help="continue from a checkpoint")
     p.set_defaults(func=cmd_pretrain)
 
-    tasks = ["retrieval", "vqa", "nlvr", "ve", "grounding", "pretrain_nlvr", "pretrain"]
+    from albef_lab.models.registry import TASKS
+
+    tasks = list(TASKS)
     p = sub.add_parser("finetune", help="fine-tune a task (from --init: ALBEF.pth, ours, or a fine-tuned file)")
     p.add_argument("task", choices=tasks)
     _add_config_args(p, None)
@@ -198,6 +196,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _user_errors() -> tuple[type[Exception], ...]:
+    from albef_lab.config import ConfigError
+    from albef_lab.models.checkpoint import CheckpointError
+
+    # ValueError: the library's word for bad input (a data file, a setting); bugs keep their traceback
+    return (FileNotFoundError, ConfigError, CheckpointError, ValueError)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -209,7 +215,9 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError, KeyError, TypeError, RuntimeError) as e:
+    except _user_errors() as e:  # bad config, missing file, bad checkpoint: one clear message
+        if args.debug:
+            raise
         print(f"albef-lab {args.command}: error: {e}", file=sys.stderr)
         return 2
 

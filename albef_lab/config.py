@@ -1,7 +1,7 @@
 """Configuration: dataclass presets (`tiny`, `base`), YAML files and `key=value` overrides.
 
 A YAML file is a nested mapping onto `Config`; it may name a `preset` to start from. Overrides
-use dotted keys (`model.text.hidden_size=64`) and YAML values (`train.bf16=true`).
+use dotted keys (`model.text.hidden_size=64`) and YAML values (`train.precision=bf16`, `model.distill=false`).
 """
 
 from __future__ import annotations
@@ -13,6 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration the user wrote is wrong (unknown key, wrong type, unreadable YAML)."""
 
 
 @dataclass
@@ -64,6 +68,9 @@ class ModelConfig:
     mlm_probability: float = 0.15
     distill: bool = True
     decoder_layers: int = 6  # VQA answer decoder (initialised from the fusion layers)
+    # The paper's initialisation: local files only (nothing is downloaded). "" = trained from scratch.
+    init_vision: str = ""  # a DeiT / timm ViT checkpoint, e.g. deit_base_patch16_224-b5f2ef4d.pth
+    init_text: str = ""  # a local bert-base-uncased folder (model.safetensors or pytorch_model.bin)
     # Special token ids of the tokenizer (BERT's by default; ShapesWorld's vocabulary keeps them).
     cls_token_id: int = 101
     sep_token_id: int = 102
@@ -183,7 +190,7 @@ PRESETS = {"base": _base, "tiny": _tiny}
 
 def preset(name: str) -> Config:
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
     return PRESETS[name]()
 
 
@@ -193,11 +200,11 @@ def merge(obj: Any, values: dict, where: str = "") -> Any:
     for key, value in values.items():
         path = f"{where}{key}"
         if key not in names:
-            raise KeyError(f"unknown config key {path!r}; valid keys here: {sorted(names)}")
+            raise ConfigError(f"unknown config key {path!r}; valid keys here: {sorted(names)}")
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
-                raise TypeError(f"config key {path!r} is a section; give a mapping, not {value!r}")
+                raise ConfigError(f"config key {path!r} is a section; give a mapping, not {value!r}")
             merge(current, value, path + ".")
         else:
             setattr(obj, key, _coerce(value, current, path))
@@ -209,7 +216,7 @@ def _coerce(value: Any, current: Any, path: str) -> Any:
         return value
     if isinstance(current, bool):
         if not isinstance(value, bool):
-            raise TypeError(f"config key {path!r} expects true/false, got {value!r}")
+            raise ConfigError(f"config key {path!r} expects true/false, got {value!r}")
         return value
     if isinstance(current, float) and isinstance(value, str):
         try:  # YAML reads "1e-3" as a string
@@ -224,7 +231,7 @@ def _coerce(value: Any, current: Any, path: str) -> Any:
         return value
     if isinstance(current, list | tuple) and isinstance(value, list | tuple):
         return type(current)(value)
-    raise TypeError(f"config key {path!r} expects {type(current).__name__}, got {value!r}")
+    raise ConfigError(f"config key {path!r} expects {type(current).__name__}, got {value!r}")
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -232,14 +239,30 @@ def parse_overrides(items: list[str]) -> dict:
     tree: dict = {}
     for item in items:
         if "=" not in item:
-            raise ValueError(f"override {item!r} must look like key=value (e.g. model.embed_dim=128)")
+            raise ConfigError(f"override {item!r} must look like key=value (e.g. model.embed_dim=128)")
         key, raw = item.split("=", 1)
         node = tree
         parts = key.strip().split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
-        node[parts[-1]] = yaml.safe_load(raw)
+        try:
+            node[parts[-1]] = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({e.problem})") from e
     return tree
+
+
+def read_yaml(path: Path) -> dict:
+    """A config file as a dict; syntax errors name the file, line and column."""
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        raise ConfigError(f"{where}: invalid YAML: {getattr(e, 'problem', None) or e}") from e
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: a config file must be a mapping at the top level")
+    return values
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
@@ -250,9 +273,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config file not found: {path}")
-        values = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(values, dict):
-            raise ValueError(f"{path}: a config file must be a mapping at the top level")
+        values = read_yaml(path)
     values = copy.deepcopy(values)
     name = preset_name or values.pop("preset", None) or "tiny"
     values.pop("preset", None)

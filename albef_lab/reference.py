@@ -7,6 +7,7 @@ config, load the weights strictly, inject the draws, run the same step and compa
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from torch import Tensor
 
 from albef_lab.config import ModelConfig, model_config_from_reference
 from albef_lab.models.albef import ALBEF, PretrainDraws
+from albef_lab.models.record import recording
 from albef_lab.objectives.mlm import MaskDraws
 
 # Tolerances relative to each tensor's magnitude: max|ours - ref| <= atol + rtol * max|ref|.
@@ -91,9 +93,9 @@ def verify_pretrain(fx: dict, dtype: torch.dtype) -> list[Check]:
         neg_image_idx=d["neg_image_idx_for_text"], neg_text_idx=d["neg_text_idx_for_image"],
         mask=MaskDraws(d["mlm_bernoulli_mask_draw"], d["mlm_bernoulli_replace_draw"],
                        d["mlm_bernoulli_random_draw"], d["mlm_random_words"]))
-    rec: dict = {}
-    out = model(_cast(inp["image"], dtype), inp["input_ids"], inp["attention_mask"], inp["alpha"],
-                draws=draws, record=rec)
+    with recording() as rec:
+        out = model(_cast(inp["image"], dtype), inp["input_ids"], inp["attention_mask"], inp["alpha"],
+                    draws=draws)
     out["loss"].backward()
 
     checks = [compare(f"draws.{k}", rec[k], d[k]) for k in ("mlm_input_ids", "mlm_labels")]
@@ -151,10 +153,10 @@ def verify_retrieval(fx: dict, dtype: torch.dtype) -> list[Check]:
     tr = fx["train"]
     model = build_reference_model(ALBEFRetrieval, cfg, fx["state_dict_before"], dtype).train()
     inp, d = tr["inputs"], tr["draws"]
-    rec: dict = {}
-    out = model(_cast(inp["image"], dtype), inp["input_ids"], inp["attention_mask"], inp["alpha"],
-                idx=inp["idx"], draws=PretrainDraws(d["neg_image_idx_for_text"], d["neg_text_idx_for_image"]),
-                record=rec)
+    with recording() as rec:
+        out = model(_cast(inp["image"], dtype), inp["input_ids"], inp["attention_mask"], inp["alpha"],
+                    image_ids=inp["idx"],
+                    draws=PretrainDraws(d["neg_image_idx_for_text"], d["neg_text_idx_for_image"]))
     out["loss"].backward()
     checks = _many("train.intermediates", rec, tr["intermediates"])
     checks += [compare(f"train.outputs.{k}", out[k], tr["outputs"][k]) for k in ("loss_ita", "loss_itm")]
@@ -166,10 +168,8 @@ def verify_retrieval(fx: dict, dtype: torch.dtype) -> list[Check]:
     model = build_reference_model(ALBEFRetrieval, cfg, fx["state_dict_before"], dtype).eval()
     e = ev["inputs"]
     with torch.no_grad():
-        image_states = model.visual_encoder(_cast(e["images"], dtype))
-        image_feat = torch.nn.functional.normalize(model.vision_proj(image_states[:, 0]), dim=-1)
-        text_states = model.text_encoder(e["text_input_ids"], e["text_attention_mask"], mode="text")
-        text_feat = torch.nn.functional.normalize(model.text_proj(text_states[:, 0]), dim=-1)
+        image_states, image_feat = model.encode_image(_cast(e["images"], dtype))
+        text_states, text_feat = model.encode_text(e["text_input_ids"], e["text_attention_mask"])
         s_i2t, s_t2i = rerank_scores(model, image_states, image_feat, text_states, e["text_attention_mask"],
                                      text_feat, e["k_test"])
     ri = ev["intermediates"]
@@ -194,10 +194,10 @@ def verify_vqa(fx: dict, dtype: torch.dtype) -> list[Check]:
     tr = fx["train"]
     model = build_reference_model(ALBEFVQA, cfg, fx["state_dict_before"], dtype).train()
     i = tr["inputs"]
-    rec: dict = {}
-    loss = model(_cast(i["image"], dtype), i["question_input_ids"], i["question_attention_mask"],
-                 i["answer_input_ids"], i["answer_attention_mask"], i["k"], _cast(i["weights"], dtype), i["alpha"],
-                 record=rec)
+    with recording() as rec:
+        loss = model(_cast(i["image"], dtype), i["question_input_ids"], i["question_attention_mask"],
+                     i["answer_input_ids"], i["answer_attention_mask"], i["k"], _cast(i["weights"], dtype),
+                     i["alpha"])
     loss.backward()
     rec["shifted_prediction_scores"] = rec["decoder_logits"][:, :-1]
     checks = _many("train.intermediates", rec, tr["intermediates"])
@@ -207,10 +207,10 @@ def verify_vqa(fx: dict, dtype: torch.dtype) -> list[Check]:
     ev = fx["eval"]
     model = build_reference_model(ALBEFVQA, cfg, fx["state_dict_before"], dtype).eval()
     e = ev["inputs"]
-    rec = {}
-    topk_ids, topk_probs = model.rank_answers(_cast(e["image"], dtype), e["question_input_ids"],
-                                              e["question_attention_mask"], e["answer_list_input_ids"],
-                                              e["answer_list_attention_mask"], e["k"], record=rec)
+    with recording() as rec:
+        topk_ids, topk_probs = model.rank_answers(_cast(e["image"], dtype), e["question_input_ids"],
+                                                  e["question_attention_mask"], e["answer_list_input_ids"],
+                                                  e["answer_list_attention_mask"], e["k"])
     checks += _many("eval.intermediates", rec, ev["intermediates"])
     checks += [compare("eval.outputs.topk_ids", topk_ids, ev["outputs"]["topk_ids"]),
                compare("eval.outputs.topk_probs", topk_probs, ev["outputs"]["topk_probs"])]
@@ -229,9 +229,9 @@ def verify_classifier(fx: dict, dtype: torch.dtype) -> list[Check]:
     cfg = _config(fx, "effective_bert_config" if "effective_bert_config" in fx["config"] else "bert_config")
     model = build_reference_model(cls, cfg, fx["state_dict_before"], dtype).train()
     i = fx["inputs"]
-    rec: dict = {}
     images = _cast(i["images"], dtype)
-    loss = model(images, i["input_ids"], i["attention_mask"], i["targets"], i["alpha"], record=rec)
+    with recording() as rec:
+        loss = model(images, i["input_ids"], i["attention_mask"], i["targets"], i["alpha"])
     loss.backward()
     if pair:
         b = i["input_ids"].shape[0]
@@ -240,7 +240,7 @@ def verify_classifier(fx: dict, dtype: torch.dtype) -> list[Check]:
     checks.append(compare("outputs.loss", loss, fx["outputs"]["loss"]))
     fresh = build_reference_model(cls, cfg, fx["state_dict_before"], dtype)
     with torch.no_grad():
-        pred = fresh(images, i["input_ids"], i["attention_mask"], train=False)
+        pred = fresh.logits(images, i["input_ids"], i["attention_mask"])
     checks.append(compare("outputs.prediction_eval", pred, fx["outputs"]["prediction_eval"]))
     checks += _after(model, fx)
     return checks
@@ -252,9 +252,9 @@ def verify_pretrain_nlvr(fx: dict, dtype: torch.dtype) -> list[Check]:
     cfg = _config(fx)
     model = build_reference_model(ALBEFPretrainNLVR, cfg, fx["state_dict_before"], dtype).train()
     i = fx["inputs"]
-    rec: dict = {}
-    loss = model(_cast(i["image"], dtype), i["input_ids"], i["attention_mask"],
-                 source=RandomSource(log=fx["draws"]["raw_log"]), record=rec)
+    with recording() as rec:
+        loss = model(_cast(i["image"], dtype), i["input_ids"], i["attention_mask"],
+                     source=RandomSource(log=fx["draws"]["raw_log"]))
     loss.backward()
     checks = _many("intermediates", rec, fx["intermediates"])
     checks.append(compare("outputs.loss", loss, fx["outputs"]["loss"]))
@@ -262,9 +262,156 @@ def verify_pretrain_nlvr(fx: dict, dtype: torch.dtype) -> list[Check]:
     return checks
 
 
+def verify_grounding(fx: dict, dtype: torch.dtype) -> list[Check]:
+    """Grad-CAM maps in both modes (with the attention maps and gradients they came from) and the
+    proposal ranking, on the original's maps and on smooth bump maps."""
+    from albef_lab.eval.grounding import grounding_hit, split_accuracy
+    from albef_lab.models.tasks import ALBEFRetrieval
+    from albef_lab.viz.gradcam import itc_gradcam, itm_gradcam
+
+    c = fx["config"]
+    cfg = model_config_from_reference(c["model_config"], c["bert_config"], c["vit"])
+    model = build_reference_model(ALBEFRetrieval, cfg, fx["state_dict"], dtype).eval()
+    i = fx["inputs"]
+    image = i["image_float16"].to(dtype)
+    checks = []
+    with recording() as rec:
+        rec["gradcam"] = itm_gradcam(model, image, i["input_ids"], i["attention_mask"], fx["itm"]["block_num"])
+    checks += _many("itm", rec, fx["itm"], ["gradcam", "attention_map", "attn_gradients", "itm_logits"])
+    with recording() as rec:
+        rec["gradcam"] = itc_gradcam(model, image, i["input_ids"], i["attention_mask"], fx["itc"]["block_num"])
+    checks += _many("itc", rec, fx["itc"], ["gradcam", "cls_attention_map", "cls_attn_gradients", "sim"])
+
+    r = fx["ranking"]["inputs"]
+    maps = {"itm": fx["itm"]["gradcam"], "itc": fx["itc"]["gradcam"], "bump": r["bump_maps"]}
+    for mode, cams in maps.items():
+        hits = []
+        for ref, cam in zip(r["refs"], cams, strict=True):
+            image_info = r["images"][str(ref["image_id"])]
+            hits.append(grounding_hit(cam, ref["bbox"], image_info["height"], image_info["width"],
+                                      r["dets"][str(ref["image_id"])], r["alpha"]))
+        ref_out = fx["ranking"]["outputs"][mode]
+        checks.append(_equal(f"ranking.{mode}.hit_per_ref", hits, ref_out["hit_per_ref"]))
+        acc = split_accuracy(hits, [ref["split"] for ref in r["refs"]])
+        checks += [compare(f"ranking.{mode}.{k}", acc[f"acc_{k.removesuffix('_d')}"] / 100, v)
+                   for k, v in ref_out.items() if k.endswith("_d")]
+    return checks
+
+
+def _equal(name: str, ours, ref) -> Check:
+    ok = list(ours) == list(ref)
+    return Check(name, 0.0 if ok else float("inf"), 0.0 if ok else float("inf"), ok, "" if ok else f"{ours} != {ref}")
+
+
+MOMENTUM_PARTS = ("visual_encoder_m", "text_encoder_m", "vision_proj_m", "text_proj_m")
+
+
+def generated_weights(keys: dict[str, torch.Size], seed: int) -> dict[str, Tensor]:
+    """The weight rule of pretrain_base.pt (fixtures/README.md): every float entry from a seeded normal per key.
+
+    `keys`: the float state-dict entries in state-dict order. Returns float64 values; for the two tied
+    pairs the caller's load order makes the later key win, as the original's `load_state_dict` did.
+    """
+    import re
+    import zlib
+
+    def z(k: str) -> Tensor:
+        g = torch.Generator().manual_seed((zlib.crc32(k.encode()) + seed) % 2**63)
+        return torch.randn(keys[k], generator=g, dtype=torch.float64)
+
+    def value(k: str) -> Tensor:
+        first, _, rest = k.partition(".")
+        if first in MOMENTUM_PARTS:
+            return value(f"{first.removesuffix('_m')}.{rest}") + 0.01 * z(k)
+        if k == "text_encoder.cls.predictions.decoder.weight":
+            return value("text_encoder.bert.embeddings.word_embeddings.weight")
+        if k in ("image_queue", "text_queue"):
+            return torch.nn.functional.normalize(z(k), dim=0)
+        if re.search(r"(LayerNorm|norm\d*)\.weight$", k):
+            return 1 + 0.1 * z(k)
+        if re.search(r"(LayerNorm|norm\d*)\.bias$", k):
+            return 0.1 * z(k)
+        if "embeddings" in k or k.endswith(("cls_token", "pos_embed")):
+            return 0.1 * z(k)
+        if len(keys[k]) >= 2:
+            return z(k) / math.sqrt(z(k).numel() / keys[k][0])
+        return 0.02 * z(k)
+
+    return {k: value(k) for k in keys}
+
+
+def compare_summaries(name: str, ours: dict[str, Tensor], ref: dict[str, dict], rtol: float,
+                      atol_scale: float = 1e-6) -> Check:
+    """Tensors against recorded {norm, first values}: both within rtol x the recorded norm, plus an absolute
+    floor of atol_scale x the largest recorded norm (for quantities that are zero up to rounding)."""
+    atol = atol_scale * max((r["norm"] for r in ref.values()), default=0.0)
+    checks, missing = [], sorted(set(ref) - set(ours))
+    for k, r in ref.items():
+        if k not in ours:
+            continue
+        t = ours[k].detach().double().flatten()
+        first = torch.as_tensor(r["first"], dtype=torch.float64)
+        err = max(abs(t.norm().item() - r["norm"]), (t[: first.numel()] - first).abs().max().item())
+        checks.append(Check(k, err, err / r["norm"] if r["norm"] else float("inf"), err <= rtol * r["norm"] + atol))
+    failed = [c.name for c in checks if not c.ok]
+    notes = ([f"missing {missing[:5]}"] if missing else []) + ([f"failed {failed[:5]}"] if failed else [])
+    return Check(f"{name} ({len(ref)} tensors)", max((c.max_abs for c in checks), default=0.0),
+                 max((c.max_rel for c in checks), default=0.0), not (missing or failed), "; ".join(notes))
+
+
+def verify_pretrain_generated(fx: dict, dtype: torch.dtype) -> list[Check]:
+    """One step of the paper-size model whose weights are rebuilt from the fixture's rule."""
+    c = fx["config"]
+    cfg = model_config_from_reference(c["model_config"], c["bert_config"], c["vit"])
+    model = ALBEF(cfg)
+    own = model.state_dict()
+    w = c["weights"]
+    floats = {k: v.shape for k, v in own.items() if v.is_floating_point() and k != "temp"}
+    values = generated_weights(floats, w["seed"])
+    values["temp"] = torch.tensor(float(w["temp"]))
+    values["queue_ptr"] = torch.tensor([int(w["queue_ptr"])])
+    for k in own:  # in key order, so that the later key of a tied pair wins
+        if k in values:
+            own[k].copy_(values[k].to(own[k].dtype))
+    del values
+    checks = [compare_summaries("weights_check", {k: own[k] for k in fx["weights_check"]}, fx["weights_check"],
+                                rtol=1e-6)]
+    if not checks[0].ok:  # a wrong rebuild makes everything below meaningless
+        return checks
+    model = model.to(dtype).train()
+    inp, d = fx["inputs"], fx["draws"]
+    draws = PretrainDraws(
+        neg_image_idx=d["neg_image_idx_for_text"], neg_text_idx=d["neg_text_idx_for_image"],
+        mask=MaskDraws(d["mlm_bernoulli_mask_draw"], d["mlm_bernoulli_replace_draw"],
+                       d["mlm_bernoulli_random_draw"], d["mlm_random_words"]))
+    ptr = int(model.queue_ptr)
+    with recording() as rec:
+        out = model(_cast(inp["image"], dtype), inp["input_ids"], inp["attention_mask"], inp["alpha"], draws=draws)
+    out["loss"].backward()
+    n = inp["input_ids"].shape[0]
+    head = n + 256
+    rec.update(image_cls=rec["image_embeds"][:, 0], text_cls=rec["text_embeds"][:, 0],
+               sim_i2t_head=rec["sim_i2t"][:, :head], sim_t2i_head=rec["sim_t2i"][:, :head],
+               sim_i2t_logsumexp=rec["sim_i2t"].logsumexp(1), sim_t2i_logsumexp=rec["sim_t2i"].logsumexp(1),
+               sim_i2t_targets_head=rec["sim_i2t_targets"][:, :head])
+    checks += [compare(f"draws.{k}", rec[k], d[k]) for k in ("mlm_input_ids", "mlm_labels")]
+    checks += _many("intermediates", rec, fx["intermediates"], list(fx["intermediates"]))
+    checks += [compare(f"outputs.{k}", out[k], fx["outputs"][k]) for k in ("loss_ita", "loss_itm", "loss_mlm")]
+    checks.append(compare("outputs.loss_total", out["loss"], fx["outputs"]["loss_total"]))
+    after, sd = fx["after"], model.state_dict()
+    checks += [compare("after.queue_ptr", model.queue_ptr, after["queue_ptr"]),
+               compare("after.image_queue_written", model.image_queue[:, ptr:ptr + n], after["image_queue_written"]),
+               compare("after.text_queue_written", model.text_queue[:, ptr:ptr + n], after["text_queue_written"]),
+               compare("after.temp_after_forward", model.temp, after["temp_after_forward"]),
+               compare_summaries("after.momentum", sd, after["momentum"], rtol=RTOL),
+               compare_summaries("grads", _grads(model), fx["grads"], rtol=GRAD_RTOL)]
+    return checks
+
+
 VERIFIERS: dict[str, Callable[[dict, torch.dtype], list[Check]]] = {
     "pretrain": verify_pretrain, "retrieval": verify_retrieval, "vqa": verify_vqa, "nlvr": verify_classifier,
-    "ve": verify_classifier, "pretrain_nlvr": verify_pretrain_nlvr,
+    "ve": verify_classifier, "pretrain_nlvr": verify_pretrain_nlvr, "grounding": verify_grounding,
+    "pretrain_generated": verify_pretrain_generated,
 }
 
 

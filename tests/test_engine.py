@@ -50,7 +50,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(world, tmp_path, monkeypat
     ref = torch.load(full / "model.pth", weights_only=True)["model"]
 
     part = tmp_path / "part"
-    real_save = E.Pretrainer.save
+    real_save = E.Trainer.save
 
     def save_then_die(self, best=False):
         path = real_save(self, best)
@@ -58,15 +58,18 @@ def test_interrupted_and_resumed_equals_uninterrupted(world, tmp_path, monkeypat
             raise KeyboardInterrupt("simulated crash after the checkpoint of step 3")
         return path
 
-    monkeypatch.setattr(E.Pretrainer, "save", save_then_die)
+    monkeypatch.setattr(E.Trainer, "save", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         E.pretrain(small_cfg(world, part, "train.max_steps=7", "train.save_every=3"))
     monkeypatch.undo()
     assert E.latest_checkpoint(part).name == "checkpoint_0000003.pth"
-    E.pretrain(small_cfg(world, part, "train.max_steps=7", "train.save_every=3"), resume="auto")
+    trainer = E.Trainer(small_cfg(world, part, "train.max_steps=7", "train.save_every=3"), resume="auto")
+    assert trainer.state.step == 3  # the checkpoint was loaded, not a fresh start
+    trainer.run()
     got = torch.load(part / "model.pth", weights_only=True)["model"]
-    assert losses(full) == losses(part)  # steps 1-3 from the first try, 4-7 after the resume
-    assert len(losses(full)) == 7
+    rows = [json.loads(x) for x in (part / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == list(range(1, 8))  # 1-3 before the crash, 4-7 after
+    assert losses(full) == losses(part)
     for k, v in ref.items():
         assert torch.equal(v, got[k]), k  # weights, momentum weights, queues, pointer: bit-exact
 
@@ -91,8 +94,11 @@ def test_a_save_killed_half_way_leaves_the_previous_checkpoint(world, tmp_path, 
     assert files == ["checkpoint_0000002.pth"]
     ckpt = torch.load(run / "checkpoint_0000002.pth", weights_only=False)
     assert ckpt["state"]["step"] == 2
-    result = E.pretrain(small_cfg(world, run, "train.max_steps=4", "train.save_every=2"), resume="auto")
-    assert result["step"] == 4
+    trainer = E.Trainer(small_cfg(world, run, "train.max_steps=4", "train.save_every=2"), resume="auto")
+    assert trainer.state.step == 2  # continues from the surviving checkpoint
+    assert trainer.run()["step"] == 4
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4]
 
 
 def test_keep_last_and_best(world, tmp_path):
@@ -149,7 +155,7 @@ def test_plot_writes_a_png(world, tmp_path):
 
 def test_queue_size_must_fit_the_global_batch(world, tmp_path):
     with pytest.raises(ValueError, match="multiple of the global batch"):
-        E.Pretrainer(small_cfg(world, tmp_path / "q", "model.queue_size=20"))
+        E.Trainer(small_cfg(world, tmp_path / "q", "model.queue_size=20"))
 
 
 @pytest.mark.slow

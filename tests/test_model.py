@@ -3,10 +3,11 @@ import copy
 import pytest
 import torch
 
+from albef_lab.distributed import all_gather_nograd
 from albef_lab.models.albef import ALBEF, PretrainDraws
 from albef_lab.models.attention import set_keep_attention
 from albef_lab.models.bert import BertForMaskedLM, BertLMHeadModel
-from albef_lab.train.distributed import all_gather_nograd
+from albef_lab.models.record import recording
 from tests.helpers import batch, small_config
 
 
@@ -27,8 +28,8 @@ def test_forward_backward_updates_queue_and_momentum():
         model.visual_encoder.cls_token.add_(1.0)
     mom0 = model.visual_encoder_m.cls_token.clone()
     online0 = model.visual_encoder.cls_token.detach().clone()
-    rec = {}
-    out = run(model, record=rec)
+    with recording() as rec:
+        out = run(model)
     out["loss"].backward()
     assert all(torch.isfinite(v) for v in out.values())
     assert int(model.queue_ptr) == (ptr0 + 4) % 16
@@ -61,8 +62,8 @@ def test_injected_draws_are_used():
     image, ids, mask = batch()
     neg_img = torch.tensor([1, 0, 3, 2])
     neg_txt = torch.tensor([2, 3, 0, 1])
-    rec = {}
-    model(image, ids, mask, 0.0, draws=PretrainDraws(neg_img, neg_txt), record=rec)
+    with recording() as rec:
+        model(image, ids, mask, 0.0, draws=PretrainDraws(neg_img, neg_txt))
     assert torch.equal(rec["neg_image_idx"], neg_img) and torch.equal(rec["neg_text_idx"], neg_txt)
 
 
@@ -101,26 +102,27 @@ def test_objective_switches_remove_their_loss(switch):
 
 
 def test_hard_negative_switch_changes_the_negatives():
-    rec_h, rec_r = {}, {}
-    run(make(), record=rec_h)
-    run(make(hard_negatives=False), record=rec_r)
+    with recording() as rec_h:
+        run(make())
+    with recording() as rec_r:
+        run(make(hard_negatives=False))
     assert "weights_i2t" in rec_h and "weights_i2t" not in rec_r
     assert torch.all(rec_r["neg_image_idx"] != torch.arange(4))
 
 
 def test_distill_switch_drops_the_teacher_mlm_pass():
-    rec = {}
-    run(make(distill=False), record=rec)
+    with recording() as rec:
+        run(make(distill=False))
     assert "soft_labels" not in rec and "sim_i2t_m" in rec
-    rec = {}
-    run(make(), record=rec)
+    with recording() as rec:
+        run(make())
     assert "soft_labels" in rec
 
 
 def test_image_ids_make_duplicates_positives_and_never_negatives():
     model = make()
-    rec = {}
-    run(model, record=rec, image_ids=torch.tensor([0, 0, 1, 2]))
+    with recording() as rec:
+        run(model, image_ids=torch.tensor([0, 0, 1, 2]))
     assert rec["sim_targets"][0, 1] == 0.5 and rec["sim_targets"][1, 0] == 0.5
     assert rec["weights_i2t"][0, 1] == 0 and rec["weights_t2i"][1, 0] == 0
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from albef_lab.objectives.distill import copy_params, mix_targets, momentum_update, soft_cross_entropy
-from albef_lab.objectives.itc import enqueue, id_targets, identity_targets, itc_loss
+from albef_lab.objectives.itc import diagonal_targets, enqueue, itc_loss, same_image_targets
 from albef_lab.objectives.itm import negative_weights, random_negatives, sample_negatives
 from albef_lab.objectives.mlm import apply_mask, draw_mask, mlm_loss
 
@@ -81,18 +81,18 @@ def test_random_negatives_are_never_the_positive():
 
 
 def test_itc_targets_and_loss():
-    t = identity_targets(3, 7)
+    t = diagonal_targets(3, 7)
     assert t.dtype == torch.float32 and torch.equal(t[:, :3], torch.eye(3)) and t[:, 3:].sum() == 0
     idx = torch.tensor([7, 3, 7])
-    t = id_targets(idx, torch.tensor([7, 3, 7, 1, 7]))
+    t = same_image_targets(idx, torch.tensor([7, 3, 7, 1, 7]))
     assert torch.allclose(t[0], torch.tensor([1 / 3, 0, 1 / 3, 0, 1 / 3]))
     f = torch.nn.functional.normalize(torch.randn(3, 8), dim=-1)
     all_ = torch.nn.functional.normalize(torch.randn(8, 5), dim=0)
-    out = itc_loss(f, f, all_, all_, torch.tensor(0.07), identity_targets(3, 5))
-    manual = -(torch.log_softmax(f @ all_ / 0.07, 1) * identity_targets(3, 5)).sum(1).mean()
+    out = itc_loss(f, f, all_, all_, torch.tensor(0.07), diagonal_targets(3, 5))
+    manual = -(torch.log_softmax(f @ all_ / 0.07, 1) * diagonal_targets(3, 5)).sum(1).mean()
     assert torch.allclose(out["loss"], manual)
-    mixed = itc_loss(f, f, all_, all_, torch.tensor(0.07), identity_targets(3, 5), f @ all_, f @ all_, alpha=0.4)
-    assert torch.allclose(mixed["sim_i2t_targets"], mix_targets(f @ all_, identity_targets(3, 5), 0.4))
+    mixed = itc_loss(f, f, all_, all_, torch.tensor(0.07), diagonal_targets(3, 5), f @ all_, f @ all_, alpha=0.4)
+    assert torch.allclose(mixed["sim_i2t_targets"], mix_targets(f @ all_, diagonal_targets(3, 5), 0.4))
     assert torch.allclose(mixed["sim_i2t_targets"].sum(1), torch.ones(3))
 
 

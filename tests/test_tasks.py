@@ -58,7 +58,10 @@ def test_proposal_ranking_and_iou():
     heat[2:5, 6:9] = 1.0
     dets = [[0, 0, 10, 10, 0.9], [6, 2, 3, 3, 0.5], [0, 0, 3, 3, 0.8]]
     assert best_proposal(heat, dets) == [6, 2, 3, 3]
-    assert iou_xywh([0, 0, 2, 2], [1, 1, 2, 2]) == pytest.approx(1 / 7)
+    # the original counts whole pixels: [0, 0, 3, 3] covers pixels 0..2, so the overlap with [1, 1, 3, 3] is 2 x 2
+    assert iou_xywh([0, 0, 3, 3], [1, 1, 3, 3]) == pytest.approx(4 / 14)
+    assert iou_xywh([0, 0, 2, 2], [1, 1, 2, 2]) == 0.0  # one shared pixel is no overlap for the original
+    assert best_proposal(torch.zeros(10, 10), dets) is None  # nothing scores above 0: no box
 
 
 def test_gradcam_maps_have_the_patch_grid_and_respond_to_the_image():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -183,3 +184,20 @@ def write_world(s: WorldSettings, progress: bool = True) -> dict:
     settings = {k: v for k, v in vars(s).items() if k not in ("workers", "out")}
     _dump(out / "world.json", {"settings": settings, "counts": counts})
     return counts
+
+
+def ensure_world(data, train_file: str | Path, progress: bool = True, main: bool = True,
+                 barrier: Callable[[], None] | None = None) -> None:
+    """Generate ShapesWorld at `data.root` (a DataConfig) when the training file is absent.
+
+    Under several processes only `main` writes; `barrier` makes the others wait for it.
+    """
+    if not Path(train_file).is_file():
+        if not data.make_world:
+            raise FileNotFoundError(f"training annotations not found: {train_file} (and data.make_world is off)")
+        if main:
+            print(f"ShapesWorld not found at {data.root}: generating {data.world_images} images ...")
+            write_world(WorldSettings(out=data.root, seed=data.world_seed, images=data.world_images,
+                                      res=data.world_res, noise=data.noise), progress=progress)
+    if barrier is not None:
+        barrier()

@@ -288,14 +288,15 @@ def nlvr_statement(left: Scene, right: Scene, rng: random.Random, want: bool) ->
             options.append((f"the {side} image contains {_with_article(o.phrase(False))}", True))
         c, s = rng.choice([(c, s) for s in SHAPES for c in COLOURS if not scene.has(c, s)])
         options.append((f"the {side} image contains {_with_article(c)} {s}", False))
-    for shape in {o.shape for o in left.objects + right.objects}:
+    # dict.fromkeys keeps first-seen order; a set's order changes with the process's hash seed
+    for shape in dict.fromkeys(o.shape for o in left.objects + right.objects):
         both = left.count(shape=shape) > 0 and right.count(shape=shape) > 0
         options.append((f"both images contain {_with_article(shape)}", both))
     nl, nr = len(left.objects), len(right.objects)
     if nl != nr:
         options.append(("the left image has more shapes than the right image", nl > nr))
         options.append(("the right image has more shapes than the left image", nr > nl))
-    for colour in {o.colour for o in left.objects + right.objects}:
+    for colour in dict.fromkeys(o.colour for o in left.objects + right.objects):
         one = (left.count(colour=colour) > 0) != (right.count(colour=colour) > 0)
         options.append((f"exactly one image contains {_with_article(colour)} shape", one))
     matching = [s for s, t in options if t == want]

@@ -1,4 +1,8 @@
-"""Weakly-supervised grounding (RefCOCO+ protocol): rank region proposals by a Grad-CAM map."""
+"""Weakly-supervised grounding (RefCOCO+ protocol): rank region proposals by a Grad-CAM map.
+
+The ranking and the IoU follow the original's `grounding_eval` / `computeIoU` exactly (checked against
+../shared/reference/fixtures/grounding.pt).
+"""
 
 from __future__ import annotations
 
@@ -10,30 +14,54 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from albef_lab.data.datasets import GroundingDataset
-from albef_lab.data.formats import read_refer
+from albef_lab.data.formats import GROUNDING, read_entries, read_refer
 from albef_lab.data.tokenizer import Tokenizer
 from albef_lab.data.transforms import eval_transform
-from albef_lab.viz.gradcam import itc_gradcam, itm_gradcam, upsample
+from albef_lab.models.base import eval_mode
+from albef_lab.viz.gradcam import gradcam, upsample
 
 
 def iou_xywh(a: list[float], b: list[float]) -> float:
-    iw = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
-    inter = iw * ih
+    """IoU of two [x, y, w, h] boxes counted in whole pixels, as the original: the last pixel is x + w - 1,
+    and boxes that touch in one row or column do not overlap."""
+    x1, y1 = max(a[0], b[0]), max(a[1], b[1])
+    x2, y2 = min(a[0] + a[2] - 1, b[0] + b[2] - 1), min(a[1] + a[3] - 1, b[1] + b[3] - 1)
+    inter = (x2 - x1 + 1) * (y2 - y1 + 1) if x1 < x2 and y1 < y2 else 0
     union = a[2] * a[3] + b[2] * b[3] - inter
-    return inter / union if union > 0 else 0.0
+    return float(inter) / union if union > 0 else 0.0
 
 
-def best_proposal(heat: Tensor, proposals: list[list[float]], alpha: float = 0.5) -> list[float]:
-    """The proposal [x, y, w, h] with the largest heat inside it divided by area**alpha (as the original)."""
-    best, best_score = proposals[0][:4], -float("inf")
+def best_proposal(heat: Tensor, proposals: list[list[float]], alpha: float = 0.5) -> list[float] | None:
+    """The proposal [x, y, w, h] with the largest heat inside it divided by area**alpha.
+
+    As the original, a proposal must score strictly above 0 and above the best so far; with none that
+    does, None (the original would reuse the previous expression's box).
+    """
+    best, best_score = None, 0.0
     for p in proposals:
         x, y, w, h = p[:4]
-        area = max(w * h, 1e-6)
-        score = heat[int(y):int(y + h), int(x):int(x + w)].sum().item() / area**alpha
+        score = heat[int(y):int(y + h), int(x):int(x + w)].sum().item() / (w * h) ** alpha
         if score > best_score:
             best, best_score = p[:4], score
     return best
+
+
+def grounding_hit(cam: Tensor, box: list[float], height: int, width: int, proposals: list[list[float]],
+                  alpha: float = 0.5) -> bool:
+    """Is the best proposal under the map `cam` [s, s] a hit (IoU >= 0.5 with the referred box)?"""
+    heat = upsample(cam[None], height, width)[0]
+    pred = best_proposal(heat, proposals, alpha)
+    return pred is not None and iou_xywh(box, pred) >= 0.5
+
+
+def split_accuracy(hits: list[bool], splits: list[str]) -> dict[str, float]:
+    """Accuracy (percent) per split and over all ('acc_all')."""
+    n_hit, n = defaultdict(int), defaultdict(int)
+    for hit, split in zip(hits, splits, strict=True):
+        for s in (split, "all"):
+            n_hit[s] += int(hit)
+            n[s] += 1
+    return {f"acc_{s}": 100.0 * n_hit[s] / n[s] for s in n}
 
 
 @torch.no_grad()
@@ -45,40 +73,26 @@ def evaluate_grounding(model: nn.Module, tokenizer: Tokenizer, ann_file: str | P
     `block`: cross-attention layer for mode 'itm' (-1 = the third fusion layer, block 8 of 12 at base size),
     ViT block for mode 'itc' (-1 = the last).
     """
-    if mode not in ("itm", "itc"):
-        raise ValueError(f"Grad-CAM mode must be 'itm' or 'itc', got {mode!r}")
     refer = read_refer(refer_dir)
     ds = GroundingDataset(ann_file, image_root, eval_transform(res))
-    if mode == "itm" and block < 0:  # the third fusion layer (8 of 12 at base size), or the last one
-        block = min(model.cfg.text.fusion_layer + 2, model.cfg.text.num_hidden_layers - 1)
-    was = model.training
-    model.eval()
-    hits, counts = defaultdict(int), defaultdict(int)
-    for images, texts, ref_ids in DataLoader(ds, batch_size=batch_size, shuffle=False):
-        images = images.to(device)
-        ids, mask = tokenizer(list(texts))
-        ids, mask = ids.to(device), mask.to(device)
-        maps = itm_gradcam(model, images, ids, mask, block) if mode == "itm" else itc_gradcam(model, images, ids,
-                                                                                             mask, block)
-        for ref_id, cam in zip(ref_ids.tolist(), maps, strict=True):
-            ref = refer["refs"][ref_id]
-            image = refer["images"][ref["image_id"]]
-            heat = upsample(cam[None], image["height"], image["width"])[0]
-            pred = best_proposal(heat, refer["dets"][ref["image_id"]], alpha)
-            hit = iou_xywh(refer["anns"][ref["ann_id"]]["bbox"], pred) >= 0.5
-            for split in (ref["split"], "all"):
-                hits[split] += int(hit)
-                counts[split] += 1
-    model.train(was)
-    return {f"acc_{k}": 100.0 * hits[k] / counts[k] for k in counts}
+    hits, splits = [], []
+    with eval_mode(model):
+        for images, texts, ref_ids in DataLoader(ds, batch_size=batch_size, shuffle=False):
+            ids, mask = tokenizer(list(texts))
+            maps = gradcam(model, images.to(device), ids.to(device), mask.to(device), mode, block)
+            for ref_id, cam in zip(ref_ids.tolist(), maps, strict=True):
+                ref = refer["refs"][ref_id]
+                image = refer["images"][ref["image_id"]]
+                box = refer["anns"][ref["ann_id"]]["bbox"]
+                hits.append(grounding_hit(cam, box, image["height"], image["width"], refer["dets"][ref["image_id"]],
+                                          alpha))
+                splits.append(ref["split"])
+    return split_accuracy(hits, splits)
 
 
-@torch.no_grad()
-def random_proposal_baseline(ann_file: str | Path, refer_dir: str | Path, seed: int = 0) -> dict[str, float]:
+def random_proposal_baseline(ann_file: str | Path, refer_dir: str | Path) -> dict[str, float]:
     """Expected accuracy of picking a proposal uniformly at random, per split."""
     refer = read_refer(refer_dir)
-    from albef_lab.data.formats import GROUNDING, read_entries
-
     hits, counts = defaultdict(float), defaultdict(int)
     for e in read_entries(ann_file, GROUNDING):
         ref = refer["refs"][e["ref_id"]]

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from albef_lab.data.tokenizer import Tokenizer
-
-
-def text_bert(model: nn.Module) -> nn.Module:
-    """The BERT stack of a pre-training model (`text_encoder.bert`) or of a task model (`text_encoder`)."""
-    enc = model.text_encoder
-    return enc.bert if hasattr(enc, "bert") else enc
+from albef_lab.models.base import eval_mode
 
 
 def recall_metrics(scores_i2t: Tensor, txt2img: Tensor, ks: tuple[int, ...] = (1, 5, 10),
@@ -44,20 +40,24 @@ def recall_metrics(scores_i2t: Tensor, txt2img: Tensor, ks: tuple[int, ...] = (1
     return out
 
 
+def chance_recall(n_images: int, k: int = 1) -> float:
+    """Text->image recall@k of a random ranking, in percent."""
+    return 100.0 * min(1.0, k / n_images) if n_images else math.nan
+
+
 @torch.no_grad()
 def encode_texts(model: nn.Module, tokenizer: Tokenizer, texts: list[str], device: torch.device,
                  batch_size: int = 256, max_length: int = 30) -> tuple[Tensor, Tensor, Tensor]:
     """Returns (text-mode states [T, L, D], attention masks [T, L], normalised ITC features [T, E])."""
-    bert = text_bert(model)
-    embeds, atts, feats = [], [], []
+    states, atts, feats = [], [], []
     ids, mask = tokenizer(texts, max_length=max_length, padding="max_length")
     for a in range(0, len(texts), batch_size):
         i, m = ids[a:a + batch_size].to(device), mask[a:a + batch_size].to(device)
-        h = bert(i, m, mode="text")
-        embeds.append(h)
+        h, f = model.encode_text(i, m)
+        states.append(h)
         atts.append(m)
-        feats.append(F.normalize(model.text_proj(h[:, 0]), dim=-1))
-    return torch.cat(embeds), torch.cat(atts), torch.cat(feats)
+        feats.append(f)
+    return torch.cat(states), torch.cat(atts), torch.cat(feats)
 
 
 @torch.no_grad()
@@ -65,20 +65,16 @@ def encode_images(model: nn.Module, loader: DataLoader, device: torch.device) ->
     """Returns (ViT states [N, tokens, D], normalised ITC features [N, E]) in loader order."""
     states, feats = [], []
     for images, *_ in loader:
-        h = model.visual_encoder(images.to(device))
+        h, f = model.encode_image(images.to(device))
         states.append(h)
-        feats.append(F.normalize(model.vision_proj(h[:, 0]), dim=-1))
+        feats.append(f)
     return torch.cat(states), torch.cat(feats)
 
 
 @torch.no_grad()
-def itm_scores(model: nn.Module, text_states: Tensor, text_atts: Tensor, image_states: Tensor) -> Tensor:
+def itm_margin(model: nn.Module, text_states: Tensor, text_atts: Tensor, image_states: Tensor) -> Tensor:
     """ITM margin (match logit - no-match logit) for aligned rows of texts and images; > 0 means match."""
-    bert = text_bert(model)
-    ones = torch.ones(image_states.shape[:2], dtype=torch.long, device=image_states.device)
-    fused = bert(encoder_embeds=text_states, attention_mask=text_atts, encoder_hidden_states=image_states,
-                 encoder_attention_mask=ones, mode="fusion")
-    logits = model.itm_head(fused[:, 0])
+    logits = model.itm_logits(text_states, text_atts, image_states)
     return logits[:, 1] - logits[:, 0]
 
 
@@ -87,25 +83,23 @@ def zero_shot_eval(model: nn.Module, dataset, tokenizer: Tokenizer, device: torc
                    batch_size: int = 128, num_workers: int = 0) -> dict[str, float]:
     """ITC retrieval recall@k over the whole split, and ITM accuracy on (image, own caption) vs
     (image, caption of the next image) pairs. `dataset` is a RetrievalEvalDataset."""
-    was_training = model.training
-    model.eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    image_states, image_feat = encode_images(model, loader, device)
-    text_states, text_atts, text_feat = encode_texts(model, tokenizer, dataset.text, device)
-    txt2img = torch.tensor([dataset.txt2img[t] for t in range(len(dataset.text))], device=device)
-    out = recall_metrics(image_feat @ text_feat.t(), txt2img)
-    n = image_states.shape[0]
-    first = torch.tensor([dataset.img2txt[i][0] for i in range(n)], device=device)
-    neg = first[(torch.arange(n, device=device) + 1) % n]
-    correct = 0
-    for a in range(0, n, batch_size):
-        img = image_states[a:a + batch_size]
-        pos_s = itm_scores(model, text_states[first[a:a + batch_size]], text_atts[first[a:a + batch_size]], img)
-        neg_s = itm_scores(model, text_states[neg[a:a + batch_size]], text_atts[neg[a:a + batch_size]], img)
-        correct += (pos_s > 0).sum().item() + (neg_s <= 0).sum().item()
+    with eval_mode(model):
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+        image_states, image_feat = encode_images(model, loader, device)
+        text_states, text_atts, text_feat = encode_texts(model, tokenizer, dataset.text, device)
+        txt2img = torch.tensor([dataset.txt2img[t] for t in range(len(dataset.text))], device=device)
+        out = recall_metrics(image_feat @ text_feat.t(), txt2img)
+        n = image_states.shape[0]
+        first = torch.tensor([dataset.img2txt[i][0] for i in range(n)], device=device)
+        neg = first[(torch.arange(n, device=device) + 1) % n]
+        correct = 0
+        for a in range(0, n, batch_size):
+            img = image_states[a:a + batch_size]
+            pos, other = first[a:a + batch_size], neg[a:a + batch_size]
+            correct += (itm_margin(model, text_states[pos], text_atts[pos], img) > 0).sum().item()
+            correct += (itm_margin(model, text_states[other], text_atts[other], img) <= 0).sum().item()
     out["itm_acc"] = 100.0 * correct / (2 * n)
     out["n_images"] = n
-    model.train(was_training)
     return out
 
 
@@ -115,18 +109,13 @@ def rerank_scores(model: nn.Module, image_states: Tensor, image_feat: Tensor, te
     """The original's retrieval evaluation, batched across queries: ITC similarities pick each query's
     top-k candidates, which are scored by the raw ITM 'match' logit; every other entry is -100.
     Returns (score_i2t [images, texts], score_t2i [texts, images])."""
-    bert = text_bert(model)
     sims = image_feat @ text_feat.t()
 
-    def fused_scores(t_idx: Tensor, i_idx: Tensor) -> Tensor:
+    def match_logits(t_idx: Tensor, i_idx: Tensor) -> Tensor:
         out = []
         for a in range(0, t_idx.numel(), batch_size):
             t, i = t_idx[a:a + batch_size], i_idx[a:a + batch_size]
-            img = image_states[i]
-            ones = torch.ones(img.shape[:2], dtype=torch.long, device=img.device)
-            fused = bert(encoder_embeds=text_states[t], attention_mask=text_atts[t], encoder_hidden_states=img,
-                         encoder_attention_mask=ones, mode="fusion")
-            out.append(model.itm_head(fused[:, 0])[:, 1])
+            out.append(model.itm_logits(text_states[t], text_atts[t], image_states[i])[:, 1])
         return torch.cat(out)
 
     n_img, n_txt = sims.shape
@@ -134,10 +123,10 @@ def rerank_scores(model: nn.Module, image_states: Tensor, image_feat: Tensor, te
     kt = min(k, n_txt)
     top_t = sims.topk(kt, dim=1).indices  # [images, k]
     rows = torch.arange(n_img, device=sims.device).repeat_interleave(kt)
-    score_i2t[rows, top_t.reshape(-1)] = fused_scores(top_t.reshape(-1), rows).to(score_i2t.dtype)
+    score_i2t[rows, top_t.reshape(-1)] = match_logits(top_t.reshape(-1), rows).to(score_i2t.dtype)
     score_t2i = torch.full((n_txt, n_img), -100.0, device=sims.device, dtype=sims.dtype)
     ki = min(k, n_img)
     top_i = sims.t().topk(ki, dim=1).indices  # [texts, k]
     rows = torch.arange(n_txt, device=sims.device).repeat_interleave(ki)
-    score_t2i[rows, top_i.reshape(-1)] = fused_scores(rows, top_i.reshape(-1)).to(score_t2i.dtype)
+    score_t2i[rows, top_i.reshape(-1)] = match_logits(rows, top_i.reshape(-1)).to(score_t2i.dtype)
     return score_i2t, score_t2i

@@ -10,6 +10,7 @@ import math
 import os
 import pickle
 import tempfile
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,23 +24,43 @@ class CheckpointError(RuntimeError):
 
 
 def read_file(path: str | Path, trust_pickle: bool = False) -> dict:
-    """torch.load with weights_only=True; `trust_pickle=True` allows arbitrary objects (trusted files only)."""
+    """torch.load with weights_only=True; `trust_pickle=True` allows arbitrary objects (trusted files only).
+
+    Three failures are told apart: not a PyTorch file at all, a damaged (e.g. truncated) one, and a real
+    checkpoint that holds Python objects a safe load refuses.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    is_zip, is_pickle = head.startswith(b"PK\x03\x04"), head[:1] == b"\x80"
+    if not (is_zip or is_pickle):
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint: it starts with {head!r}, not with the zip "
+                              "archive (or pickle) that torch.save writes")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
     except pickle.UnpicklingError as e:
+        if is_zip and not _zip_intact(path) or "Weights only load failed" not in str(e):
+            raise CheckpointError(f"{path} is damaged (truncated or corrupt?): {e}") from e
         raise CheckpointError(
             f"{path} holds Python objects that a safe load (weights_only=True) refuses: {e}\n"
             "If you trust where this file comes from, load it with "
             "albef_lab.models.checkpoint.read_file(path, trust_pickle=True) and save its state dict with "
             "torch.save({'model': state_dict}, new_path).") from e
-    except (RuntimeError, EOFError) as e:
+    except (RuntimeError, EOFError, zipfile.BadZipFile) as e:
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): {e}") from e
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict, found {type(obj).__name__}")
     return obj
+
+
+def _zip_intact(path: Path) -> bool:
+    try:
+        with zipfile.ZipFile(path) as z:
+            return z.testzip() is None
+    except (zipfile.BadZipFile, OSError):
+        return False
 
 
 def state_dict_of(obj: dict, path: str | Path = "<checkpoint>") -> dict[str, Tensor]:
@@ -158,6 +179,9 @@ def pretrained_to_task(state_dict: dict[str, Tensor], task: str, fusion_layer: i
     pretrain_nlvr (and nlvr started straight from a pre-training file): every fusion layer f+i is copied
     into layers f+2i and f+2i+1 (one per image).
     """
+    from albef_lab.models.registry import task_spec
+
+    expand_fusion = task_spec(task).expand_fusion
     out: dict[str, Tensor] = {}
     for key, value in state_dict.items():
         is_text = key.startswith(("text_encoder.", "text_encoder_m."))
@@ -171,7 +195,7 @@ def pretrained_to_task(state_dict: dict[str, Tensor], task: str, fusion_layer: i
                 out[_with_layer(dec, loc[0], loc[1] - fusion_layer)] = value
             if ".cls." in key:  # moved to the decoder
                 continue
-        if task in ("pretrain_nlvr", "nlvr") and is_text and ".bert." in key:
+        if expand_fusion and is_text and ".bert." in key:
             loc = _layer_index(new)
             if loc is not None and loc[1] >= fusion_layer:
                 n = (loc[1] - fusion_layer) * 2 + fusion_layer
@@ -180,13 +204,6 @@ def pretrained_to_task(state_dict: dict[str, Tensor], task: str, fusion_layer: i
                 continue
         out[new] = value
     return out
-
-
-# What a task model may lack after initialisation from a pre-training file (new heads, new buffers).
-NEW_IN_TASK = {
-    "retrieval": ("idx_queue",), "grounding": ("idx_queue",), "vqa": (), "pretrain_nlvr": ("ta_head.",),
-    "ve": ("cls_head.", "cls_head_m."), "nlvr": ("cls_head.", "cls_head_m."),
-}
 
 
 def init_from_pretrained(model: nn.Module, task: str, state_dict: dict[str, Tensor], fusion_layer: int = 6,
@@ -199,7 +216,9 @@ def init_from_pretrained(model: nn.Module, task: str, state_dict: dict[str, Tens
     """
     mapped = pretrained_to_task(state_dict, task, fusion_layer)
     report = load_into(model, mapped, strict=False, verbose=False)
-    allowed = NEW_IN_TASK.get(task, ())
+    from albef_lab.models.registry import task_spec
+
+    allowed = task_spec(task).new_keys
     lacking = [k for k in report.missing if not k.startswith(allowed) and "_m." not in k]
     if lacking or report.mismatched:
         raise CheckpointError(f"pre-trained checkpoint cannot initialise the {task} model\n{report}")
@@ -209,6 +228,17 @@ def init_from_pretrained(model: nn.Module, task: str, state_dict: dict[str, Tens
     if verbose:
         print(report)
     return report
+
+
+def load_for_task(model: nn.Module, task: str, state_dict: dict[str, Tensor], *, fusion_layer: int,
+                  fix_momentum_init: bool = False, verbose: bool = False) -> LoadReport:
+    """Load any file a task model can start from: one in the task's own layout (a fine-tuned file such as
+    `mscoco.pth`, or ours) loads strictly; a pre-training file (`ALBEF.pth`, ours) is mapped as the
+    original scripts do (`init_from_pretrained`)."""
+    if set(model.state_dict()) <= set(state_dict):
+        return load_into(model, state_dict, strict=True, verbose=verbose)
+    return init_from_pretrained(model, task, state_dict, fusion_layer, fix_momentum_init=fix_momentum_init,
+                                verbose=verbose)
 
 
 def load_deit(vit: nn.Module, path: str | Path, verbose: bool = True) -> LoadReport:

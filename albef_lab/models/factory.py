@@ -14,45 +14,29 @@ from albef_lab.models.albef import ALBEF
 from albef_lab.models.checkpoint import (
     CheckpointError,
     LoadReport,
-    load_into,
+    load_for_task,
     read_file,
     save_atomic,
     state_dict_of,
 )
-from albef_lab.models.tasks import (
-    ALBEFNLVR,
-    ALBEFVE,
-    ALBEFVQA,
-    ALBEFPretrainNLVR,
-    ALBEFRetrieval,
-    with_nlvr_layers,
-)
-
-MODELS: dict[str, type[nn.Module]] = {
-    "pretrain": ALBEF, "retrieval": ALBEFRetrieval, "grounding": ALBEFRetrieval, "vqa": ALBEFVQA,
-    "nlvr": ALBEFNLVR, "ve": ALBEFVE, "pretrain_nlvr": ALBEFPretrainNLVR,
-}
-# NLVR2 models double the fusion layers of the pre-training config (12 -> 18 layers at base size).
-EXPAND_FUSION = {"nlvr", "pretrain_nlvr"}
-# The image size the original fine-tunes at (the pre-trained files are at 256 px).
-FINETUNE_RES = {"retrieval": 384, "grounding": 384, "vqa": 384, "nlvr": 384, "ve": 384}
+from albef_lab.models.registry import task_spec
+from albef_lab.models.tasks import with_nlvr_layers
 
 
 def task_config(name: str, cfg: ModelConfig) -> ModelConfig:
     """The config a task model is built from, given the pre-training config."""
-    return with_nlvr_layers(cfg) if name in EXPAND_FUSION else cfg
+    return with_nlvr_layers(cfg) if task_spec(name).expand_fusion else cfg
 
 
 def create_model(name: str, cfg: ModelConfig, device: str | torch.device | None = None,
                  expand: bool = True) -> nn.Module:
     """Build model `name`; `expand=False` takes `cfg` as is (e.g. an NLVR2 config already at 18 layers)."""
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
+    cls = task_spec(name).model
     cfg = task_config(name, cfg) if expand else cfg
     if device is None:
-        return MODELS[name](cfg)
+        return cls(cfg)
     with torch.device(device):
-        return MODELS[name](cfg)
+        return cls(cfg)
 
 
 def state_dict_tsv(model: nn.Module) -> str:
@@ -67,16 +51,25 @@ def save_model(path: str | Path, model: nn.Module, cfg: ModelConfig, name: str =
                  "albef_lab_version": __version__, **extra}, path)
 
 
-def load_model(path: str | Path, name: str | None = None, strict: bool = True,
-               verbose: bool = False) -> tuple[nn.Module, ModelConfig, LoadReport]:
-    """Rebuild a model from one of our checkpoints (its config travels inside the file)."""
+def has_config(obj: dict) -> bool:
+    """Is this one of our checkpoints (which carry their model config)?"""
+    return isinstance(obj.get("config"), dict) and "vision" in obj["config"]
+
+
+def load_model(path: str | Path, task: str | None = None) -> tuple[nn.Module, ModelConfig, LoadReport]:
+    """Rebuild a model from one of our checkpoints (its config travels inside the file).
+
+    `task` (default: the file's own) may differ from the file's: a pre-training file then initialises the
+    task model with the original's key mapping (see `load_for_task`).
+    """
     obj = read_file(path)
-    if "config" not in obj or not isinstance(obj["config"], dict) or "vision" not in obj["config"]:
+    if not has_config(obj):
         raise CheckpointError(f"{path} has no albef-lab config; for official files build the model from a "
-                              "preset and use load_into / albef_lab.models.checkpoint")
+                              "preset (--preset base) and load it with albef_lab.models.checkpoint.load_for_task")
     cfg = model_config_from_dict(obj["config"])
-    model = create_model(name or obj.get("model_name", "pretrain"), cfg)
-    report = load_into(model, state_dict_of(obj, path), strict=strict, verbose=verbose)
+    name = task or obj.get("model_name", "pretrain")
+    model = create_model(name, cfg)
+    report = load_for_task(model, name, state_dict_of(obj, path), fusion_layer=cfg.text.fusion_layer)
     return model, cfg, report
 
 

@@ -15,8 +15,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from albef_lab.config import ModelConfig, TextConfig
-from albef_lab.models.albef import ALBEF, MomentumPairs, PretrainDraws, momentum_copy
+from albef_lab.models.albef import ALBEF, PretrainDraws, check_batch, same_image
+from albef_lab.models.base import MomentumPairs, momentum_copy
 from albef_lab.models.bert import BertLMHeadModel, BertModel
+from albef_lab.models.record import record
 from albef_lab.models.vit import VisionTransformer
 from albef_lab.objectives.distill import momentum_update, soft_cross_entropy
 from albef_lab.objectives.lm import answer_nll
@@ -26,22 +28,27 @@ class ALBEFRetrieval(ALBEF):
     """ITC (every caption of an image is a positive, via the image-id queue) + ITM with hard negatives."""
 
     text_encoder_cls = BertModel
-    id_queue = True
+    queue_image_ids = True
 
     def forward(self, image: Tensor, input_ids: Tensor, attention_mask: Tensor, alpha: float = 0.0, *,
-                idx: Tensor, draws: PretrainDraws | None = None, generator: torch.Generator | None = None,
-                record: dict | None = None) -> dict[str, Tensor]:
-        """One fine-tuning step; `idx` [B] are image ids. No temperature clamp (as the original)."""
-        rec = record if record is not None else {}
-        rec["temp_used"] = self.temp.detach().clone()
-        image_embeds, image_feat, text_embeds, text_feat = self.encode(image, input_ids, attention_mask, rec)
-        idx = idx.view(-1).to(image.device)
-        same = idx.view(-1, 1) == idx.view(1, -1)
-        loss_ita, sim_i2t, sim_t2i = self.contrastive(image, input_ids, attention_mask, image_feat, text_feat,
-                                                      alpha, idx, None, self.cfg.distill, rec)
-        rec["mask"] = same
-        loss_itm = self.matching(image_embeds, text_embeds, attention_mask, sim_i2t, sim_t2i, same,
-                                 draws or PretrainDraws(), generator, rec)
+                image_ids: Tensor, draws: PretrainDraws | None = None,
+                generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """One fine-tuning step; `image_ids` [B] say which image each caption describes.
+
+        No temperature clamp (as the original).
+        """
+        check_batch(image, input_ids, attention_mask)
+        record(temp_used=self.temp.detach().clone())
+        image_states, image_feat = self.encode_image(image)
+        text_states, text_feat = self.encode_text(input_ids, attention_mask)
+        record(image_embeds=image_states, image_feat=image_feat, text_embeds=text_states, text_feat=text_feat)
+        image_ids = image_ids.view(-1).to(image.device)
+        same = same_image(image_ids)
+        loss_ita, sim_i2t, sim_t2i, _ = self.itc(image, input_ids, attention_mask, image_feat, text_feat, alpha,
+                                                 image_ids=image_ids, distill=self.cfg.distill)
+        record(mask=same)
+        loss_itm = self.itm(image_states, text_states, attention_mask, sim_i2t, sim_t2i, same=same, draws=draws,
+                            generator=generator)
         return {"loss": loss_ita + loss_itm, "loss_ita": loss_ita, "loss_itm": loss_itm}
 
 
@@ -64,50 +71,46 @@ class ALBEFVQA(MomentumPairs, nn.Module):
             self.text_encoder_m = momentum_copy(self.text_encoder)
             self.text_decoder_m = momentum_copy(self.text_decoder)
 
-    def encode_question(self, image: Tensor, q_ids: Tensor, q_mask: Tensor, momentum: bool = False) -> Tensor:
+    def encode_question(self, image: Tensor, q_ids: Tensor, q_mask: Tensor, *, momentum: bool = False) -> Tensor:
+        """The question fused with the image (all 12 layers, multimodal mode): [B, L, D]."""
         vit = self.visual_encoder_m if momentum else self.visual_encoder
         enc = self.text_encoder_m if momentum else self.text_encoder
-        image_embeds = vit(image)
-        ones = torch.ones(image_embeds.shape[:2], dtype=torch.long, device=image.device)
-        return enc(q_ids, q_mask, encoder_hidden_states=image_embeds, encoder_attention_mask=ones)
+        return enc(q_ids, q_mask, encoder_hidden_states=vit(image))
 
     def forward(self, image: Tensor, q_ids: Tensor, q_mask: Tensor, a_ids: Tensor, a_mask: Tensor,
-                k: list[int] | Tensor, weights: Tensor, alpha: float = 0.0, record: dict | None = None) -> Tensor:
+                answers_per_question: list[int] | Tensor, weights: Tensor, alpha: float = 0.0) -> Tensor:
         """Training loss: weighted, summed answer NLL divided by the number of questions."""
-        rec = record if record is not None else {}
         pad = self.cfg.text.pad_token_id
-        k = torch.as_tensor(k, device=image.device)
-        if int(k.sum()) != a_ids.shape[0] or weights.shape[0] != a_ids.shape[0]:
-            raise ValueError(f"answers ({a_ids.shape[0]}), weights ({weights.shape[0]}) and sum(k) "
-                             f"({int(k.sum())}) must agree")
+        n = torch.as_tensor(answers_per_question, device=image.device)
+        if int(n.sum()) != a_ids.shape[0] or weights.shape[0] != a_ids.shape[0]:
+            raise ValueError(f"answers ({a_ids.shape[0]}), weights ({weights.shape[0]}) and the sum of "
+                             f"answers_per_question ({int(n.sum())}) must agree")
         targets = a_ids.masked_fill(a_ids == pad, -100)
         question_output = self.encode_question(image, q_ids, q_mask)
-        states = question_output.repeat_interleave(k, dim=0)
-        atts = q_mask.repeat_interleave(k, dim=0)
-        rec.update(answer_targets=targets, question_output=question_output, question_states=states,
-                   question_atts=atts)
+        states = question_output.repeat_interleave(n, dim=0)
+        atts = q_mask.repeat_interleave(n, dim=0)
+        record(answer_targets=targets, question_output=question_output, question_states=states, question_atts=atts)
         soft = None
         if self.cfg.distill:
             with torch.no_grad():
                 momentum_update(self.model_pairs, self.cfg.momentum)
-                states_m = self.encode_question(image, q_ids, q_mask, momentum=True).repeat_interleave(k, dim=0)
+                states_m = self.encode_question(image, q_ids, q_mask, momentum=True).repeat_interleave(n, dim=0)
                 logits_m = self.text_decoder_m(a_ids, a_mask, states_m, atts)[:, :-1]
                 soft = F.softmax(logits_m, dim=-1)
-            rec.update(question_states_m=states_m, logits_m=logits_m, soft_labels=soft)
+            record(question_states_m=states_m, logits_m=logits_m, soft_labels=soft)
         logits = self.text_decoder(a_ids, a_mask, states, atts)
         answer_loss = answer_nll(logits, targets, soft, alpha)
-        rec.update(decoder_logits=logits, answer_loss=answer_loss)
+        record(decoder_logits=logits, answer_loss=answer_loss)
         return (weights.to(answer_loss.dtype) * answer_loss).sum() / image.shape[0]
 
     @torch.no_grad()
     def rank_answers(self, image: Tensor, q_ids: Tensor, q_mask: Tensor, answer_ids: Tensor, answer_mask: Tensor,
-                     k: int, fix_double_count: bool = False, record: dict | None = None) -> tuple[Tensor, Tensor]:
-        """Top-k answers of a fixed list: top-k by first-token probability, rescored by sequence likelihood.
+                     k: int, *, fix_double_count: bool = False) -> tuple[Tensor, Tensor]:
+        """The k best answers of a fixed list: top-k by first-token probability, rescored by sequence likelihood.
 
         The original adds log P(first token) twice; `fix_double_count=True` counts it once.
         Returns (answer indices [B, k], probabilities [B, k]) best first.
         """
-        rec = record if record is not None else {}
         k = min(k, answer_ids.shape[0])
         states = self.encode_question(image, q_ids, q_mask)
         b = states.shape[0]
@@ -126,10 +129,10 @@ class ALBEFVQA(MomentumPairs, nn.Module):
         log_probs = torch.cat([first_term, -nll], dim=1)
         log_probs_sum = log_probs.sum(1).view(b, k)
         probs, rerank = F.softmax(log_probs_sum, dim=-1).topk(k, dim=1)
-        rec.update(question_states=tiled, question_atts=tiled_mask, start_logits=start_logits,
-                   prob_first_token=prob_first, first_topk_probs=topk_probs, first_topk_ids=topk_ids,
-                   cand_input_ids=cand_ids, cand_targets_ids=targets, cand_decoder_logits=logits,
-                   answer_loss=nll, log_probs=log_probs, log_probs_sum=log_probs_sum, rerank_id=rerank)
+        record(question_states=tiled, question_atts=tiled_mask, start_logits=start_logits,
+               prob_first_token=prob_first, first_topk_probs=topk_probs, first_topk_ids=topk_ids,
+               cand_input_ids=cand_ids, cand_targets_ids=targets, cand_decoder_logits=logits,
+               answer_loss=nll, log_probs=log_probs, log_probs_sum=log_probs_sum, rerank_id=rerank)
         return topk_ids.gather(1, rerank), probs
 
 
@@ -164,42 +167,33 @@ class ALBEFClassifier(MomentumPairs, nn.Module):
             self.text_encoder_m = momentum_copy(self.text_encoder)
             self.cls_head_m = momentum_copy(self.cls_head)
 
-    def logits(self, images: Tensor, ids: Tensor, mask: Tensor, momentum: bool = False,
-               rec: dict | None = None) -> Tensor:
+    def logits(self, images: Tensor, ids: Tensor, mask: Tensor, *, momentum: bool = False) -> Tensor:
+        """Class logits [B, classes] of the fused [CLS]."""
         vit = self.visual_encoder_m if momentum else self.visual_encoder
         enc = self.text_encoder_m if momentum else self.text_encoder
         head = self.cls_head_m if momentum else self.cls_head
         image_embeds = vit(images)
-        ones = torch.ones(image_embeds.shape[:2], dtype=torch.long, device=images.device)
+        states = image_embeds
         if self.pair:  # images = [left (B); right (B)]
             b = ids.shape[0]
             if image_embeds.shape[0] != 2 * b:
                 raise ValueError(f"NLVR2 takes 2B images (left then right) for B texts: {images.shape[0]} vs {b}")
-            states, masks = [image_embeds[:b], image_embeds[b:]], [ones[:b], ones[b:]]
-        else:
-            states, masks = image_embeds, ones
-        fused = enc(ids, mask, encoder_hidden_states=states, encoder_attention_mask=masks)
-        if rec is not None:
-            suffix = "_m" if momentum else ""
-            rec.update({f"image_embeds{suffix}": image_embeds, f"fused_output{suffix}": fused})
+            states = [image_embeds[:b], image_embeds[b:]]
+        fused = enc(ids, mask, encoder_hidden_states=states)
+        suffix = "_m" if momentum else ""
+        record(**{f"image_embeds{suffix}": image_embeds, f"fused_output{suffix}": fused})
         return head(fused[:, 0])
 
-    def forward(self, images: Tensor, ids: Tensor, mask: Tensor, targets: Tensor | None = None,
-                alpha: float = 0.0, train: bool = True, record: dict | None = None) -> Tensor:
-        """train=True: the (distilled) loss; train=False: the class logits."""
-        rec = record if record is not None else {}
-        prediction = self.logits(images, ids, mask, rec=rec)
-        rec["prediction"] = prediction
-        if not train:
-            return prediction
-        if targets is None:
-            raise ValueError("training needs targets")
+    def forward(self, images: Tensor, ids: Tensor, mask: Tensor, targets: Tensor, alpha: float = 0.0) -> Tensor:
+        """The training loss, distilled from the momentum model when `cfg.distill`."""
+        prediction = self.logits(images, ids, mask)
+        record(prediction=prediction)
         loss = F.cross_entropy(prediction, targets)
         if self.cfg.distill:
             with torch.no_grad():
                 momentum_update(self.model_pairs, self.cfg.momentum)
-                prediction_m = self.logits(images, ids, mask, momentum=True, rec=rec)
-            rec["prediction_m"] = prediction_m
+                prediction_m = self.logits(images, ids, mask, momentum=True)
+            record(prediction_m=prediction_m)
             distill = soft_cross_entropy(prediction, F.softmax(prediction_m, dim=-1)).mean()
             loss = (1 - alpha) * loss + alpha * distill
         return loss
@@ -252,42 +246,48 @@ class ALBEFPretrainNLVR(nn.Module):
         self.text_proj = nn.Linear(cfg.text.hidden_size, cfg.embed_dim)  # unused, as in the original
         self.ta_head = nn.Linear(cfg.text.hidden_size, 3)
 
-    def forward(self, image: Tensor, ids: Tensor, mask: Tensor, source: RandomSource | None = None,
-                record: dict | None = None) -> Tensor:
-        rec = record if record is not None else {}
+    def assignment_logits(self, image: Tensor, ids: Tensor, mask: Tensor,
+                          source: RandomSource | None = None) -> tuple[Tensor, Tensor]:
+        """Draw an image pair for each caption (the original's rule) -> (logits [B, 3], labels [B])."""
         source = source or RandomSource()
-        b, device = image.shape[0], image.device
+        device = image.device
         image_embeds = self.visual_encoder(image)
         with torch.no_grad():
             image_feat = F.normalize(self.vision_proj(image_embeds[:, 0]), dim=-1)
             sim = image_feat @ image_feat.t() / 0.07
             weights = F.softmax(sim, dim=1)
             weights.fill_diagonal_(0)
-        left, right, labels = [], [], []
-        for i in range(b):
-            if source.rand(1, device).item() > 1 / 3:
-                j = int(source.multinomial(weights[i], 1).item())
-                if source.rand(1, device).item() > 0.5:
-                    left.append(i)
-                    right.append(j)
-                    labels.append(0)
-                else:
-                    left.append(j)
-                    right.append(i)
-                    labels.append(1)
-            else:
-                j1, j2 = source.multinomial(weights[i], 2).tolist()
-                left.append(j1)
-                right.append(j2)
-                labels.append(2)
-        labels_t = torch.tensor(labels, device=device)
-        img0, img1 = image_embeds[torch.tensor(left, device=device)], image_embeds[torch.tensor(right, device=device)]
-        ones = torch.ones(img0.shape[:2], dtype=torch.long, device=device)
-        fused = self.text_encoder(ids, mask, encoder_hidden_states=[img0, img1], encoder_attention_mask=[ones, ones])
+        left, right, labels = draw_pairs(weights, source)
+        img0, img1 = image_embeds[left.to(device)], image_embeds[right.to(device)]
+        labels = labels.to(device)
+        fused = self.text_encoder(ids, mask, encoder_hidden_states=[img0, img1])
         pred = self.ta_head(fused[:, 0])
-        rec.update(image_embeds=image_embeds, image_feat=image_feat, sim=sim, weights=weights,
-                   image_inputs_0=img0, image_inputs_1=img1, labels=labels_t, fused_output=fused, pred=pred)
-        return F.cross_entropy(pred, labels_t)
+        record(image_embeds=image_embeds, image_feat=image_feat, sim=sim, weights=weights,
+               image_inputs_0=img0, image_inputs_1=img1, labels=labels, fused_output=fused, pred=pred)
+        return pred, labels
+
+    def forward(self, image: Tensor, ids: Tensor, mask: Tensor, source: RandomSource | None = None) -> Tensor:
+        pred, labels = self.assignment_logits(image, ids, mask, source)
+        return F.cross_entropy(pred, labels)
+
+
+def draw_pairs(weights: Tensor, source: RandomSource) -> tuple[Tensor, Tensor, Tensor]:
+    """For caption i: (i, j) label 0, (j, i) label 1, or two other images label 2, j ~ weights[i]."""
+    left, right, labels = [], [], []
+    device = weights.device
+    for i in range(weights.shape[0]):
+        if source.rand(1, device).item() > 1 / 3:
+            j = int(source.multinomial(weights[i], 1).item())
+            if source.rand(1, device).item() > 0.5:
+                pair, label = (i, j), 0
+            else:
+                pair, label = (j, i), 1
+        else:
+            pair, label = tuple(source.multinomial(weights[i], 2).tolist()), 2
+        left.append(pair[0])
+        right.append(pair[1])
+        labels.append(label)
+    return torch.tensor(left), torch.tensor(right), torch.tensor(labels)
 
 
 def with_nlvr_layers(cfg: ModelConfig) -> ModelConfig:

@@ -8,8 +8,8 @@ from torch import Tensor
 from albef_lab.objectives.distill import mix_targets, soft_cross_entropy
 
 
-def identity_targets(batch: int, columns: int, device: torch.device | None = None) -> Tensor:
-    """One positive per row at (b, b); queue columns and other batch items are negatives.
+def diagonal_targets(batch: int, columns: int, device: torch.device | None = None) -> Tensor:
+    """One positive per row at (b, b): the diagonal; queue columns and other batch items are negatives.
 
     Always float32, as the original builds it.
     """
@@ -18,9 +18,9 @@ def identity_targets(batch: int, columns: int, device: torch.device | None = Non
     return t
 
 
-def id_targets(idx: Tensor, idx_all: Tensor) -> Tensor:
-    """Every column with the same image id is a positive, weighted equally (retrieval)."""
-    pos = (idx.view(-1, 1) == idx_all.view(1, -1)).float()
+def same_image_targets(image_ids: Tensor, image_ids_all: Tensor) -> Tensor:
+    """Every column showing the same image (same id) is a positive, weighted equally (retrieval)."""
+    pos = (image_ids.view(-1, 1) == image_ids_all.view(1, -1)).float()
     return pos / pos.sum(dim=1, keepdim=True)
 
 

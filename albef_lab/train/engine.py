@@ -7,7 +7,6 @@ optimiser, scaler, step, epoch, position in the epoch, every RNG state of every 
 from __future__ import annotations
 
 import json
-import math
 import random
 import re
 import time
@@ -18,33 +17,25 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from albef_lab.config import Config, DataConfig, model_config_from_dict, to_dict
-from albef_lab.data.export import WorldSettings, write_world
+from albef_lab import distributed as D
+from albef_lab.config import Config, model_config_from_dict, to_dict
+from albef_lab.data.export import ensure_world
 from albef_lab.data.formats import resolve
 from albef_lab.data.tokenizer import Tokenizer, load_tokenizer
-from albef_lab.models.checkpoint import read_file, save_atomic
-from albef_lab.train import distributed as D
+from albef_lab.models.checkpoint import load_bert, load_deit, load_for_task, read_file, save_atomic, state_dict_of
+from albef_lab.models.factory import create_model, save_model
+from albef_lab.models.registry import task_spec
 from albef_lab.train.data import ResumableSampler, SeededDataset
 from albef_lab.train.schedule import alpha_at, lr_at, param_groups, set_lr
+from albef_lab.train.tasks import task_class
 
 CKPT = re.compile(r"checkpoint_(\d+)\.pth$")
 
-
-
-def ensure_world(data: DataConfig, train: Path, progress: bool = True) -> None:
-    """Generate ShapesWorld at `data.root` when the training file is absent (rank 0; others wait)."""
-    if not train.is_file():
-        if not data.make_world:
-            raise FileNotFoundError(f"training annotations not found: {train} (and data.make_world is off)")
-        if D.is_main_process():
-            print(f"ShapesWorld not found at {data.root}: generating {data.world_images} images ...")
-            write_world(WorldSettings(out=data.root, seed=data.world_seed, images=data.world_images,
-                                      res=data.world_res, noise=data.noise), progress=progress)
-    D.barrier()
 
 
 def rng_state(gen: torch.Generator) -> dict:
@@ -86,13 +77,15 @@ class Trainer:
     """Builds everything from a Config and a task; `run()` trains, evaluates, checkpoints, returns metrics."""
 
     def __init__(self, cfg: Config, task: str = "pretrain", resume: str | None = None, init: str | None = None):
-        from albef_lab.models.factory import create_model
-        from albef_lab.train.tasks import DEFAULT_FILES, TASKS
-
-        if task not in TASKS:
-            raise ValueError(f"unknown task {task!r}; choose one of {sorted(TASKS)}")
         self.cfg = cfg
-        t, d = cfg.train, cfg.data
+        self.task_cls = task_class(task)  # fails early on an unknown task name
+        self._setup_process()  # threads, precision, device, rank
+        self._setup_data(task)  # ShapesWorld if missing, tokenizer, task, sampler, step counts
+        self._setup_model(init, resume)  # seeds, model, optimiser, scaler, resumed state
+        self._setup_outputs()  # DDP wrapper, metrics file, config.json, TensorBoard
+
+    def _setup_process(self) -> None:
+        t = self.cfg.train
         if t.threads:
             torch.set_num_threads(t.threads)
         if t.precision not in ("fp32", "bf16", "fp16"):
@@ -101,12 +94,16 @@ class Trainer:
         self.rank, self.world = D.rank(), D.world_size()
         self.main = self.rank == 0
         self.run_dir = Path(t.output_dir)
+        self.metrics_file = self.run_dir / "metrics.jsonl"
 
-        files = DEFAULT_FILES.get(task, DEFAULT_FILES["pretrain"])
-        ensure_world(d, resolve(d.root, d.train_file or files[0]), progress=t.progress and self.main)
+    def _setup_data(self, task: str) -> None:
+        t, d = self.cfg.train, self.cfg.data
+        files = task_spec(task).files
+        ensure_world(d, resolve(d.root, d.train_file or files[0]), progress=t.progress and self.main,
+                     main=self.main, barrier=D.barrier)
         self.tokenizer: Tokenizer = load_tokenizer(d.tokenizer or Path(d.root) / "vocab")
         self._check_vocab()
-        self.task = TASKS[task](cfg, self.tokenizer, self.run_dir if self.main else None)
+        self.task = self.task_cls(self.cfg, self.tokenizer, self.run_dir if self.main else None)
         base = self.task.train_set()
         self.dataset = SeededDataset(base, t.seed)
         self.sampler = ResumableSampler(len(base), self.world, self.rank, shuffle=True, seed=t.seed)
@@ -117,54 +114,64 @@ class Trainer:
         self.steps_per_epoch = self.batches_per_epoch // t.grad_accum
         self.total_steps = t.max_steps or t.epochs * self.steps_per_epoch
 
+    def _setup_model(self, init: str | None, resume: str | None) -> None:
+        cfg, t = self.cfg, self.cfg.train
         torch.manual_seed(t.seed + self.rank)
         random.seed(t.seed + self.rank)
         np.random.seed((t.seed + self.rank) % 2**32)
         self.gen = torch.Generator(device=self.device).manual_seed(t.seed + 1000 + self.rank)
-        self.model = create_model(self.task.model_name, cfg.model).to(self.device)
+        self.model = create_model(self.task.name, cfg.model).to(self.device)
         if hasattr(self.model, "image_queue"):
             global_batch = t.batch_size * self.world
             if cfg.model.queue_size % global_batch:
                 raise ValueError(f"model.queue_size ({cfg.model.queue_size}) must be a multiple of the global batch "
                                  f"({t.batch_size} x {self.world} processes = {global_batch})")
-        if init and not resume:
+        if not resume:
             self.initialise(init)
         self.optimizer = torch.optim.AdamW(param_groups(self.model, t.weight_decay), lr=t.lr)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.precision == "fp16")
         self.state = RunState()
         if resume:
             self.load(resume)
-        m = cfg.model
+
+    def _setup_outputs(self) -> None:
+        m = self.cfg.model
         # objectives switched off, or text assignment (temp / projections unused), leave parameters without grad
-        unused = not (m.use_itc and m.use_itm and m.use_mlm) or self.task.model_name == "pretrain_nlvr"
+        unused = not (m.use_itc and m.use_itm and m.use_mlm) or self.task.name == "pretrain_nlvr"
         self.ddp = DistributedDataParallel(
             self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
             broadcast_buffers=False, find_unused_parameters=unused) if self.world > 1 else None
-        self.metrics_file = self.run_dir / "metrics.jsonl"
         self.tb = None
         if self.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=1))
-            if t.tensorboard:
+            (self.run_dir / "config.json").write_text(json.dumps(to_dict(self.cfg), indent=1))
+            if self.cfg.train.tensorboard:
                 try:
                     from torch.utils.tensorboard import SummaryWriter
                     self.tb = SummaryWriter(str(self.run_dir / "tb"))
                 except ImportError:
                     print("tensorboard is not installed: `pip install tensorboard` to get its logs")
 
-    def initialise(self, path: str) -> None:
-        """Start from a pre-trained file (official or ours) with the original's key mapping for the task."""
-        from albef_lab.models.checkpoint import init_from_pretrained, load_into, state_dict_of
-
-        sd = state_dict_of(read_file(path), path)
-        name = self.task.model_name
-        if set(self.model.state_dict()) <= set(sd):  # already this model's layout (e.g. mscoco.pth)
-            report = load_into(self.model, sd, strict=False, verbose=False)
-        else:
-            report = init_from_pretrained(self.model, name, sd, self.cfg.model.text.fusion_layer, verbose=False,
-                                          fix_momentum_init=self.cfg.model.fix_momentum_init)
-        if self.main:
-            print(f"initialised {name} from {path}\n{report}")
+    def initialise(self, init: str | None) -> None:
+        """Start from the given file (official or ours, mapped for the task as the original does), else from
+        the config's own initialisation files (`model.init_vision`: DeiT / timm ViT, `model.init_text`: BERT)."""
+        m = self.cfg.model
+        if init:
+            report = load_for_task(self.model, self.task.name, state_dict_of(read_file(init), init),
+                                   fusion_layer=m.text.fusion_layer, fix_momentum_init=m.fix_momentum_init)
+            if self.main:
+                print(f"initialised {self.task.name} from {init}\n{report}")
+            return
+        if m.init_vision:
+            report = load_deit(self.model.visual_encoder, m.init_vision, verbose=False)
+            if self.main:
+                print(f"initialised the image encoder from {m.init_vision}\n{report}")
+        if m.init_text:
+            report = load_bert(self.model.text_encoder, m.init_text, verbose=False)
+            if self.main:
+                print(f"initialised the text encoder from {m.init_text}\n{report}")
+        if (m.init_vision or m.init_text) and hasattr(self.model, "copy_params"):
+            self.model.copy_params()  # the momentum copies start from the loaded weights, as in the original
 
     def _check_vocab(self) -> None:
         m, tok = self.cfg.model, self.tokenizer
@@ -183,8 +190,7 @@ class Trainer:
             states = [mine]
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict(), "config": to_dict(self.cfg.model), "full_config": to_dict(self.cfg),
-                "state": vars(self.state), "rng": states, "world_size": self.world,
-                "model_name": self.task.model_name}
+                "state": vars(self.state), "rng": states, "world_size": self.world, "model_name": self.task.name}
 
     def save(self, best: bool = False) -> Path | None:
         ckpt = self.checkpoint()  # every rank takes part in the gather
@@ -218,8 +224,19 @@ class Trainer:
         elif self.main:
             print(f"resuming with {self.world} processes from a run with {ckpt['world_size']}: RNG streams restart")
         if self.main:
+            self._truncate_metrics(self.state.step)
             print(f"resumed from {path} at step {self.state.step} (epoch {self.state.epoch}, "
                   f"batch {self.state.batch_in_epoch})")
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Drop log rows written after the checkpoint we resume from (they will be written again)."""
+        if not self.metrics_file.is_file():
+            return
+        rows = self.metrics_file.read_text().splitlines()
+        kept = [r for r in rows if r.strip() and json.loads(r).get("step", 0) <= step]
+        tmp = self.metrics_file.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(r + "\n" for r in kept))
+        tmp.replace(self.metrics_file)
 
     # --- the loop ---------------------------------------------------------------------------
     def autocast(self):
@@ -243,109 +260,162 @@ class Trainer:
         return self.task.evaluate(self.model, self.device)
 
     def run(self) -> dict:
-        cfg, t = self.cfg, self.cfg.train
-        st = self.state
-        net = self.ddp or self.model
+        t, st = self.cfg.train, self.state
         self.model.train()
-        t_start = time.perf_counter()
-        bar = tqdm(total=self.total_steps, initial=st.step, desc="pretrain", unit="step",
-                   disable=not (self.main and t.progress), dynamic_ncols=True)
-        window: dict[str, float] = {}
-        n_window, images_window, t_window = 0, 0, time.perf_counter()
+        self.t_start = time.perf_counter()
+        self.bar = tqdm(total=self.total_steps, initial=st.step, desc=self.task.name, unit="step",
+                        disable=not (self.main and t.progress), dynamic_ncols=True)
+        meter = Meter()
         stop = st.step >= self.total_steps
-        last_eval: dict = {}
+        out_of_time, last_eval = False, {}
         while not stop:
-            self.sampler.set_epoch(st.epoch, st.batch_in_epoch * t.batch_size)
-            self.dataset.set_epoch(st.epoch)
-            loader = DataLoader(self.dataset, batch_size=t.batch_size, sampler=self.sampler, drop_last=True,
-                                collate_fn=self.task.collate,
-                                num_workers=cfg.data.num_workers, pin_memory=self.device.type == "cuda",
-                                persistent_workers=False,  # its own generator: the global RNG stays untouched
-                                generator=torch.Generator().manual_seed(t.seed + st.epoch))
-            for batch in loader:
-                i = st.batch_in_epoch
-                alpha = alpha_at(st.epoch * self.batches_per_epoch + i, self.batches_per_epoch, cfg.model.alpha)
-                if not cfg.model.distill:
-                    alpha = 0.0
-                last_micro = (i + 1) % t.grad_accum == 0
-                sync = nullcontext() if (self.ddp is None or last_micro) else self.ddp.no_sync()
-                with sync:
-                    with self.autocast():
-                        out = self.task.forward(net, batch, alpha, self.gen, self.device)
-                    self.scaler.scale(out["loss"] / t.grad_accum).backward()
+            for batch in self._epoch_loader():
+                # one micro-batch: forward and backward (gradients sync on the last of an accumulation group)
+                alpha = self._alpha()
+                last_micro = (st.batch_in_epoch + 1) % t.grad_accum == 0
+                out = self._forward_backward(batch, alpha, sync=last_micro)
                 st.batch_in_epoch += 1
-                for k, v in out.items():
-                    window[k] = window.get(k, 0.0) + v.item()
-                n_window += 1
-                images_window += t.batch_size * self.world
+                meter.add(out, t.batch_size * self.world)
                 if not last_micro:
                     continue
-                lr = lr_at(st.step, self.total_steps, t.lr, t.min_lr, t.warmup_steps, t.warmup_lr)
-                set_lr(self.optimizer, lr)
-                if t.clip_grad > 0:
-                    self.scaler.unscale_(self.optimizer)
-                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.clip_grad)
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                self.optimizer.zero_grad(set_to_none=True)
-                st.step += 1
-                bar.update(1)
+                # one optimiser step, then the bookkeeping that follows it
+                lr = self._optimizer_step()
                 if st.step % t.log_every == 0 or st.step == self.total_steps:
-                    means = {k: v / n_window for k, v in window.items()}
-                    if self.world > 1:
-                        vec = torch.tensor([means[k] for k in sorted(means)], device=self.device)
-                        dist.all_reduce(vec)
-                        means = dict(zip(sorted(means), (vec / self.world).tolist(), strict=True))
-                    ips = images_window / (time.perf_counter() - t_window)
-                    rec = {"step": st.step, "epoch": st.epoch, **{k: round(v, 5) for k, v in means.items()},
-                           "lr": lr, "alpha": alpha, "images_per_s": round(ips, 1),
-                           "time_s": round(time.perf_counter() - t_start, 1)}
-                    self.log(rec)
-                    parts = {k.removeprefix("loss_"): f"{v:.3f}" for k, v in means.items()}
-                    bar.set_postfix(**parts, lr=f"{lr:.1e}", alpha=f"{alpha:.2f}", img_s=f"{ips:.0f}")
-                    window, n_window, images_window, t_window = {}, 0, 0, time.perf_counter()
-                out_of_time = t.max_minutes > 0 and (time.perf_counter() - t_start) > 60 * t.max_minutes
+                    self._log_window(meter, lr, alpha)
+                out_of_time = t.max_minutes > 0 and (time.perf_counter() - self.t_start) > 60 * t.max_minutes
                 stop = st.step >= self.total_steps or out_of_time
-                if st.batch_in_epoch >= self.batches_per_epoch:
-                    st.epoch, st.batch_in_epoch = st.epoch + 1, 0
-                    epoch_end = True
-                else:
-                    epoch_end = False
-                do_eval = (t.eval_every and st.step % t.eval_every == 0) or (not t.eval_every and epoch_end) or stop
-                do_save = (t.save_every and st.step % t.save_every == 0) or (not t.save_every and epoch_end) or stop
+                epoch_end = self._advance_epoch()
                 best = False
-                if do_eval:
-                    if self.main:
-                        last_eval = self.evaluate()
-                        if last_eval:
-                            self.log({"step": st.step, "epoch": st.epoch, **{f"val_{k}": round(v, 3)
-                                                                            for k, v in last_eval.items()}})
-                            score = last_eval[self.task.primary]
-                            best = score > st.best
-                            st.best = max(st.best, score)
-                            shown = ", ".join(f"{k} {v:.1f}" for k, v in last_eval.items() if not k.startswith("itc_"))
-                            bar.write(f"step {st.step}: val {shown}")
-                    D.barrier()
-                if do_save:
-                    if self.world > 1:
-                        flag = torch.tensor([int(best)], device=self.device)
-                        dist.broadcast(flag, 0)
-                        best = bool(flag.item())
-                    self.save(best=best)
+                if self._due(t.eval_every, epoch_end, stop):
+                    last_eval, best = self._evaluate_and_log(last_eval)
+                if self._due(t.save_every, epoch_end, stop):
+                    self.save(best=self._agree(best))
                 if stop or epoch_end:
                     break
-            if stop and out_of_time and self.main:
-                bar.write(f"stopped after {t.max_minutes} minutes (train.max_minutes) at step {st.step}")
-        bar.close()
+        if out_of_time and self.main:
+            self.bar.write(f"stopped after {t.max_minutes} minutes (train.max_minutes) at step {st.step}")
+        return self._finish(last_eval)
+
+    def _epoch_loader(self) -> DataLoader:
+        """This epoch's batches, from where the run stands in it (bit-exact after a resume)."""
+        t, st = self.cfg.train, self.state
+        self.sampler.set_epoch(st.epoch, st.batch_in_epoch * t.batch_size)
+        self.dataset.set_epoch(st.epoch)
+        return DataLoader(self.dataset, batch_size=t.batch_size, sampler=self.sampler, drop_last=True,
+                          collate_fn=self.task.collate, num_workers=self.cfg.data.num_workers,
+                          pin_memory=self.device.type == "cuda",
+                          persistent_workers=False,  # its own generator: the global RNG stays untouched
+                          generator=torch.Generator().manual_seed(t.seed + st.epoch))
+
+    def _alpha(self) -> float:
+        st, m = self.state, self.cfg.model
+        if not m.distill:
+            return 0.0
+        return alpha_at(st.epoch * self.batches_per_epoch + st.batch_in_epoch, self.batches_per_epoch, m.alpha)
+
+    def _forward_backward(self, batch, alpha: float, sync: bool) -> dict[str, Tensor]:
+        no_sync = nullcontext() if (self.ddp is None or sync) else self.ddp.no_sync()
+        with no_sync:
+            with self.autocast():
+                out = self.task.forward(self.ddp or self.model, batch, alpha, self.gen, self.device)
+            self.scaler.scale(out["loss"] / self.cfg.train.grad_accum).backward()
+        return out
+
+    def _optimizer_step(self) -> float:
+        t, st = self.cfg.train, self.state
+        lr = lr_at(st.step, self.total_steps, t.lr, t.min_lr, t.warmup_steps, t.warmup_lr)
+        set_lr(self.optimizer, lr)
+        if t.clip_grad > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.clip_grad)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        st.step += 1
+        self.bar.update(1)
+        return lr
+
+    def _log_window(self, meter: Meter, lr: float, alpha: float) -> None:
+        """Mean losses since the last log line (averaged over processes), lr, alpha, throughput."""
+        st = self.state
+        means = meter.means()
+        if self.world > 1:
+            vec = torch.tensor([means[k] for k in sorted(means)], device=self.device)
+            dist.all_reduce(vec)
+            means = dict(zip(sorted(means), (vec / self.world).tolist(), strict=True))
+        ips = meter.images_per_s()
+        self.log({"step": st.step, "epoch": st.epoch, **{k: round(v, 5) for k, v in means.items()}, "lr": lr,
+                  "alpha": alpha, "images_per_s": round(ips, 1),
+                  "time_s": round(time.perf_counter() - self.t_start, 1)})
+        parts = {k.removeprefix("loss_"): f"{v:.3f}" for k, v in means.items()}
+        self.bar.set_postfix(**parts, lr=f"{lr:.1e}", alpha=f"{alpha:.2f}", img_s=f"{ips:.0f}")
+        meter.reset()
+
+    def _advance_epoch(self) -> bool:
+        st = self.state
+        if st.batch_in_epoch < self.batches_per_epoch:
+            return False
+        st.epoch, st.batch_in_epoch = st.epoch + 1, 0
+        return True
+
+    def _due(self, every: int, epoch_end: bool, stop: bool) -> bool:
+        """Every `every` steps, or at each epoch's end when `every` is 0; always at the last step."""
+        return bool((every and self.state.step % every == 0) or (not every and epoch_end) or stop)
+
+    def _evaluate_and_log(self, last_eval: dict) -> tuple[dict, bool]:
+        """Evaluate on rank 0; returns (metrics, whether this is the best checkpoint so far)."""
+        st, best = self.state, False
         if self.main:
-            from albef_lab.models.factory import save_model
-            save_model(self.run_dir / "model.pth", self.model, cfg.model, self.task.model_name)
+            metrics = self.evaluate()
+            if metrics:
+                last_eval = metrics
+                self.log({"step": st.step, "epoch": st.epoch, **{f"val_{k}": round(v, 3) for k, v in metrics.items()}})
+                score = metrics[self.task.primary]
+                best, st.best = score > st.best, max(st.best, score)
+                shown = ", ".join(f"{k} {v:.1f}" for k, v in metrics.items() if not k.startswith("itc_"))
+                self.bar.write(f"step {st.step}: val {shown}")
+        D.barrier()
+        return last_eval, best
+
+    def _agree(self, flag: bool) -> bool:
+        """Rank 0's value of `flag` on every rank."""
+        if self.world == 1:
+            return flag
+        t = torch.tensor([int(flag)], device=self.device)
+        dist.broadcast(t, 0)
+        return bool(t.item())
+
+    def _finish(self, last_eval: dict) -> dict:
+        self.bar.close()
+        if self.main:
+            save_model(self.run_dir / "model.pth", self.model, self.cfg.model, self.task.name)
         if self.tb is not None:
             self.tb.close()
-        return {"step": st.step, "epoch": st.epoch, "seconds": time.perf_counter() - t_start, **last_eval}
+        st = self.state
+        return {"step": st.step, "epoch": st.epoch, "seconds": time.perf_counter() - self.t_start, **last_eval}
 
 
-Pretrainer = Trainer  # the pre-training task is the default
+class Meter:
+    """Sums of the step's outputs since the last reset, and the images seen (for throughput)."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.n, self.images, self.t0 = 0, 0, time.perf_counter()
+
+    def add(self, out: dict[str, Tensor], images: int) -> None:
+        for k, v in out.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v.item()
+        self.n += 1
+        self.images += images
+
+    def means(self) -> dict[str, float]:
+        return {k: v / self.n for k, v in self.sums.items()}
+
+    def images_per_s(self) -> float:
+        return self.images / (time.perf_counter() - self.t0)
 
 
 def train(cfg: Config, task: str = "pretrain", resume: str | None = None, init: str | None = None) -> dict:
@@ -358,8 +428,3 @@ def train(cfg: Config, task: str = "pretrain", resume: str | None = None, init: 
 
 def pretrain(cfg: Config, resume: str | None = None) -> dict:
     return train(cfg, "pretrain", resume)
-
-
-def chance_recall(n_images: int, k: int = 1) -> float:
-    """Text->image recall@k of a random ranking, in percent."""
-    return 100.0 * min(1.0, k / n_images) if n_images else math.nan

@@ -20,17 +20,9 @@ from albef_lab.data.formats import read_json, resolve
 from albef_lab.data.tokenizer import Tokenizer
 from albef_lab.data.transforms import ImageTextTransform, eval_transform
 from albef_lab.eval.retrieval import encode_images, encode_texts, recall_metrics, rerank_scores, zero_shot_eval
-
-# ShapesWorld file names per task (the official names differ; every one is a config key).
-DEFAULT_FILES = {
-    "pretrain": ("pretrain.json", "coco_val.json"),
-    "retrieval": ("coco_train.json", "coco_val.json"),
-    "vqa": ("vqa_train.json", "vqa_test.json"),
-    "nlvr": ("nlvr_train.json", "nlvr_val.json"),
-    "ve": ("ve_train.json", "ve_val.json"),
-    "grounding": ("grounding_train.json", "grounding_test.json"),
-}
-
+from albef_lab.models.base import eval_mode
+from albef_lab.models.registry import TaskSpec, task_spec
+from albef_lab.models.tasks import RandomSource
 
 
 def vqa_score(answer: str, annotators: list[str]) -> float:
@@ -48,19 +40,24 @@ def majority_answer_accuracy(entries: list[dict]) -> float:
 
 
 class Task:
-    name = "pretrain"
-    model_name = "pretrain"
+    """Pre-training (the base of every task): image-caption pairs, zero-shot retrieval as evaluation."""
+
+    name = "pretrain"  # the key of the task's record in albef_lab.models.registry
     primary = "r_mean"  # the metric that decides the best checkpoint
 
     def __init__(self, cfg: Config, tokenizer: Tokenizer, out_dir: str | Path | None = None):
         self.cfg, self.tok = cfg, tokenizer
         self.out_dir = Path(out_dir) if out_dir else None  # where evaluations write their result files
         d = cfg.data
-        train_file, val_file = DEFAULT_FILES[self.name]
+        train_file, val_file = self.spec.files
         self.train_file = resolve(d.root, d.train_file or train_file)
         self.val_file = resolve(d.root, d.val_file or val_file)
         self.image_root = d.image_root or d.root
         self.res = cfg.model.vision.image_res
+
+    @property
+    def spec(self) -> TaskSpec:
+        return task_spec(self.name)
 
     def train_transform(self) -> ImageTextTransform:
         d = self.cfg.data
@@ -94,7 +91,7 @@ class Task:
 
 
 class RetrievalTask(Task):
-    name = model_name = "retrieval"
+    name = "retrieval"
 
     def train_set(self) -> Dataset:
         return DS.RetrievalTrainDataset(self.train_file, self.image_root, self.train_transform(),
@@ -103,29 +100,27 @@ class RetrievalTask(Task):
     def forward(self, net, batch, alpha, gen, device):
         images, captions, image_ids = batch
         ids, mask = self.text(captions, device)
-        return net(images.to(device), ids, mask, alpha, idx=image_ids.to(device), generator=gen)
+        return net(images.to(device), ids, mask, alpha, image_ids=image_ids.to(device), generator=gen)
 
     @torch.no_grad()
     def evaluate(self, model, device):
         val = self.retrieval_val()
-        was = model.training
-        model.eval()
-        loader = DataLoader(val, batch_size=128, shuffle=False)
-        image_states, image_feat = encode_images(model, loader, device)
-        text_states, text_atts, text_feat = encode_texts(model, self.tok, val.text, device)
+        with eval_mode(model):
+            loader = DataLoader(val, batch_size=128, shuffle=False)
+            image_states, image_feat = encode_images(model, loader, device)
+            text_states, text_atts, text_feat = encode_texts(model, self.tok, val.text, device)
+            s_i2t, s_t2i = rerank_scores(model, image_states, image_feat, text_states, text_atts, text_feat,
+                                         self.cfg.data.k_test)
         txt2img = torch.tensor([val.txt2img[t] for t in range(len(val.text))], device=device)
-        s_i2t, s_t2i = rerank_scores(model, image_states, image_feat, text_states, text_atts, text_feat,
-                                     self.cfg.data.k_test)
         itc = recall_metrics(image_feat @ text_feat.t(), txt2img)
         # reranked: ITM scores inside the top-k; the ITC order decides outside it (as -100 entries tie)
         out = recall_metrics(s_i2t, txt2img, scores_t2i=s_t2i)
         out.update({f"itc_{k}": v for k, v in itc.items()}, n_images=len(val))
-        model.train(was)
         return out
 
 
 class VQATask(Task):
-    name = model_name = "vqa"
+    name = "vqa"
     primary = "vqa_acc"
 
     def train_set(self):
@@ -151,17 +146,16 @@ class VQATask(Task):
                              max_words=d.max_words)
         answer_list = read_json(resolve(d.root, d.answer_list))
         a_ids, a_mask = self.answers(answer_list, device)
-        was = model.training
-        model.eval()
         results, score, counted = [], 0.0, 0
-        for images, questions, qids in DataLoader(test, batch_size=64, shuffle=False):
-            q_ids, q_mask = self.text(questions, device)
-            topk, probs = model.rank_answers(images.to(device), q_ids, q_mask, a_ids, a_mask,
-                                             min(d.k_test, len(answer_list)),
-                                             fix_double_count=self.cfg.model.fix_vqa_double_count)
-            best = topk.gather(1, probs.argmax(1, keepdim=True)).squeeze(1)
-            for qid, a in zip(qids.tolist(), best.tolist(), strict=True):
-                results.append({"question_id": qid, "answer": answer_list[a]})
+        with eval_mode(model):
+            for images, questions, qids in DataLoader(test, batch_size=64, shuffle=False):
+                q_ids, q_mask = self.text(questions, device)
+                topk, probs = model.rank_answers(images.to(device), q_ids, q_mask, a_ids, a_mask,
+                                                 min(d.k_test, len(answer_list)),
+                                                 fix_double_count=self.cfg.model.fix_vqa_double_count)
+                best = topk.gather(1, probs.argmax(1, keepdim=True)).squeeze(1)
+                for qid, a in zip(qids.tolist(), best.tolist(), strict=True):
+                    results.append({"question_id": qid, "answer": answer_list[a]})
         by_qid = {e["question_id"]: e for e in test.entries}
         for r in results:
             annotators = by_qid[r["question_id"]].get("answer")
@@ -173,26 +167,28 @@ class VQATask(Task):
             tmp = self.out_dir / "vqa_result.json.tmp"
             tmp.write_text(json.dumps(results))
             tmp.replace(self.out_dir / "vqa_result.json")
-        model.train(was)
         return {"vqa_acc": 100.0 * score / max(1, counted), "answered": len(results),
                 "majority_answer_acc": majority_answer_accuracy(test.entries)}
 
 
 class ClassifyTask(Task):
+    """A class per (image(s), text): SNLI-VE and NLVR2 differ in their data set and how a batch is laid out."""
+
     primary = "acc"
+    dataset_cls: type[Dataset]
+
+    def dataset(self, file: Path, transform: ImageTextTransform) -> Dataset:
+        return self.dataset_cls(file, self.image_root, transform, self.cfg.data.max_words)
 
     def train_set(self):
-        tf = self.train_transform()
-        if self.name == "nlvr":
-            return DS.NLVRDataset(self.train_file, self.image_root, tf, self.cfg.data.max_words)
-        return DS.VEDataset(self.train_file, self.image_root, tf, self.cfg.data.max_words)
+        return self.dataset(self.train_file, self.train_transform())
+
+    def images(self, batch) -> tuple[Tensor, list[str], Tensor]:
+        """(images, texts, labels) of a batch."""
+        raise NotImplementedError
 
     def _split(self, batch, device):
-        if self.name == "nlvr":
-            img0, img1, text, labels = batch
-            images = torch.cat([img0, img1], dim=0)
-        else:
-            images, text, labels = batch
+        images, text, labels = self.images(batch)
         ids, mask = self.text(text, device)
         return images.to(device), ids, mask, labels.to(device)
 
@@ -202,28 +198,34 @@ class ClassifyTask(Task):
 
     @torch.no_grad()
     def evaluate(self, model, device):
-        ds = (DS.NLVRDataset if self.name == "nlvr" else DS.VEDataset)(
-            self.val_file, self.image_root, eval_transform(self.res), self.cfg.data.max_words)
-        was = model.training
-        model.eval()
+        ds = self.dataset(self.val_file, eval_transform(self.res))
         correct = n = 0
         labels_seen = Counter()
-        for batch in DataLoader(ds, batch_size=64, shuffle=False):
-            images, ids, mask, labels = self._split(batch, device)
-            pred = model(images, ids, mask, train=False).argmax(1)
-            correct += (pred == labels).sum().item()
-            n += labels.numel()
-            labels_seen.update(labels.tolist())
-        model.train(was)
+        with eval_mode(model):
+            for batch in DataLoader(ds, batch_size=64, shuffle=False):
+                images, ids, mask, labels = self._split(batch, device)
+                pred = model.logits(images, ids, mask).argmax(1)
+                correct += (pred == labels).sum().item()
+                n += labels.numel()
+                labels_seen.update(labels.tolist())
         return {"acc": 100.0 * correct / max(1, n), "majority_class_acc": 100.0 * max(labels_seen.values()) / max(1, n)}
 
 
 class NLVRTask(ClassifyTask):
-    name = model_name = "nlvr"
+    name = "nlvr"
+    dataset_cls = DS.NLVRDataset
+
+    def images(self, batch):
+        img0, img1, text, labels = batch
+        return torch.cat([img0, img1], dim=0), text, labels  # left images, then right images
 
 
 class VETask(ClassifyTask):
-    name = model_name = "ve"
+    name = "ve"
+    dataset_cls = DS.VEDataset
+
+    def images(self, batch):
+        return batch
 
 
 class GroundingTask(RetrievalTask):
@@ -231,7 +233,6 @@ class GroundingTask(RetrievalTask):
     evaluation ranks the proposals by Grad-CAM (see albef_lab/eval/grounding.py)."""
 
     name = "grounding"
-    model_name = "grounding"
     primary = "acc_all"
 
     def train_set(self):
@@ -250,38 +251,30 @@ class TextAssignmentTask(Task):
     """NLVR2's extra pre-training: tell whether a caption belongs to the left image, the right one, or neither
     of an image pair drawn from the batch (image-caption pairs as in pre-training)."""
 
-    name = "pretrain"  # same files as pre-training
-    model_name = "pretrain_nlvr"
+    name = "pretrain_nlvr"
     primary = "ta_acc"
 
     def forward(self, net, batch, alpha, gen, device):
-        from albef_lab.models.tasks import RandomSource
-
         images, captions, _ = batch
         ids, mask = self.text(captions, device)
         return {"loss": net(images.to(device), ids, mask, source=RandomSource(gen))}
 
     @torch.no_grad()
     def evaluate(self, model, device):
-        from albef_lab.models.tasks import RandomSource
-
         val = self.retrieval_val()
-        was = model.training
-        model.eval()
         gen = torch.Generator(device=device).manual_seed(0)
         correct = n = 0
-        for images, index in DataLoader(val, batch_size=64, shuffle=False):
-            if images.shape[0] < 3:
-                continue
-            ids, mask = self.text([val.text[val.img2txt[i][0]] for i in index.tolist()], device)
-            rec: dict = {}
-            model(images.to(device), ids, mask, source=RandomSource(gen), record=rec)
-            correct += (rec["pred"].argmax(1) == rec["labels"]).sum().item()
-            n += images.shape[0]
-        model.train(was)
+        with eval_mode(model):
+            for images, index in DataLoader(val, batch_size=64, shuffle=False):
+                if images.shape[0] < 3:
+                    continue
+                ids, mask = self.text([val.text[val.img2txt[i][0]] for i in index.tolist()], device)
+                pred, labels = model.assignment_logits(images.to(device), ids, mask, RandomSource(gen))
+                correct += (pred.argmax(1) == labels).sum().item()
+                n += images.shape[0]
         return {"ta_acc": 100.0 * correct / max(1, n)}
 
 
-TASKS: dict[str, type[Task]] = {"pretrain": Task, "retrieval": RetrievalTask, "vqa": VQATask, "nlvr": NLVRTask,
-                                "ve": VETask, "grounding": GroundingTask, "pretrain_nlvr": TextAssignmentTask}
-
+def task_class(name: str) -> type[Task]:
+    """The engine's Task for a registered task name."""
+    return globals()[task_spec(name).trainer]

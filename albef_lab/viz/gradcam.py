@@ -2,18 +2,20 @@
 
 `itm_gradcam` back-propagates the ITM 'match' logit to a cross-attention layer of the fusion encoder
 (per text token, or averaged over the sentence); `itc_gradcam` back-propagates the ITC similarity to
-the [CLS] attention of a ViT block. Both return maps on the patch grid [B, H/p, W/p].
+the [CLS] attention of a ViT block. Both return maps on the patch grid [B, H/p, W/p] and work on any
+model with the ALBEF API (`encode_image`, `encode_text`, `itm_logits`): pre-training or retrieval.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from albef_lab.eval.retrieval import text_bert
+from albef_lab.models.record import record
 
 
 def _grid(n_patches: int) -> int:
@@ -23,7 +25,7 @@ def _grid(n_patches: int) -> int:
     return side
 
 
-def _map_and_grad(model: nn.Module, attn: nn.Module, score_fn) -> tuple[Tensor, Tensor]:
+def _map_and_grad(model: nn.Module, attn: nn.Module, score_fn: Callable[[], Tensor]) -> tuple[Tensor, Tensor]:
     """Run `score_fn()` (a scalar) with `attn` keeping its probabilities; return them and their gradient."""
     attn.keep_attention = True
     try:
@@ -37,19 +39,30 @@ def _map_and_grad(model: nn.Module, attn: nn.Module, score_fn) -> tuple[Tensor, 
         attn.attention_map = None
 
 
-def itm_gradcam(model: nn.Module, image: Tensor, ids: Tensor, mask: Tensor, layer: int,
+def cross_attention_layers(model: nn.Module) -> list[int]:
+    """Indices of the BERT layers that cross-attend to the image (the fusion layers)."""
+    return [i for i, layer in enumerate(model.bert.encoder.layer) if layer.has_cross_attention]
+
+
+def default_itm_layer(model: nn.Module) -> int:
+    """The paper's choice: the third fusion layer (block 8 of 12 at base size), or the last one."""
+    layers = cross_attention_layers(model)
+    return layers[min(2, len(layers) - 1)]
+
+
+def itm_gradcam(model: nn.Module, image: Tensor, ids: Tensor, mask: Tensor, layer: int, *,
                 per_token: bool = False) -> Tensor:
     """[B, side, side] sentence maps (or [B, L, side, side] per token) from cross-attention layer `layer`."""
-    bert = text_bert(model)
-    if not getattr(bert.encoder.layer[layer], "has_cross_attention", False):
-        raise ValueError(f"layer {layer} has no cross-attention (fusion layers start at {bert.cfg.fusion_layer})")
-    attn = bert.encoder.layer[layer].crossattention.self
+    if layer not in cross_attention_layers(model):
+        raise ValueError(f"layer {layer} has no cross-attention; choose one of {cross_attention_layers(model)}")
+    attn = model.bert.encoder.layer[layer].crossattention.self
 
     def score() -> Tensor:
-        image_embeds = model.visual_encoder(image)
-        ones = torch.ones(image_embeds.shape[:2], dtype=torch.long, device=image.device)
-        h = bert(ids, mask, encoder_hidden_states=image_embeds, encoder_attention_mask=ones)
-        return model.itm_head(h[:, 0])[:, 1].sum()
+        image_states, _ = model.encode_image(image)
+        text_states, _ = model.encode_text(ids, mask)
+        logits = model.itm_logits(text_states, mask, image_states)
+        record(itm_logits=logits)
+        return logits[:, 1].sum()
 
     cam, grad = _map_and_grad(model, attn, score)
     b, heads, length, n = cam.shape
@@ -57,6 +70,7 @@ def itm_gradcam(model: nn.Module, image: Tensor, ids: Tensor, mask: Tensor, laye
     m = mask.view(b, 1, length, 1, 1).to(cam.dtype)
     cam = cam[..., 1:].reshape(b, heads, length, side, side) * m
     grad = grad[..., 1:].clamp(min=0).reshape(b, heads, length, side, side) * m
+    record(attention_map=cam, attn_gradients=grad)
     maps = (cam * grad).mean(1)  # over heads
     return maps if per_token else maps.mean(1)  # the original averages over all positions, padding included
 
@@ -66,18 +80,34 @@ def itc_gradcam(model: nn.Module, image: Tensor, ids: Tensor, mask: Tensor, bloc
     attn = model.visual_encoder.blocks[block].attn
 
     def score() -> Tensor:
-        image_embeds = model.visual_encoder(image)
-        image_feat = F.normalize(model.vision_proj(image_embeds[:, 0]), dim=-1)
-        text = text_bert(model)(ids, mask, mode="text")
-        text_feat = F.normalize(model.text_proj(text[:, 0]), dim=-1)
-        return ((image_feat * text_feat).sum(-1) / model.temp).sum()
+        _, image_feat = model.encode_image(image)
+        _, text_feat = model.encode_text(ids, mask)
+        sim = image_feat @ text_feat.t() / model.temp
+        record(sim=sim)
+        return sim.diagonal().sum()
 
     cam, grad = _map_and_grad(model, attn, score)
     b, heads, _, n = cam.shape
     side = _grid(n - 1)
+    record(cls_attention_map=cam[:, :, 0], cls_attn_gradients=grad[:, :, 0])
     cam = cam[:, :, 0, 1:].reshape(b, heads, side, side)
     grad = grad[:, :, 0, 1:].clamp(min=0).reshape(b, heads, side, side)
     return (cam * grad).mean(1)
+
+
+def gradcam(model: nn.Module, image: Tensor, ids: Tensor, mask: Tensor, mode: str = "itm",
+            block: int | None = None) -> Tensor:
+    """Sentence maps [B, side, side] in either mode.
+
+    `block`: the cross-attention layer (itm; None or negative = the third fusion layer) or the ViT block
+    (itc; None = the last, negative counts from the end).
+    """
+    if mode == "itm":
+        layer = default_itm_layer(model) if block is None or block < 0 else block
+        return itm_gradcam(model, image, ids, mask, layer)
+    if mode == "itc":
+        return itc_gradcam(model, image, ids, mask, -1 if block is None else block)
+    raise ValueError(f"Grad-CAM mode must be 'itm' or 'itc', got {mode!r}")
 
 
 def upsample(maps: Tensor, height: int, width: int) -> Tensor:

@@ -1,6 +1,11 @@
-"""Process-group helpers that also work in a single process without one."""
+"""Process-group helpers that also work in a single process without one.
+
+A leaf module: the models (queue gather) and the training engine both use it.
+"""
 
 from __future__ import annotations
+
+import os
 
 import torch
 import torch.distributed as dist
@@ -21,8 +26,6 @@ def rank() -> int:
 
 def is_main_process() -> bool:
     """Rank 0 of the group, or of the torchrun launch (also after the group is destroyed)."""
-    import os
-
     return (rank() if is_distributed() else int(os.environ.get("RANK", 0))) == 0
 
 
@@ -38,7 +41,7 @@ def all_gather_nograd(x: Tensor) -> Tensor:
 
 def setup(device_pref: str = "auto") -> torch.device:
     """Join the process group torchrun describes (NCCL on GPUs, gloo on CPU); single process otherwise."""
-    import os
+
 
     use_cuda = torch.cuda.is_available() and device_pref in ("auto", "cuda")
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
