@@ -11,8 +11,8 @@ import time
 
 from albef_lab.config import load_config
 from albef_lab.eval.grounding import random_proposal_baseline
+from albef_lab.models.registry import task_spec
 from albef_lab.train.engine import train
-from albef_lab.train.tasks import DEFAULT_FILES
 
 # task -> (metric shown, its baseline, how the baseline is defined)
 ROWS = {
@@ -52,7 +52,7 @@ def main() -> None:
         elif task in ("nlvr", "ve"):
             base = r["majority_class_acc"]
         else:
-            base = random_proposal_baseline(f"{args.root}/{DEFAULT_FILES['grounding'][1]}",
+            base = random_proposal_baseline(f"{args.root}/{task_spec('grounding').files[1]}",
                                             f"{args.root}/refcoco+")["acc_all"]
         results[task] = {**r, "baseline": base}
         lines.append(f"| {task} | {name} | {r[key]:.1f} | {base:.1f} | {what} | {r['step']} | {minutes:.1f} |")

@@ -26,3 +26,33 @@ def batch(b: int = 4, length: int = 9, res: int = 32, seed: int = 0):
         ids[i, n:] = 0
         mask[i, n:] = 0
     return image, ids, mask
+
+
+# A tiny run of the engine: small widths, no workers, no progress bars, a log line every step.
+SMALL = [
+    "model.vision.image_res=32", "model.vision.patch_size=16", "model.vision.width=32", "model.vision.depth=1",
+    "model.vision.num_heads=2", "model.text.hidden_size=32", "model.text.num_hidden_layers=2",
+    "model.text.fusion_layer=1", "model.text.num_attention_heads=2", "model.text.intermediate_size=64",
+    "model.text.encoder_width=32", "model.embed_dim=8", "model.queue_size=32", "train.batch_size=8",
+    "data.num_workers=0", "train.progress=false", "train.log_every=1", "train.warmup_steps=2",
+    "train.max_minutes=0", "model.text.hidden_dropout_prob=0.1",
+]
+
+
+def small_cfg(world, out, *extra: str):
+    from albef_lab.config import load_config
+
+    return load_config(None, [*SMALL, f"data.root={world}", f"train.output_dir={out}", *extra], "tiny")
+
+
+def make_world(out, images: int, seed: int):
+    from albef_lab.data.export import WorldSettings, write_world
+
+    write_world(WorldSettings(out=str(out), images=images, seed=seed, res=32, workers=1), progress=False)
+    return out
+
+
+def metric_rows(run) -> list[dict]:
+    import json
+
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]

@@ -9,34 +9,21 @@ from pathlib import Path
 import pytest
 import torch
 
-from albef_lab.config import load_config, preset
+from albef_lab.config import preset
 from albef_lab.data.export import WorldSettings, write_world
 from albef_lab.models.factory import create_model
 from albef_lab.train import engine as E
 from albef_lab.train.data import ResumableSampler
 from albef_lab.train.schedule import alpha_at, lr_at, param_groups
+from tests.helpers import SMALL, small_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
-
-SMALL = [
-    "model.vision.image_res=32", "model.vision.patch_size=16", "model.vision.width=32", "model.vision.depth=1",
-    "model.vision.num_heads=2", "model.text.hidden_size=32", "model.text.num_hidden_layers=2",
-    "model.text.fusion_layer=1", "model.text.num_attention_heads=2", "model.text.intermediate_size=64",
-    "model.text.encoder_width=32", "model.embed_dim=8", "model.queue_size=32", "train.batch_size=8",
-    "data.num_workers=0", "train.progress=false", "train.log_every=1", "train.warmup_steps=2",
-    "train.max_minutes=0", "model.text.hidden_dropout_prob=0.1",
-]
-
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("w")
     write_world(WorldSettings(out=str(out), images=20, seed=2, res=32, workers=1), progress=False)
     return out
-
-
-def small_cfg(world: Path, out: Path, *extra: str):
-    return load_config(None, [*SMALL, f"data.root={world}", f"train.output_dir={out}", *extra], "tiny")
 
 
 def losses(run: Path) -> dict[int, float]:

@@ -82,9 +82,20 @@ def test_sdpa_and_explicit_attention_agree_and_maps_have_gradients():
     assert vit_attn.attention_map.grad is not None
 
 
-def test_gradient_checkpointing_gives_the_same_gradients():
-    a, b = make(), make(grad_checkpointing=True)
-    la, lb = run(a), run(b)
+def test_gradient_checkpointing_gives_the_same_gradients(monkeypatch):
+    import albef_lab.models.bert as bert_mod
+    import albef_lab.models.vit as vit_mod
+
+    calls = []
+    for mod in (bert_mod, vit_mod):
+        real = mod.checkpoint
+        monkeypatch.setattr(mod, "checkpoint", lambda f, *a, _real=real, **k: calls.append(f) or _real(f, *a, **k))
+    a = make()
+    la = run(a)
+    assert calls == []  # off by default
+    b = make(grad_checkpointing=True)
+    lb = run(b)
+    assert len(calls) >= 2 + 4  # every ViT block and BERT layer of the online passes is checkpointed
     la["loss"].backward()
     lb["loss"].backward()
     ga = dict(a.named_parameters())

@@ -1,5 +1,7 @@
 """Numerical equivalence with the original implementation (the golden fixtures)."""
 
+import json
+
 import pytest
 import torch
 
@@ -8,13 +10,19 @@ from albef_lab.config import preset
 from albef_lab.models.factory import create_model, state_dict_tsv
 from albef_lab.reference import format_checks, verify_file
 
+# every fixture file and how many quantities its verification compares
 FIXTURES = {"pretrain_A.pt": 42, "pretrain_B.pt": 42, "retrieval.pt": 46, "vqa.pt": 29, "vqa_nodistill.pt": 25,
-            "nlvr.pt": 12, "ve.pt": 10, "pretrain_nlvr.pt": 11}
+            "nlvr.pt": 12, "ve.pt": 10, "pretrain_nlvr.pt": 11, "grounding.pt": 20, "pretrain_base.pt": 30}
+FULL_SIZE = {"pretrain_base.pt"}  # the paper's size: about a minute per dtype on 2 cores
 MODELS = {"pretrain": "model_pretrain", "retrieval": "model_retrieval", "grounding": "grounding__model_retrieval",
           "vqa": "model_vqa", "nlvr": "model_nlvr", "ve": "model_ve", "pretrain_nlvr": "model_pretrain_nlvr"}
 
 
-@pytest.mark.parametrize("name", sorted(FIXTURES))
+def test_every_fixture_on_disk_is_checked(reference):
+    assert sorted(p.name for p in (reference / "fixtures").glob("*.pt")) == sorted(FIXTURES)
+
+
+@pytest.mark.parametrize("name", sorted(set(FIXTURES) - FULL_SIZE))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_fixture_matches(reference, name, dtype):
     checks = verify_file(reference / "fixtures" / name, dtype)
@@ -70,3 +78,50 @@ def test_info_prints_parameter_counts(capsys):
     assert "85,844,736" in out  # ViT-B/16 at 256 px: the paper's 85.8M
     assert "123,697,722" in out  # BERT-base + MLM head: the paper's 123.7M
     assert "209,937,725" in out  # trainable total of the reference model (keys/summary)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(FULL_SIZE))
+def test_full_size_fixture_matches(reference, name):
+    checks = verify_file(reference / "fixtures" / name, torch.float32)
+    assert len(checks) == FIXTURES[name]
+    assert all(c.ok for c in checks), format_checks(checks)
+
+
+def test_a_changed_gradcam_value_fails_the_grounding_check(reference, tmp_path):
+    fx = torch.load(reference / "fixtures" / "grounding.pt", weights_only=True)
+    fx["itm"]["gradcam"][1, 5, 7] += 0.05 * fx["itm"]["gradcam"].abs().max()
+    fx["ranking"]["outputs"]["bump"]["hit_per_ref"][2] = False
+    bad = tmp_path / "bad_grounding.pt"
+    torch.save(fx, bad)
+    checks = {c.name: c for c in verify_file(bad)}
+    assert not checks["itm.gradcam"].ok and not checks["ranking.bump.hit_per_ref"].ok
+    assert checks["itc.gradcam"].ok and checks["itm.attention_map"].ok
+
+
+def test_generated_weights_follow_the_rule(reference):
+    """The weight rule of pretrain_base.pt, checked on its recorded samples without building the big model."""
+    from albef_lab.reference import generated_weights
+
+    fx = torch.load(reference / "fixtures" / "pretrain_base.pt", weights_only=True)
+    rows = [ln.split("\t") for ln in (reference / "keys" / "model_pretrain.tsv").read_text().splitlines()]
+    shapes = {k: torch.Size(json.loads(s)) for k, s, dtype in rows if dtype == "float32" and k != "temp"}
+    wanted = set(fx["weights_check"])
+    online = {".".join([w.split(".")[0].removesuffix("_m"), *w.split(".")[1:]]) for w in wanted}
+    needed = {k: shapes[k] for k in wanted | online}  # a momentum value derives from its online value
+    values = generated_weights(needed, fx["config"]["weights"]["seed"])
+    for k, ref in fx["weights_check"].items():
+        v = values[k].float().double()
+        assert v.norm().item() == pytest.approx(ref["norm"], rel=1e-6), k
+        assert torch.allclose(v.flatten()[:8], ref["first"], rtol=1e-6, atol=1e-7), k
+
+
+@pytest.mark.slow
+def test_changed_loss_fails_the_full_size_check_without_running_the_model(reference, tmp_path):
+    """A wrong weight rebuild stops before the step: a changed weights_check value fails at once."""
+    fx = torch.load(reference / "fixtures" / "pretrain_base.pt", weights_only=True)
+    fx["weights_check"]["image_queue"]["norm"] *= 1.01
+    bad = tmp_path / "bad_base.pt"
+    torch.save(fx, bad)
+    checks = verify_file(bad)
+    assert len(checks) == 1 and not checks[0].ok and "image_queue" in checks[0].detail

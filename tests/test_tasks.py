@@ -14,10 +14,9 @@ from albef_lab.eval.grounding import best_proposal, iou_xywh, random_proposal_ba
 from albef_lab.eval.retrieval import recall_metrics
 from albef_lab.models.tasks import ALBEFRetrieval
 from albef_lab.train import engine as E
-from albef_lab.train.tasks import vqa_score
+from albef_lab.train.tasks import VETask, vqa_score
 from albef_lab.viz.gradcam import itc_gradcam, itm_gradcam
-from tests.helpers import batch, small_config
-from tests.test_engine import SMALL
+from tests.helpers import SMALL, batch, small_config
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +69,9 @@ def test_gradcam_maps_have_the_patch_grid_and_respond_to_the_image():
     image, ids, mask = batch(b=2, res=32)
     maps = itm_gradcam(model, image, ids, mask, layer=2)
     assert maps.shape == (2, 2, 2) and (maps >= 0).all() and maps.sum() > 0
+    assert maps.flatten(1).std(1).min() > 0  # not a constant map
+    assert not torch.allclose(maps, itm_gradcam(model, image.flip(0), ids, mask, layer=2))  # follows the image
+    assert not torch.allclose(maps, itm_gradcam(model, image, ids.flip(0), mask.flip(0), layer=2))  # and the text
     per_token = itm_gradcam(model, image, ids, mask, layer=3, per_token=True)
     assert per_token.shape == (2, ids.shape[1], 2, 2)
     assert itc_gradcam(model, image, ids, mask).shape == (2, 2, 2)
@@ -88,7 +90,11 @@ def test_finetune_each_task_from_a_pretrained_checkpoint(world, tmp_path, task):
                              "model.decoder_layers=1", "data.k_test=4"], "tiny")
     if task == "nlvr":  # NLVR2 starts from text-assignment pre-training in the original; here straight from ALBEF
         cfg.model.fix_momentum_init = True
-    result = E.train(cfg, task, init=str(pre / "model.pth"))
+    trainer = E.Trainer(cfg, task, init=str(pre / "model.pth"))
+    pretrained = torch.load(pre / "model.pth", weights_only=True)["model"]
+    for key in ("visual_encoder.blocks.0.attn.qkv.weight", "visual_encoder.pos_embed"):
+        assert torch.equal(trainer.model.state_dict()[key], pretrained[key]), key  # --init loaded the weights
+    result = trainer.run()
     assert result["step"] == 2
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert any("loss" in r for r in rows) and any(any(k.startswith("val_") for k in r) for r in rows)
@@ -101,14 +107,24 @@ def test_finetune_each_task_from_a_pretrained_checkpoint(world, tmp_path, task):
         assert answers and set(answers[0]) == {"question_id", "answer"}
 
 
-def test_evaluate_cli_on_a_finetuned_checkpoint(world, tmp_path, capsys):
+def test_evaluate_cli_on_a_finetuned_checkpoint(world, tmp_path, capsys, monkeypatch):
     out = tmp_path / "ve"
     E.train(load_config(None, [*SMALL, f"data.root={world}", f"train.output_dir={out}", "train.max_steps=1"],
                         "tiny"), "ve")
     capsys.readouterr()
+    seen = {}
+    real = VETask.evaluate
+
+    def spy(self, model, device):
+        seen.update(model.state_dict())
+        return real(self, model, device)
+
+    monkeypatch.setattr(VETask, "evaluate", spy)
     assert main(["evaluate", "ve", "--checkpoint", str(out / "model.pth"), f"data.root={world}"]) == 0
     metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(metrics) == {"acc", "majority_class_acc"}
+    saved = torch.load(out / "model.pth", weights_only=True)["model"]
+    assert set(seen) == set(saved) and all(torch.equal(seen[k], saved[k]) for k in saved)  # the file's weights
 
 
 def test_zero_shot_evaluation_of_a_pretraining_file_warns_about_the_image_size(world, tmp_path, capsys):

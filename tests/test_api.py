@@ -1,0 +1,98 @@
+"""The public model API (encode_image, encode_text, fusion, itm_logits), the recorder and eval_mode."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from albef_lab.models.albef import ALBEF
+from albef_lab.models.base import eval_mode
+from albef_lab.models.record import record, recording
+from albef_lab.models.tasks import ALBEFRetrieval
+from tests.helpers import batch, small_config
+
+
+@pytest.mark.parametrize("cls", [ALBEF, ALBEFRetrieval])
+def test_encoders_return_states_and_unit_features(cls):
+    torch.manual_seed(0)
+    model = cls(small_config()).eval()
+    image, ids, mask = batch()
+    states, feat = model.encode_image(image)
+    assert states.shape == (4, 5, 32) and feat.shape == (4, 8)
+    assert torch.allclose(feat.norm(dim=-1), torch.ones(4))
+    assert torch.allclose(feat, F.normalize(model.vision_proj(model.visual_encoder(image)[:, 0]), dim=-1))
+    t_states, t_feat = model.encode_text(ids, mask)
+    assert t_states.shape == (4, ids.shape[1], 32) and torch.allclose(t_feat.norm(dim=-1), torch.ones(4))
+    _, feat_m = model.encode_image(image, momentum=True)
+    with torch.no_grad():
+        model.vision_proj_m.weight.add_(1.0)
+    assert not torch.allclose(model.encode_image(image, momentum=True)[1], feat_m)  # the momentum copy is used
+
+
+def test_itm_logits_is_the_head_on_the_fused_cls_and_depends_on_the_image():
+    torch.manual_seed(0)
+    model = ALBEF(small_config()).eval()
+    image, ids, mask = batch()
+    img, _ = model.encode_image(image)
+    txt, _ = model.encode_text(ids, mask)
+    logits = model.itm_logits(txt, mask, img)
+    full = model.text_encoder.bert(ids, mask, encoder_hidden_states=img)  # multimodal mode: all layers at once
+    assert logits.shape == (4, 2)
+    assert torch.allclose(logits, model.itm_head(full[:, 0]), atol=1e-6)
+    assert not torch.allclose(logits, model.itm_logits(txt, mask, img.flip(0)))
+
+
+def test_recorder_collects_only_inside_its_block_and_nests():
+    record(x=1)  # no block: ignored
+    with recording() as outer:
+        record(a=1)
+        with recording() as inner:
+            record(b=2)
+        record(c=3)
+    record(d=4)
+    assert outer == {"a": 1, "c": 3} and inner == {"b": 2}
+
+
+def test_the_model_records_nothing_without_a_recorder():
+    torch.manual_seed(0)
+    model = ALBEF(small_config())
+    image, ids, mask = batch()
+    with recording() as rec:
+        model(image, ids, mask, 0.4, generator=torch.Generator().manual_seed(0))
+    assert {"image_feat_m", "vl_output", "mlm_logits"} <= set(rec)
+    import albef_lab.models.record as R
+    assert R._active == []  # the block closed
+
+
+def test_eval_mode_restores_the_mode_even_after_an_error():
+    model = ALBEF(small_config()).train()
+    with pytest.raises(RuntimeError):
+        with eval_mode(model):
+            assert not model.training and not model.visual_encoder.training
+            raise RuntimeError("boom")
+    assert model.training and model.visual_encoder.training
+    model.eval()
+    with eval_mode(model):
+        pass
+    assert not model.training
+
+
+def test_no_package_imports_one_above_it():
+    """models/objectives/data/distributed/config never import train/eval/viz/cli; viz imports only models."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "albef_lab"
+    above = {"models": ("train", "eval", "viz", "cli", "reference"), "objectives": ("models", "train", "eval", "viz",
+             "cli"), "data": ("models", "train", "eval", "viz", "cli"), "viz": ("train", "eval", "cli"),
+             "eval": ("train", "cli")}
+    bad = []
+    for path in root.rglob("*.py"):
+        rel = path.relative_to(root).parts
+        forbidden = above.get(rel[0], ()) if len(rel) > 1 else ()
+        if path.name in ("distributed.py", "config.py") and len(rel) == 1:
+            forbidden = ("models", "train", "eval", "viz", "cli", "data")
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("albef_lab."):
+                if node.module.split(".")[1] in forbidden:
+                    bad.append(f"{'/'.join(rel)} imports {node.module}")
+    assert not bad, bad
