@@ -89,10 +89,7 @@ def verify_pretrain(fx: dict, dtype: torch.dtype) -> list[Check]:
     model = build_reference_model(ALBEF, cfg, fx["state_dict_before"], dtype)
     model.train()
     inp, d = fx["inputs"], fx["draws"]
-    draws = PretrainDraws(
-        neg_image_idx=d["neg_image_idx_for_text"], neg_text_idx=d["neg_text_idx_for_image"],
-        mask=MaskDraws(d["mlm_bernoulli_mask_draw"], d["mlm_bernoulli_replace_draw"],
-                       d["mlm_bernoulli_random_draw"], d["mlm_random_words"]))
+    draws = recorded_draws(d)
     with recording() as rec:
         out = model(_cast(inp["image"], dtype), inp["input_ids"], inp["attention_mask"], inp["alpha"],
                     draws=draws)
@@ -111,6 +108,14 @@ def verify_pretrain(fx: dict, dtype: torch.dtype) -> list[Check]:
     checks.append(compare("outputs.loss_total", out["loss"], ref_o["loss_total"]))
     checks.append(compare("after.temp_after_forward", model.temp, fx["after"]["temp_after_forward"]))
     return checks + _after(model, fx, ("image_queue", "text_queue", "queue_ptr"))
+
+
+def recorded_draws(d: dict) -> PretrainDraws:
+    """The original's random choices of a pre-training step, to inject into ours."""
+    return PretrainDraws(
+        neg_image_idx=d["neg_image_idx_for_text"], neg_text_idx=d["neg_text_idx_for_image"],
+        mask=MaskDraws(d["mlm_bernoulli_mask_draw"], d["mlm_bernoulli_replace_draw"],
+                       d["mlm_bernoulli_random_draw"], d["mlm_random_words"]))
 
 
 def build_reference_model(cls: type, cfg: ModelConfig, state_dict: dict, dtype: torch.dtype):
@@ -380,10 +385,7 @@ def verify_pretrain_generated(fx: dict, dtype: torch.dtype) -> list[Check]:
         return checks
     model = model.to(dtype).train()
     inp, d = fx["inputs"], fx["draws"]
-    draws = PretrainDraws(
-        neg_image_idx=d["neg_image_idx_for_text"], neg_text_idx=d["neg_text_idx_for_image"],
-        mask=MaskDraws(d["mlm_bernoulli_mask_draw"], d["mlm_bernoulli_replace_draw"],
-                       d["mlm_bernoulli_random_draw"], d["mlm_random_words"]))
+    draws = recorded_draws(d)
     ptr = int(model.queue_ptr)
     with recording() as rec:
         out = model(_cast(inp["image"], dtype), inp["input_ids"], inp["attention_mask"], inp["alpha"], draws=draws)

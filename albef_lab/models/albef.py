@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from albef_lab.config import ModelConfig
 from albef_lab.distributed import all_gather_nograd
-from albef_lab.models.base import MomentumPairs, momentum_copy
+from albef_lab.models.base import MomentumPairs
 from albef_lab.models.bert import BertForMaskedLM
 from albef_lab.models.record import record
 from albef_lab.models.vit import VisionTransformer
@@ -65,10 +65,7 @@ class ALBEF(MomentumPairs, nn.Module):
         self.text_proj = nn.Linear(t.hidden_size, cfg.embed_dim)
         self.itm_head = nn.Linear(t.hidden_size, 2)
 
-        self.visual_encoder_m = momentum_copy(self.visual_encoder)
-        self.vision_proj_m = momentum_copy(self.vision_proj)
-        self.text_encoder_m = momentum_copy(self.text_encoder)
-        self.text_proj_m = momentum_copy(self.text_proj)
+        self.add_momentum_copies("visual_encoder", "vision_proj", "text_encoder", "text_proj")
         self.set_grad_checkpointing(cfg.grad_checkpointing)
 
     @property
@@ -87,17 +84,14 @@ class ALBEF(MomentumPairs, nn.Module):
     # --- the public API ----------------------------------------------------------------------
     def encode_image(self, image: Tensor, *, momentum: bool = False) -> tuple[Tensor, Tensor]:
         """(ViT states [B, 1 + patches, D], normalised ITC feature [B, E])."""
-        vit, proj = (self.visual_encoder_m, self.vision_proj_m) if momentum else (self.visual_encoder,
-                                                                                   self.vision_proj)
-        states = vit(image)
-        return states, F.normalize(proj(states[:, 0]), dim=-1)
+        states = self.part("visual_encoder", momentum)(image)
+        return states, F.normalize(self.part("vision_proj", momentum)(states[:, 0]), dim=-1)
 
     def encode_text(self, input_ids: Tensor, attention_mask: Tensor, *,
                     momentum: bool = False) -> tuple[Tensor, Tensor]:
         """(text-mode states [B, L, D], normalised ITC feature [B, E])."""
-        bert, proj = (self.bert_m, self.text_proj_m) if momentum else (self.bert, self.text_proj)
-        states = bert(input_ids, attention_mask, mode="text")
-        return states, F.normalize(proj(states[:, 0]), dim=-1)
+        states = (self.bert_m if momentum else self.bert)(input_ids, attention_mask, mode="text")
+        return states, F.normalize(self.part("text_proj", momentum)(states[:, 0]), dim=-1)
 
     def fusion(self, text_states: Tensor, text_mask: Tensor, image_states: Tensor, *,
                momentum: bool = False) -> Tensor:

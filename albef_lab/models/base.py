@@ -23,6 +23,15 @@ class MomentumPairs:
     def copy_params(self) -> None:
         copy_params(self.model_pairs)
 
+    def add_momentum_copies(self, *names: str) -> None:
+        """Register a frozen copy `name_m` of each child `name`, in the given order (the state-dict order)."""
+        for name in names:
+            setattr(self, f"{name}_m", momentum_copy(getattr(self, name)))
+
+    def part(self, name: str, momentum: bool = False) -> nn.Module:
+        """The child `name`, or its momentum copy."""
+        return getattr(self, f"{name}_m" if momentum else name)
+
 
 def momentum_copy(module: nn.Module) -> nn.Module:
     """A frozen deep copy (ties inside the module are kept)."""

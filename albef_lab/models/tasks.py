@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from albef_lab.config import ModelConfig, TextConfig
 from albef_lab.models.albef import ALBEF, PretrainDraws, check_batch, same_image
-from albef_lab.models.base import MomentumPairs, momentum_copy
+from albef_lab.models.base import MomentumPairs
 from albef_lab.models.bert import BertLMHeadModel, BertModel
 from albef_lab.models.record import record
 from albef_lab.models.vit import VisionTransformer
@@ -67,15 +67,12 @@ class ALBEFVQA(MomentumPairs, nn.Module):
         self.text_encoder = BertModel(cfg.text)
         self.text_decoder = BertLMHeadModel(decoder_config(cfg.text, cfg.decoder_layers))
         if cfg.distill:
-            self.visual_encoder_m = momentum_copy(self.visual_encoder)
-            self.text_encoder_m = momentum_copy(self.text_encoder)
-            self.text_decoder_m = momentum_copy(self.text_decoder)
+            self.add_momentum_copies("visual_encoder", "text_encoder", "text_decoder")
 
     def encode_question(self, image: Tensor, q_ids: Tensor, q_mask: Tensor, *, momentum: bool = False) -> Tensor:
         """The question fused with the image (all 12 layers, multimodal mode): [B, L, D]."""
-        vit = self.visual_encoder_m if momentum else self.visual_encoder
-        enc = self.text_encoder_m if momentum else self.text_encoder
-        return enc(q_ids, q_mask, encoder_hidden_states=vit(image))
+        image_states = self.part("visual_encoder", momentum)(image)
+        return self.part("text_encoder", momentum)(q_ids, q_mask, encoder_hidden_states=image_states)
 
     def forward(self, image: Tensor, q_ids: Tensor, q_mask: Tensor, a_ids: Tensor, a_mask: Tensor,
                 answers_per_question: list[int] | Tensor, weights: Tensor, alpha: float = 0.0) -> Tensor:
@@ -163,26 +160,21 @@ class ALBEFClassifier(MomentumPairs, nn.Module):
         h = cfg.text.hidden_size
         self.cls_head = nn.Sequential(nn.Linear(h, h), nn.ReLU(), nn.Linear(h, num_classes))
         if cfg.distill:
-            self.visual_encoder_m = momentum_copy(self.visual_encoder)
-            self.text_encoder_m = momentum_copy(self.text_encoder)
-            self.cls_head_m = momentum_copy(self.cls_head)
+            self.add_momentum_copies("visual_encoder", "text_encoder", "cls_head")
 
     def logits(self, images: Tensor, ids: Tensor, mask: Tensor, *, momentum: bool = False) -> Tensor:
         """Class logits [B, classes] of the fused [CLS]."""
-        vit = self.visual_encoder_m if momentum else self.visual_encoder
-        enc = self.text_encoder_m if momentum else self.text_encoder
-        head = self.cls_head_m if momentum else self.cls_head
-        image_embeds = vit(images)
+        image_embeds = self.part("visual_encoder", momentum)(images)
         states = image_embeds
         if self.pair:  # images = [left (B); right (B)]
             b = ids.shape[0]
             if image_embeds.shape[0] != 2 * b:
                 raise ValueError(f"NLVR2 takes 2B images (left then right) for B texts: {images.shape[0]} vs {b}")
             states = [image_embeds[:b], image_embeds[b:]]
-        fused = enc(ids, mask, encoder_hidden_states=states)
+        fused = self.part("text_encoder", momentum)(ids, mask, encoder_hidden_states=states)
         suffix = "_m" if momentum else ""
         record(**{f"image_embeds{suffix}": image_embeds, f"fused_output{suffix}": fused})
-        return head(fused[:, 0])
+        return self.part("cls_head", momentum)(fused[:, 0])
 
     def forward(self, images: Tensor, ids: Tensor, mask: Tensor, targets: Tensor, alpha: float = 0.0) -> Tensor:
         """The training loss, distilled from the momentum model when `cfg.distill`."""
