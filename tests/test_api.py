@@ -96,3 +96,23 @@ def test_no_package_imports_one_above_it():
                 if node.module.split(".")[1] in forbidden:
                     bad.append(f"{'/'.join(rel)} imports {node.module}")
     assert not bad, bad
+
+
+def test_the_readme_python_snippet_runs(tmp_path):
+    """The README's "Use from Python" block, on a model and a world the test makes."""
+    import re
+    from pathlib import Path
+
+    from albef_lab.train.engine import pretrain
+    from tests.helpers import make_world, small_cfg
+
+    world = make_world(tmp_path / "w", images=20, seed=1)
+    pretrain(small_cfg(world, tmp_path / "run", "train.max_steps=1"))
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = re.search(r"## Use from Python.*?```python\n(.*?)```", readme, re.S).group(1)
+    code = code.replace("runs/pretrain_tiny/model.pth", str(tmp_path / "run" / "model.pth"))
+    code = code.replace("data/shapesworld/vocab", str(world / "vocab"))
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    assert 0.0 <= float(scope["match"]) <= 1.0 and scope["similarity"].shape == (1, 1)
+    assert scope["heat"].shape == (1, 2, 2) and scope["heat"].sum() >= 0
