@@ -1,4 +1,4 @@
-"""`albef-lab` command line: info, make-world, pretrain, finetune, evaluate, plot, verify-reference."""
+"""`albef-lab` command line: demo, info, make-world, pretrain, finetune, evaluate, plot, verify-reference."""
 
 from __future__ import annotations
 
@@ -189,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None)
     p.set_defaults(func=cmd_plot)
 
+    sub.add_parser("demo", help="the Gradio workbench in the browser (first start builds the demo models)",
+                   add_help=False)
+
     p = sub.add_parser("verify-reference", help="compare against a dump of the original implementation")
     p.add_argument("files", nargs="+", help="fixture files (.pt) in the reference dump format")
     p.add_argument("--double", action="store_true", help="run our model in float64")
@@ -205,6 +208,11 @@ def _user_errors() -> tuple[type[Exception], ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["demo"]:  # the app parses its own options (albef-lab demo --help)
+        from albef_lab.demo import app_module
+
+        return app_module().main(argv[1:])
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # key=value overrides may come after options (argparse stops filling a positional list at an option)

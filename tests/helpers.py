@@ -56,3 +56,22 @@ def metric_rows(run) -> list[dict]:
     import json
 
     return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def demo_models(root):
+    """A world and two briefly trained tiny models (pre-training, VQA) for the app's tests: seconds, not minutes."""
+    from albef_lab.train.engine import train
+
+    world = make_world(root / "world", images=40, seed=3)
+    train(small_cfg(world, root / "pre", "train.max_steps=2", "model.decoder_layers=1"))
+    train(small_cfg(world, root / "vqa", "train.max_steps=1", "model.decoder_layers=1", "data.k_test=4"), "vqa",
+          init=str(root / "pre" / "model.pth"))
+    return world, root / "pre" / "model.pth", root / "vqa" / "model.pth"

@@ -1,0 +1,229 @@
+"""albef-lab's Gradio workbench: retrieval, VQA, Grad-CAM and grounding in the browser.
+
+Run `albef-lab demo` (or `python app/main.py`, same options). This file holds only UI code: every
+computation is `albef_lab.inference.Workbench`, which the notebooks use too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+from pathlib import Path
+
+import gradio as gr
+
+from albef_lab.inference import InputError, Workbench, read_image
+from albef_lab.viz.overlay import draw_boxes, overlay
+
+MAX_UPLOAD = "50mb"
+CSS = ".gallery-item .caption-label { font-size: 14px; }"
+
+
+class UploadedImage(gr.Image):
+    """An image input that hands the uploaded file over untouched: `read_image` checks and converts it, so a
+    corrupt, 16-bit or CMYK upload gets our message instead of a failure inside Gradio."""
+
+    is_template = True  # drawn by the frontend as gr.Image
+
+    def preprocess(self, payload):
+        return None if payload is None else payload.path
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component
+
+
+def user_errors(fn):
+    """Bad input becomes a message in the UI (and an exception for API clients); notes become warnings."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            out = fn(*args, **kwargs)
+        except InputError as e:
+            raise gr.Error(str(e)) from e
+        return out
+
+    return wrapper
+
+
+def warn(notes: list[str]) -> str:
+    for n in notes:
+        gr.Warning(n)
+    return "\n".join(f"- {n}" for n in notes)
+
+
+def image_arg(image: str | None) -> str:
+    if not image:
+        raise InputError("no image was given: upload one (or pick an example)")
+    return image
+
+
+def build_app(wb: Workbench) -> gr.Blocks:
+    examples = [str(p) for p in (wb.gallery.paths[:4] if wb.gallery else [])]
+    layers = wb.layers() if wb.matcher else []
+
+    @user_errors
+    def search(query: str, k: float = 8, rerank: bool = True):
+        rows, notes = wb.search(query, int(k), rerank)
+        items = [(r["path"], f"ITC {r['itc']:.3f}" + (f" · ITM {r['itm']:.2f}" if "itm" in r else "")) for r in rows]
+        return items, warn(notes)
+
+    @user_errors
+    def describe(image: str, k: float = 5):
+        rows = wb.describe(read_image(image_arg(image)), int(k))
+        return "\n".join(f"{i + 1}. {r['caption']} (ITC {r['itc']:.3f})" for i, r in enumerate(rows))
+
+    @user_errors
+    def answer(image: str, question: str, k: float = 5):
+        rows, notes = wb.answer(read_image(image_arg(image)), question, int(k))
+        return {r["answer"]: r["score"] for r in rows}, warn(notes)
+
+    @user_errors
+    def gradcam(image: str, text: str, mode: str = "itm", layer: float | None = None, cam_methods: bool = True):
+        img = read_image(image_arg(image))
+        r = wb.explain(img, text, mode, None if layer is None or mode == "itc" else int(layer))
+        words = [(overlay(img, m), tok) for tok, m in r["words"]]
+        cams = []
+        if cam_methods:
+            cams = [(overlay(img, _tensor(m)), name) for name, m in wb.cam_methods(img, text).items()]
+        where = f"cross-attention layer {r['layer']}" if mode == "itm" else f"ViT block {r['layer']}"
+        summary = (f"**ITM match probability** {r['itm_prob']:.3f} · **ITC similarity** {r['itc_sim']:.3f} · "
+                   f"Grad-CAM of {mode.upper()} on {where}")
+        notes = warn(r["notes"])
+        return summary, overlay(img, r["sentence"]), words, cams, notes
+
+    @user_errors
+    def ground(image: str, expression: str, mode: str = "itm", layer: float | None = None):
+        img = read_image(image_arg(image))
+        r = wb.ground(img, expression, image_path=image, mode=mode,
+                      layer=None if layer is None or mode == "itc" else int(layer))
+        boxes = [(p[:4], "#bbbbbb") for p in r["proposals"]] if r["proposal_source"] != "sliding windows" else []
+        if r["box"] is not None:
+            boxes.append((r["box"], "#00ff00"))
+        info = (f"{len(r['proposals'])} {r['proposal_source']}; chosen box (x, y, w, h): "
+                f"{[round(v, 1) for v in r['box']] if r['box'] else 'none (the map is empty)'}")
+        return draw_boxes(img, boxes), overlay(img, r["sentence"]), info + ("\n" + warn(r["notes"]) if r["notes"]
+                                                                               else "")
+
+    with gr.Blocks(title="albef-lab workbench") as demo:
+        gr.Markdown("# albef-lab workbench\nALBEF (Align before Fuse): retrieval, VQA, Grad-CAM and grounding.")
+        with gr.Accordion("About the model", open=False):
+            gr.JSON(value=wb.about(), label="loaded checkpoints")
+        with gr.Tab("Retrieval"):
+            with gr.Row():
+                query = gr.Textbox(label="Text query", placeholder="a red circle to the left of a blue square")
+                k = gr.Slider(1, 24, value=8, step=1, label="top k")
+                rerank = gr.Checkbox(value=True, label="re-rank with ITM")
+            go = gr.Button("Search", variant="primary")
+            results = gr.Gallery(label="Top images", columns=4, height="auto")
+            search_notes = gr.Markdown()
+            go.click(search, [query, k, rerank], [results, search_notes], api_name="search")
+            query.submit(search, [query, k, rerank], [results, search_notes])
+            gr.Examples([["a red circle"], ["two shapes"], ["a blue square"]], [query])
+            gr.Markdown("### Image → captions")
+            with gr.Row():
+                d_image = UploadedImage(type="filepath", label="Image")
+                captions = gr.Markdown()
+            gr.Button("Describe").click(describe, [d_image], [captions], api_name="describe")
+            if examples:
+                gr.Examples([[e] for e in examples], [d_image])
+        with gr.Tab("VQA"):
+            with gr.Row():
+                v_image = UploadedImage(type="filepath", label="Image")
+                with gr.Column():
+                    question = gr.Textbox(label="Question", placeholder="what color is the circle")
+                    ask = gr.Button("Answer", variant="primary")
+                    answers = gr.Label(label="Top answers", num_top_classes=5)
+                    vqa_notes = gr.Markdown()
+            ask.click(answer, [v_image, question], [answers, vqa_notes], api_name="answer")
+            if examples:
+                gr.Examples([[examples[0], "how many shapes are there"], [examples[1], "is there a red circle"]],
+                            [v_image, question])
+        with gr.Tab("Grad-CAM"):
+            with gr.Row():
+                g_image = UploadedImage(type="filepath", label="Image")
+                with gr.Column():
+                    g_text = gr.Textbox(label="Text", placeholder="a red circle")
+                    mode = gr.Radio(["itm", "itc"], value="itm", label="mode (ITM on cross-attention / ITC on ViT)")
+                    layer = gr.Dropdown(layers, value=layers[min(2, len(layers) - 1)] if layers else None,
+                                        label="cross-attention layer (ITM)")
+                    cams = gr.Checkbox(value=True, label="also pytorch-grad-cam methods")
+                    explain = gr.Button("Explain", variant="primary")
+            summary = gr.Markdown()
+            with gr.Row():
+                sentence = gr.Image(label="whole sentence", type="pil")
+                words = gr.Gallery(label="per word", columns=6, height="auto")
+            methods = gr.Gallery(label="pytorch-grad-cam (target: ITC similarity)", columns=4, height="auto")
+            cam_notes = gr.Markdown()
+            explain.click(gradcam, [g_image, g_text, mode, layer, cams], [summary, sentence, words, methods, cam_notes],
+                          api_name="gradcam")
+            if examples:
+                gr.Examples([[examples[0], "there is a red circle"], [examples[2], "two shapes"]], [g_image, g_text])
+        with gr.Tab("Grounding"):
+            with gr.Row():
+                r_image = UploadedImage(type="filepath", label="Image")
+                with gr.Column():
+                    expression = gr.Textbox(label="Referring expression", placeholder="the red circle")
+                    r_mode = gr.Radio(["itm", "itc"], value="itm", label="Grad-CAM mode")
+                    r_layer = gr.Dropdown(layers, value=layers[min(2, len(layers) - 1)] if layers else None,
+                                          label="cross-attention layer (ITM)")
+                    locate = gr.Button("Ground", variant="primary")
+            with gr.Row():
+                chosen = gr.Image(label="chosen region (green)", type="pil")
+                heat = gr.Image(label="heat map", type="pil")
+            ground_info = gr.Markdown()
+            locate.click(ground, [r_image, expression, r_mode, r_layer], [chosen, heat, ground_info], api_name="ground")
+            if examples:
+                gr.Examples([[examples[0], "the large shape"], [examples[3], "the red shape"]], [r_image, expression])
+    return demo
+
+
+def _tensor(m):
+    import torch
+
+    return torch.as_tensor(m)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="albef-lab demo", description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", action="append", default=[], metavar="FILE",
+                   help="ours or official (ALBEF.pth, mscoco.pth, refcoco.pth, vqa.pth); repeat for several")
+    p.add_argument("--preset", default="base", help="architecture of official files (default base)")
+    p.add_argument("--tokenizer", default=None, help="folder with vocab.txt (e.g. a local bert-base-uncased)")
+    p.add_argument("--gallery", default=None, help="folder of your own images to search (default: ShapesWorld's test)")
+    p.add_argument("--runs", default="runs/demo", help="where the embedded default's models live")
+    p.add_argument("--data", default="data/shapesworld", help="the ShapesWorld folder")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=7860)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from albef_lab.demo import build_workbench
+    from albef_lab.models.checkpoint import CheckpointError
+
+    args = parse_args(argv)
+    try:
+        wb = build_workbench(args.checkpoint, args.preset, args.tokenizer, args.gallery, args.runs, args.data)
+    except (CheckpointError, FileNotFoundError, InputError) as e:
+        print(f"albef-lab demo: error: {e}", file=sys.stderr)
+        return 2
+    if wb.gallery and wb.gallery.skipped:
+        print(f"gallery: skipped {len(wb.gallery.skipped)} unreadable file(s): " +
+              "; ".join(f"{k} ({v})" for k, v in list(wb.gallery.skipped.items())[:10]))
+    app = build_app(wb)
+    allowed = [str(Path(p).resolve().parent) for p in (wb.gallery.paths[:1] if wb.gallery else [])]
+    app.launch(server_name=args.host, server_port=args.port, max_file_size=MAX_UPLOAD,
+               allowed_paths=sorted({str(Path(args.data).resolve()), *allowed, *_gallery_root(args)}))
+    return 0
+
+
+def _gallery_root(args: argparse.Namespace) -> list[str]:
+    return [str(Path(args.gallery).resolve())] if args.gallery else []
+
+
+if __name__ == "__main__":
+    sys.exit(main())

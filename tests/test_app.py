@@ -1,0 +1,121 @@
+"""The Gradio app as a script uses it: every api_name through gradio_client, good and bad input."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from albef_lab.demo import app_module, build_workbench
+from tests.helpers import demo_models, free_port
+
+gradio_client = pytest.importorskip("gradio_client")
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    root = tmp_path_factory.mktemp("app")
+    world, pre, vqa = demo_models(root)
+    wb = build_workbench([str(pre), str(vqa)], runs=str(root / "runs"), data=str(world), progress=False)
+    app = app_module().build_app(wb)
+    port = free_port()
+    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, max_file_size="50mb",
+               allowed_paths=[str(world)])
+    client = gradio_client.Client(f"http://127.0.0.1:{port}/", verbose=False)
+    yield wb, client, root
+    app.close()
+
+
+def image(wb, i=0):
+    return gradio_client.handle_file(str(wb.gallery.paths[i]))
+
+
+def test_the_endpoints_are_the_documented_ones(served):
+    _, client, _ = served
+    names = set(client.view_api(return_format="dict")["named_endpoints"])
+    assert {"/search", "/describe", "/answer", "/gradcam", "/ground"} <= names
+
+
+def test_search_returns_gallery_images_with_scores(served):
+    wb, client, _ = served
+    items, notes = client.predict("a red circle", api_name="/search")
+    assert len(items) == len(wb.gallery.paths[:8]) and all("ITC" in it["caption"] and "ITM" in it["caption"]
+                                                           for it in items)
+    assert Image.open(items[0]["image"]).size == (32, 32)
+
+
+def test_describe_lists_captions(served):
+    wb, client, _ = served
+    text = client.predict(image(wb), api_name="/describe")
+    assert text.startswith("1. ") and len(text.splitlines()) == 5
+
+
+def test_answer_gives_five_answers_from_the_list(served):
+    wb, client, _ = served
+    label, notes = client.predict(image(wb), "how many shapes are there", api_name="/answer")
+    assert len(label["confidences"]) == 5 and label["label"] in wb.answer_list
+
+
+def test_gradcam_returns_maps_per_word_and_per_method(served):
+    wb, client, _ = served
+    summary, sentence, words, methods, notes = client.predict(image(wb), "a red circle", api_name="/gradcam")
+    assert "ITM match probability" in summary and Image.open(sentence).size == (32, 32)
+    assert [w["caption"] for w in words] == ["a", "red", "circle"]
+    assert {m["caption"] for m in methods} == {"GradCAM", "GradCAM++", "EigenCAM", "ScoreCAM"}
+
+
+def test_ground_draws_the_chosen_box(served):
+    wb, client, _ = served
+    boxed, heat, info = client.predict(image(wb), "the red circle", api_name="/ground")
+    assert "ShapesWorld proposals" in info and Image.open(boxed).size == (32, 32)
+
+
+@pytest.mark.parametrize("question", ["", "   \t "])
+def test_an_empty_question_is_refused_and_the_next_request_works(served, question):
+    wb, client, _ = served
+    with pytest.raises(Exception, match="empty"):
+        client.predict(image(wb), question, api_name="/answer")
+    label, _ = client.predict(image(wb), "is there a red circle", api_name="/answer")
+    assert label["label"] in wb.answer_list
+
+
+def test_a_corrupt_upload_is_named_and_the_server_goes_on(served):
+    wb, client, root = served
+    bad = root / "holiday.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n but then nothing useful")
+    with pytest.raises(Exception, match="holiday.png is not an image"):
+        client.predict(gradio_client.handle_file(str(bad)), "a red circle", api_name="/gradcam")
+    summary, *_ = client.predict(image(wb), "a red circle", "itc", None, False, api_name="/gradcam")
+    assert "ITC" in summary
+
+
+def test_a_missing_image_is_asked_for(served):
+    _, client, _ = served
+    with pytest.raises(Exception, match="no image"):
+        client.predict(None, "what color is the circle", api_name="/answer")
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "L", "I;16", "CMYK"])
+def test_unusual_image_modes_are_answered(served, mode):
+    wb, client, root = served
+    base = Image.open(wb.gallery.paths[1])
+    if mode == "I;16":
+        img = Image.fromarray(np.asarray(base.convert("L"), dtype=np.uint16) * 257)
+    else:
+        img = base.convert(mode)
+    path = root / f"mode_{mode.replace(';', '')}.{'jpg' if mode == 'CMYK' else 'png'}"
+    img.save(path)
+    label, _ = client.predict(gradio_client.handle_file(str(path)), "how many shapes are there", api_name="/answer")
+    assert label["label"] in wb.answer_list
+
+
+def test_long_text_and_unknown_words_are_reported(served):
+    wb, client, _ = served
+    _, notes = client.predict(image(wb), "is there a " + "very " * 40 + "red zorblax", api_name="/answer")
+    assert "only the first 30" in notes and "zorblax" in notes
+
+
+def test_a_40_megapixel_photo_is_answered(served):
+    wb, client, root = served
+    path = root / "big.jpg"
+    Image.new("RGB", (7300, 5480), (200, 30, 30)).save(path, quality=40)
+    label, _ = client.predict(gradio_client.handle_file(str(path)), "what color is the shape", api_name="/answer")
+    assert label["label"] in wb.answer_list

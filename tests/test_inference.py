@@ -1,0 +1,138 @@
+"""The inference API the app and the notebooks share: inputs checked and converted, every tab's computation."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from albef_lab.demo import build_workbench
+from albef_lab.inference import InputError, folder_images, read_image, sliding_windows
+from albef_lab.viz.gradcam import itm_gradcam
+from tests.helpers import demo_models
+
+
+@pytest.fixture(scope="module")
+def wb(tmp_path_factory):
+    root = tmp_path_factory.mktemp("inf")
+    world, pre, vqa = demo_models(root)
+    return build_workbench([str(pre), str(vqa)], runs=str(root / "runs"), data=str(world), progress=False)
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "L", "I;16", "CMYK", "P", "1", "F"])
+def test_every_image_mode_becomes_rgb(tmp_path, mode):
+    rng = np.random.default_rng(0)
+    if mode == "I;16":
+        img = Image.fromarray(rng.integers(0, 65535, (20, 30), dtype=np.uint16))
+    elif mode == "F":
+        img = Image.fromarray(rng.random((20, 30)).astype(np.float32))
+    else:
+        img = Image.fromarray(rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)).convert(mode)
+    path = tmp_path / ("x.tif" if mode in ("I;16", "F", "CMYK") else "x.png")
+    img.save(path)
+    out = read_image(path)
+    assert out.mode == "RGB" and out.size == (30, 20)
+    if mode == "I;16":  # scaled into 8 bits, not clipped to white
+        assert 0 < np.asarray(out).mean() < 255
+
+
+def test_transparent_pixels_become_white(tmp_path):
+    img = Image.new("RGBA", (4, 4), (255, 0, 0, 0))
+    assert np.asarray(read_image(img))[0, 0].tolist() == [255, 255, 255]
+
+
+def test_bad_files_are_named(tmp_path):
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 truncated jpeg")
+    with pytest.raises(InputError, match="broken.jpg is not an image"):
+        read_image(bad)
+    with pytest.raises(InputError, match="not found"):
+        read_image(tmp_path / "missing.png")
+
+
+def test_a_40_megapixel_photo_is_shrunk_not_refused(tmp_path):
+    path = tmp_path / "big.jpg"
+    Image.new("RGB", (7300, 5480), (10, 200, 30)).save(path, quality=50)
+    out = read_image(path)
+    assert max(out.size) <= 2048 and out.getpixel((5, 5))[1] > 150
+
+
+def test_text_notes_truncation_and_unknown_words(wb):
+    t = wb.text("a red circle and a blorptastic square")
+    assert any("blorptastic" in n and "[UNK]" in n for n in t.notes) and "[UNK]" in t.tokens
+    long = wb.text(" ".join(["red"] * 60))
+    assert long.ids.shape[1] == wb.max_tokens and any("only the first" in n for n in long.notes)
+    for empty in ("", "   \n\t"):
+        with pytest.raises(InputError, match="empty"):
+            wb.text(empty, "question")
+
+
+def test_search_ranks_the_gallery_and_reranks_by_itm(wb):
+    rows, notes = wb.search("a red circle", k=3)
+    assert len(rows) == 3 and not notes
+    assert [r["itm"] for r in rows] == sorted((r["itm"] for r in rows), reverse=True)
+    plain, _ = wb.search("a red circle", k=3, rerank=False)
+    assert [r["itc"] for r in plain] == sorted((r["itc"] for r in plain), reverse=True)
+    assert {r["path"] for r in plain} == {r["path"] for r in rows}  # re-ranking reorders the same top k
+
+
+def test_gallery_index_is_cached_and_skips_broken_files(wb, tmp_path, monkeypatch):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    for i, p in enumerate(wb.gallery.paths[:3]):
+        (folder / f"{i}.png").write_bytes(p.read_bytes())
+    (folder / "broken.png").write_bytes(b"nope")
+    world_gallery = wb.gallery
+    try:
+        g = wb.index_gallery(folder_images(folder), cache_dir=tmp_path / "cache", progress=False)
+        assert len(g.paths) == 3 and "broken.png" in g.skipped
+        monkeypatch.setattr(wb.model, "encode_image", lambda *a, **k: pytest.fail("recomputed despite the cache"))
+        again = wb.index_gallery(folder_images(folder), cache_dir=tmp_path / "cache", progress=False)
+        assert torch.equal(again.feats, g.feats)
+        (folder / "3.png").write_bytes(world_gallery.paths[3].read_bytes())  # the folder changed: a new index
+        monkeypatch.undo()
+        assert len(wb.index_gallery(folder_images(folder), cache_dir=tmp_path / "cache", progress=False).paths) == 4
+    finally:
+        wb.gallery = world_gallery
+
+
+def test_answer_returns_the_top_answers_of_the_list(wb):
+    rows, _ = wb.answer(read_image(wb.gallery.paths[0]), "how many shapes are there", k=5)
+    assert len(rows) == 5 and all(r["answer"] in wb.answer_list for r in rows)
+    assert [r["score"] for r in rows] == sorted((r["score"] for r in rows), reverse=True)
+
+
+def test_explain_gives_a_sentence_map_and_one_map_per_word(wb):
+    img = read_image(wb.gallery.paths[0])
+    r = wb.explain(img, "a red circle")
+    assert [w for w, _ in r["words"]] == ["a", "red", "circle"]
+    assert r["sentence"].shape == (2, 2) and 0 <= r["itm_prob"] <= 1 and -1 <= r["itc_sim"] <= 1
+    t = wb.text("a red circle")
+    same = itm_gradcam(wb.model, wb.pixels(img), t.ids, t.mask, r["layer"])[0]  # the function the evaluation uses
+    assert torch.allclose(r["sentence"], same)
+    itc = wb.explain(img, "a red circle", mode="itc")
+    assert itc["words"] == [] and itc["sentence"].shape == (2, 2)
+
+
+def test_pytorch_grad_cam_methods(wb):
+    maps = wb.cam_methods(read_image(wb.gallery.paths[0]), "a red circle")
+    assert set(maps) == {"GradCAM", "GradCAM++", "EigenCAM", "ScoreCAM"}
+    assert all(m.shape == (2, 2) and np.isfinite(m).all() for m in maps.values())
+
+
+def test_ground_uses_world_proposals_or_sliding_windows(wb):
+    path = wb.gallery.paths[0]
+    img = read_image(path)
+    r = wb.ground(img, "the red circle", image_path=str(path))
+    assert r["proposal_source"] == "ShapesWorld proposals" and (r["box"] is None or r["box"] in
+                                                                 [p[:4] for p in r["proposals"]])
+    other = wb.ground(img, "the red circle", image_path="not_from_the_world.png")
+    assert other["proposal_source"] == "sliding windows"
+
+
+def test_sliding_windows_cover_the_image():
+    boxes = sliding_windows(400, 300)
+    assert all(0 <= x and 0 <= y and x + w <= 400 + 1e-6 and y + h <= 300 + 1e-6 for x, y, w, h, _ in boxes)
+    covered = np.zeros((300, 400), bool)
+    for x, y, w, h, _ in boxes:
+        covered[int(y):int(y + h), int(x):int(x + w)] = True
+    assert covered.mean() > 0.97
