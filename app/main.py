@@ -20,14 +20,12 @@ MAX_UPLOAD = "50mb"
 CSS = ".gallery-item .caption-label { font-size: 14px; }"
 
 
-class UploadedImage(gr.Image):
+def image_input(**kw) -> gr.Image:
     """An image input that hands the uploaded file over untouched: `read_image` checks and converts it, so a
-    corrupt, 16-bit or CMYK upload gets our message instead of a failure inside Gradio."""
-
-    is_template = True  # drawn by the frontend as gr.Image
-
-    def preprocess(self, payload):
-        return None if payload is None else payload.path
+    corrupt, 16-bit or CMYK upload gets our message instead of a failure inside Gradio's own decoding."""
+    image = gr.Image(type="filepath", **kw)
+    image.preprocess = lambda payload: None if payload is None else payload.path
+    return image
 
 
 def user_errors(fn):
@@ -120,14 +118,14 @@ def build_app(wb: Workbench) -> gr.Blocks:
             gr.Examples([["a red circle"], ["two shapes"], ["a blue square"]], [query])
             gr.Markdown("### Image → captions")
             with gr.Row():
-                d_image = UploadedImage(type="filepath", label="Image", elem_id="describe-image")
+                d_image = image_input(label="Image", elem_id="describe-image")
                 captions = gr.Markdown()
             gr.Button("Describe").click(describe, [d_image], [captions], api_name="describe")
             if examples:
                 gr.Examples([[e] for e in examples], [d_image])
         with gr.Tab("VQA"):
             with gr.Row():
-                v_image = UploadedImage(type="filepath", label="Image", elem_id="vqa-image")
+                v_image = image_input(label="Image", elem_id="vqa-image")
                 with gr.Column():
                     question = gr.Textbox(label="Question", placeholder="what color is the circle")
                     ask = gr.Button("Answer", variant="primary")
@@ -139,7 +137,7 @@ def build_app(wb: Workbench) -> gr.Blocks:
                             [v_image, question])
         with gr.Tab("Grad-CAM"):
             with gr.Row():
-                g_image = UploadedImage(type="filepath", label="Image", elem_id="cam-image")
+                g_image = image_input(label="Image", elem_id="cam-image")
                 with gr.Column():
                     g_text = gr.Textbox(label="Text", placeholder="a red circle", elem_id="cam-text")
                     mode = gr.Radio(["itm", "itc"], value="itm", label="mode (ITM on cross-attention / ITC on ViT)")
@@ -160,7 +158,7 @@ def build_app(wb: Workbench) -> gr.Blocks:
                 gr.Examples([[examples[0], "there is a red circle"], [examples[2], "two shapes"]], [g_image, g_text])
         with gr.Tab("Grounding"):
             with gr.Row():
-                r_image = UploadedImage(type="filepath", label="Image", elem_id="ground-image")
+                r_image = image_input(label="Image", elem_id="ground-image")
                 with gr.Column():
                     expression = gr.Textbox(label="Referring expression", placeholder="the red circle")
                     r_mode = gr.Radio(["itm", "itc"], value="itm", label="Grad-CAM mode")

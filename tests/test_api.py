@@ -116,3 +116,23 @@ def test_the_readme_python_snippet_runs(tmp_path):
     exec(compile(code, "README.md", "exec"), scope)
     assert 0.0 <= float(scope["match"]) <= 1.0 and scope["similarity"].shape == (1, 1)
     assert scope["heat"].shape == (1, 2, 2) and scope["heat"].sum() >= 0
+
+
+def test_the_readme_workbench_snippet_runs(tmp_path):
+    import re
+    from pathlib import Path
+
+    from tests.helpers import demo_models
+
+    world, pre, vqa = demo_models(tmp_path)
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = re.search(r"The app's own layer.*?```python\n(.*?)```", readme, re.S).group(1)
+    image = sorted((world / "images").glob("*.png"))[0]
+    for old, new in (("runs/demo/pretrain/model.pth", pre), ("runs/demo/vqa/model.pth", vqa),
+                     ('data="data/shapesworld"', f'data="{world}", runs="{tmp_path / "runs"}", progress=False'),
+                     ("data/shapesworld/images/000054.png", image)):
+        code = code.replace(old, str(new))
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    assert len(scope["answers"]) == 5 and scope["hits"] and scope["cam"]["sentence"].ndim == 2
+    assert scope["region"] is None or len(scope["region"]) == 4
