@@ -136,3 +136,11 @@ def test_sliding_windows_cover_the_image():
     for x, y, w, h, _ in boxes:
         covered[int(y):int(y + h), int(x):int(x + w)] = True
     assert covered.mean() > 0.97
+
+
+def test_object_query_accuracy_is_measured_against_chance(wb, tmp_path):
+    from albef_lab.demo import object_query_accuracy
+
+    data = wb.gallery.paths[0].parents[1]
+    out = object_query_accuracy(wb, data)
+    assert out["queries"] > 0 and 0 <= out["top1_acc"] <= 100 and 0 < out["chance"] < 100
