@@ -86,6 +86,9 @@ class ModelConfig:
     fix_vqa_double_count: bool = False  # VQA ranking counts log P(first token) once, not twice
     fix_momentum_init: bool = False  # copy loaded weights into momentum copies the file lacks (NLVR.py does not)
     grad_checkpointing: bool = False
+    # Cross-attention keys/values computed once per image (or question) and shared by every text row and pass
+    # that attends to it; False restores the per-pair computation (same numbers, for A/B timing).
+    share_cross_kv: bool = True
 
 
 @dataclass

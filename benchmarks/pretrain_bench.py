@@ -1,14 +1,19 @@
-"""Pre-training step speed and memory: SDPA vs explicit attention, fp32 vs bf16, activation checkpointing.
+"""Pre-training step speed and memory: shared vs per-pair cross-attention keys/values, SDPA vs explicit
+attention, fp32 vs bf16, activation checkpointing.
 
-All variants run in this one process on the same random batch; ratios are against the first (SDPA, fp32).
+All variants run in this one process on the same random batch; ratios are against the first (the per-pair
+keys/values of before, fp32). The last line is `speedup: N.NN` (shared over per-pair, fp32).
 
-    python benchmarks/pretrain_bench.py --preset tiny --batch 64 [--steps 10] [--device cuda]
+    python benchmarks/pretrain_bench.py --preset tiny --batch 64 [--steps 10] [--device cuda] [--isolate]
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import resource
+import subprocess
+import sys
 import time
 from contextlib import nullcontext
 
@@ -19,12 +24,15 @@ from albef_lab.models.albef import ALBEF
 from albef_lab.models.attention import set_keep_attention
 from albef_lab.train.schedule import param_groups
 
+# The first row is the baseline: the per-pair cross-attention keys/values of before (model.share_cross_kv=false).
 VARIANTS = [
-    ("sdpa fp32", dict(keep_attention=False, dtype=None, ckpt=False)),
-    ("explicit-attention fp32", dict(keep_attention=True, dtype=None, ckpt=False)),
-    ("sdpa bf16 autocast", dict(keep_attention=False, dtype=torch.bfloat16, ckpt=False)),
-    ("sdpa fp32 + activation ckpt", dict(keep_attention=False, dtype=None, ckpt=True)),
-    ("sdpa bf16 + activation ckpt", dict(keep_attention=False, dtype=torch.bfloat16, ckpt=True)),
+    ("per-pair K/V fp32 (before)", dict(keep_attention=False, dtype=None, ckpt=False, share=False)),
+    ("shared K/V fp32", dict(keep_attention=False, dtype=None, ckpt=False, share=True)),
+    ("explicit-attention fp32", dict(keep_attention=True, dtype=None, ckpt=False, share=True)),
+    ("shared K/V bf16 autocast", dict(keep_attention=False, dtype=torch.bfloat16, ckpt=False, share=True)),
+    ("per-pair K/V fp32 + act. ckpt", dict(keep_attention=False, dtype=None, ckpt=True, share=False)),
+    ("shared K/V fp32 + act. ckpt", dict(keep_attention=False, dtype=None, ckpt=True, share=True)),
+    ("shared K/V bf16 + act. ckpt", dict(keep_attention=False, dtype=torch.bfloat16, ckpt=True, share=True)),
 ]
 
 
@@ -52,8 +60,9 @@ class SavedActivations:
 
 
 def run_variant(base: ALBEF, batch: tuple, device: torch.device, steps: int, keep_attention: bool,
-                dtype, ckpt: bool) -> tuple[float, float, float]:
+                dtype, ckpt: bool, share: bool) -> tuple[float, float, float]:
     model = copy.deepcopy(base).to(device)
+    model.cfg.share_cross_kv = share
     set_keep_attention(model, keep_attention)
     model.set_grad_checkpointing(ckpt)
     opt = torch.optim.AdamW(param_groups(model, 0.02), lr=1e-4)
@@ -92,7 +101,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--text-len", type=int, default=20)
+    ap.add_argument("--isolate", action="store_true",
+                    help="each variant in a fresh process, to report its peak RSS (process memory) too")
+    ap.add_argument("--only", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.isolate:
+        return isolated(args)
     device = torch.device(args.device)
     cfg = preset(args.preset).model
     cfg.queue_size = max(cfg.queue_size // args.batch, 1) * args.batch
@@ -109,13 +123,38 @@ def main() -> None:
     print(f"{'variant':<30} {'s/step':>7} {'steps/s':>8} {'images/s':>9} {'saved MiB':>10} {'peak MiB':>9} "
           f"{'speed x':>8} {'saved x':>8}")
     base_dt = base_mem = None
+    times = {}
     for name, kw in VARIANTS:
+        if args.only and name != args.only:
+            continue
         if kw["dtype"] is torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
             continue
         dt, mem, peak = run_variant(base, (images, ids, mask), device, args.steps, **kw)
+        times[name] = dt
         base_dt, base_mem = base_dt or dt, base_mem or max(mem, 1e-9)
         print(f"{name:<30} {dt:>7.3f} {1 / dt:>8.2f} {args.batch / dt:>9.1f} {mem:>10.1f} {peak:>9.0f} "
               f"{base_dt / dt:>8.2f} {mem / base_mem:>8.2f}")
+    if args.only:
+        print(f"peak RSS MiB: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}")
+    elif VARIANTS[1][0] in times:
+        print(f"speedup: {times[VARIANTS[0][0]] / times[VARIANTS[1][0]]:.2f}")
+
+
+def isolated(args) -> None:
+    """Every variant in its own process: the only way to read one variant's peak process memory on a CPU."""
+    rows = []
+    for name, _ in VARIANTS:
+        cmd = [sys.executable, __file__, "--preset", args.preset, "--batch", str(args.batch), "--steps",
+               str(args.steps), "--device", args.device, "--text-len", str(args.text_len), "--only", name]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.splitlines()
+        line = next(ln for ln in out if ln.startswith(name))
+        rss = float(next(ln for ln in out if ln.startswith("peak RSS")).split()[-1])
+        rows.append((name, float(line[len(name):].split()[0]), rss))
+    print(f"# preset {args.preset}, batch {args.batch}: each variant in a fresh process")
+    print(f"{'variant':<30} {'s/step':>7} {'peak RSS MiB':>13} {'RSS x':>6}")
+    for name, dt, rss in rows:
+        print(f"{name:<30} {dt:>7.3f} {rss:>13.0f} {rss / rows[0][2]:>6.2f}")
+    print(f"speedup: {rows[0][1] / rows[1][1]:.2f}")
 
 
 if __name__ == "__main__":

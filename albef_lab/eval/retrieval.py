@@ -106,27 +106,44 @@ def zero_shot_eval(model: nn.Module, dataset, tokenizer: Tokenizer, device: torc
 @torch.no_grad()
 def rerank_scores(model: nn.Module, image_states: Tensor, image_feat: Tensor, text_states: Tensor,
                   text_atts: Tensor, text_feat: Tensor, k: int, batch_size: int = 256) -> tuple[Tensor, Tensor]:
-    """The original's retrieval evaluation, batched across queries: ITC similarities pick each query's
-    top-k candidates, which are scored by the raw ITM 'match' logit; every other entry is -100.
-    Returns (score_i2t [images, texts], score_t2i [texts, images])."""
+    """The original's retrieval evaluation: ITC similarities pick each query's top-k candidates, which are
+    scored by the raw ITM 'match' logit; every other entry is -100. Returns (score_i2t [images, texts],
+    score_t2i [texts, images]).
+
+    Each distinct (image, text) pair of the two directions is fused once, in batches of whole images whose
+    cross-attention keys/values are computed once per image (`model.cfg.share_cross_kv`).
+    """
     sims = image_feat @ text_feat.t()
-
-    def match_logits(t_idx: Tensor, i_idx: Tensor) -> Tensor:
-        out = []
-        for a in range(0, t_idx.numel(), batch_size):
-            t, i = t_idx[a:a + batch_size], i_idx[a:a + batch_size]
-            out.append(model.itm_logits(text_states[t], text_atts[t], image_states[i])[:, 1])
-        return torch.cat(out)
-
     n_img, n_txt = sims.shape
-    score_i2t = torch.full((n_img, n_txt), -100.0, device=sims.device, dtype=sims.dtype)
-    kt = min(k, n_txt)
-    top_t = sims.topk(kt, dim=1).indices  # [images, k]
-    rows = torch.arange(n_img, device=sims.device).repeat_interleave(kt)
-    score_i2t[rows, top_t.reshape(-1)] = match_logits(top_t.reshape(-1), rows).to(score_i2t.dtype)
+    kt, ki = min(k, n_txt), min(k, n_img)
+    i2t = torch.stack([torch.arange(n_img, device=sims.device).repeat_interleave(kt),
+                       sims.topk(kt, dim=1).indices.reshape(-1)], dim=1)  # [pairs, (image, text)]
+    t2i = torch.stack([sims.t().topk(ki, dim=1).indices.reshape(-1),
+                       torch.arange(n_txt, device=sims.device).repeat_interleave(ki)], dim=1)
+    score = torch.full((n_img, n_txt), -100.0, device=sims.device, dtype=sims.dtype)
+    if model.cfg.share_cross_kv:  # every distinct pair once, keys/values once per image of a batch
+        pairs = torch.unique(torch.cat([i2t, t2i]), dim=0)  # sorted by image, then text
+        score[pairs[:, 0], pairs[:, 1]] = match_logits(model, pairs, image_states, text_states, text_atts,
+                                                       batch_size).to(score.dtype)
+        i2t_logits, t2i_logits = score[i2t[:, 0], i2t[:, 1]], score[t2i[:, 0], t2i[:, 1]]
+    else:  # before: each direction on its own, one image per pair
+        i2t_logits = match_logits(model, i2t, image_states, text_states, text_atts, batch_size).to(score.dtype)
+        t2i_logits = match_logits(model, t2i, image_states, text_states, text_atts, batch_size).to(score.dtype)
+    score_i2t = torch.full_like(score, -100.0)
+    score_i2t[i2t[:, 0], i2t[:, 1]] = i2t_logits
     score_t2i = torch.full((n_txt, n_img), -100.0, device=sims.device, dtype=sims.dtype)
-    ki = min(k, n_img)
-    top_i = sims.t().topk(ki, dim=1).indices  # [texts, k]
-    rows = torch.arange(n_txt, device=sims.device).repeat_interleave(ki)
-    score_t2i[rows, top_i.reshape(-1)] = match_logits(rows, top_i.reshape(-1)).to(score_t2i.dtype)
+    score_t2i[t2i[:, 1], t2i[:, 0]] = t2i_logits
     return score_i2t, score_t2i
+
+
+def match_logits(model: nn.Module, pairs: Tensor, image_states: Tensor, text_states: Tensor, text_atts: Tensor,
+                 batch_size: int = 256) -> Tensor:
+    """ITM 'match' logits of (image, text) `pairs` [P, 2] (sorted by image: most sharing), `batch_size` a batch,
+    each batch's images distinct in `image_states[...]` and indexed by the pairs."""
+    out = []
+    for a in range(0, len(pairs), batch_size):
+        batch = pairs[a:a + batch_size]
+        images, index = torch.unique(batch[:, 0], return_inverse=True)
+        t = batch[:, 1]
+        out.append(model.itm_logits(text_states[t], text_atts[t], image_states[images], image_index=index)[:, 1])
+    return torch.cat(out) if out else image_states.new_zeros(0)

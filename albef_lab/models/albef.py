@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from albef_lab.config import ModelConfig
 from albef_lab.distributed import all_gather_nograd
 from albef_lab.models.base import MomentumPairs
-from albef_lab.models.bert import BertForMaskedLM
+from albef_lab.models.bert import BertForMaskedLM, Shared
 from albef_lab.models.record import record
 from albef_lab.models.vit import VisionTransformer
 from albef_lab.objectives.distill import momentum_update
@@ -94,15 +94,24 @@ class ALBEF(MomentumPairs, nn.Module):
         return states, F.normalize(self.part("text_proj", momentum)(states[:, 0]), dim=-1)
 
     def fusion(self, text_states: Tensor, text_mask: Tensor, image_states: Tensor, *,
-               momentum: bool = False) -> Tensor:
-        """The fusion layers over text-mode states, cross-attending to every image token: [B, L, D]."""
-        bert = self.bert_m if momentum else self.bert
-        return bert(encoder_embeds=text_states, attention_mask=text_mask, encoder_hidden_states=image_states,
-                    mode="fusion")
+               image_index: Tensor | None = None, kv_cache: dict | None = None, momentum: bool = False) -> Tensor:
+        """The fusion layers over text-mode states, cross-attending to every image token: [B, L, D].
 
-    def itm_logits(self, text_states: Tensor, text_mask: Tensor, image_states: Tensor) -> Tensor:
-        """[B, 2] logits of {no match, match} for aligned rows of texts and images."""
-        return self.itm_head(self.fusion(text_states, text_mask, image_states)[:, 0])
+        `image_index` [B]: text row b attends `image_states[image_index[b]]` (each image's keys and values are
+        computed once); None: row b attends image b. `kv_cache`: reuse keys/values across calls on the same
+        image states (a dict, filled by the first call).
+        """
+        bert = self.bert_m if momentum else self.bert
+        if image_index is not None and not self.cfg.share_cross_kv:  # the per-pair path, for A/B comparisons
+            image_states, image_index = image_states[image_index], None
+        shared = Shared(image_index, kv_cache) if self.cfg.share_cross_kv else None
+        return bert(encoder_embeds=text_states, attention_mask=text_mask, encoder_hidden_states=image_states,
+                    mode="fusion", shared=shared)
+
+    def itm_logits(self, text_states: Tensor, text_mask: Tensor, image_states: Tensor, *,
+                   image_index: Tensor | None = None) -> Tensor:
+        """[B, 2] logits of {no match, match} for rows of texts and images (`image_index` as in `fusion`)."""
+        return self.itm_head(self.fusion(text_states, text_mask, image_states, image_index=image_index)[:, 0])
 
     # --- pre-training step -------------------------------------------------------------------
     def forward(self, image: Tensor, input_ids: Tensor, attention_mask: Tensor, alpha: float = 0.0, *,
@@ -127,6 +136,7 @@ class ALBEF(MomentumPairs, nn.Module):
         zero = image_feat.sum() * 0.0
 
         image_states_m = None  # the teacher's image states, shared by ITC and MLM distillation
+        kv_cache = {} if cfg.share_cross_kv else None  # each image's fusion keys/values: ITM and MLM share them
         if cfg.use_itc:
             loss_ita, sim_i2t, sim_t2i, image_states_m = self.itc(image, input_ids, attention_mask, image_feat,
                                                                   text_feat, alpha, same=same)
@@ -137,11 +147,11 @@ class ALBEF(MomentumPairs, nn.Module):
         loss_itm = zero
         if cfg.use_itm:
             loss_itm = self.itm(image_states, text_states, attention_mask, sim_i2t, sim_t2i, same=same,
-                                draws=draws, generator=generator)
+                                draws=draws, generator=generator, kv_cache=kv_cache)
         loss_mlm = zero
         if cfg.use_mlm:
             loss_mlm = self.mlm(image, input_ids, attention_mask, image_states, image_states_m, alpha,
-                                draws=draws, generator=generator)
+                                draws=draws, generator=generator, kv_cache=kv_cache)
         return {"loss": loss_ita + loss_itm + loss_mlm, "loss_ita": loss_ita, "loss_itm": loss_itm,
                 "loss_mlm": loss_mlm}
 
@@ -185,7 +195,7 @@ class ALBEF(MomentumPairs, nn.Module):
 
     def itm(self, image_states: Tensor, text_states: Tensor, attention_mask: Tensor, sim_i2t: Tensor,
             sim_t2i: Tensor, *, same: Tensor | None = None, draws: PretrainDraws | None = None,
-            generator: torch.Generator | None = None) -> Tensor:
+            generator: torch.Generator | None = None, kv_cache: dict | None = None) -> Tensor:
         """ITM on [positives; text + hard-negative image; hard-negative text + image] in one fusion pass."""
         b, device = image_states.shape[0], image_states.device
         draws = draws or PretrainDraws()
@@ -202,8 +212,9 @@ class ALBEF(MomentumPairs, nn.Module):
         neg_img, neg_txt = neg_img.to(device), neg_txt.to(device)
         text_all = torch.cat([text_states, text_states, text_states[neg_txt]], dim=0)
         atts_all = torch.cat([attention_mask, attention_mask, attention_mask[neg_txt]], dim=0)
-        image_all = torch.cat([image_states, image_states[neg_img], image_states], dim=0)
-        fused = self.fusion(text_all, atts_all, image_all)
+        rows = torch.arange(b, device=device)
+        image_index = torch.cat([rows, neg_img, rows])  # each row's image: the batch images, gathered
+        fused = self.fusion(text_all, atts_all, image_states, image_index=image_index, kv_cache=kv_cache)
         vl_output = self.itm_head(fused[:, 0])
         loss_itm, itm_labels = itm_loss(vl_output, b)
         record(neg_image_idx=neg_img, neg_text_idx=neg_txt, output_pos=fused[:b], output_neg=fused[b:],
@@ -212,7 +223,7 @@ class ALBEF(MomentumPairs, nn.Module):
 
     def mlm(self, image: Tensor, input_ids: Tensor, attention_mask: Tensor, image_states: Tensor,
             image_states_m: Tensor | None, alpha: float, *, draws: PretrainDraws | None = None,
-            generator: torch.Generator | None = None) -> Tensor:
+            generator: torch.Generator | None = None, kv_cache: dict | None = None) -> Tensor:
         """Masked language modelling conditioned on the image, distilled from the momentum model."""
         cfg = self.cfg
         mask = (draws.mask if draws else None) or draw_mask(input_ids.shape, cfg.mlm_probability,
@@ -227,7 +238,8 @@ class ALBEF(MomentumPairs, nn.Module):
                 logits_m = self.text_encoder_m(mlm_ids, attention_mask, image_states_m)
                 soft_labels = F.softmax(logits_m, dim=-1)
             record(logits_m=logits_m, soft_labels=soft_labels)
-        mlm_logits = self.text_encoder(mlm_ids, attention_mask, image_states)
+        shared = Shared(None, kv_cache) if kv_cache is not None else None
+        mlm_logits = self.text_encoder(mlm_ids, attention_mask, image_states, shared=shared)
         loss = mlm_loss(mlm_logits, labels, soft_labels, alpha, empty_is_zero=cfg.fix_mlm_nan)
         record(mlm_input_ids=mlm_ids, mlm_labels=labels, mlm_logits=mlm_logits, loss_mlm=loss)
         return loss

@@ -7,6 +7,8 @@ hidden states with cross-attention to the image; `multi_modal` runs embeddings a
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -16,6 +18,17 @@ from albef_lab.config import TextConfig
 from albef_lab.models.attention import attend, merge_heads, split_heads
 
 MODES = ("text", "fusion", "multi_modal")
+
+
+@dataclass
+class Shared:
+    """Cross-attention over N distinct states (images, questions) shared by B text rows: row b attends
+    `states[index[b]]` (None: row b attends states[b]). Each layer computes the keys and values of the N
+    states once and gathers them per row, so gradients flow through the shared computation; `cache` (a dict)
+    keeps them for a later pass over the same states tensor (ITM, then MLM)."""
+
+    index: Tensor | None = None
+    cache: dict | None = None
 
 
 def self_attention_mask(mask: Tensor, dtype: torch.dtype, causal: bool = False) -> Tensor:
@@ -70,12 +83,24 @@ class BertSelfAttention(nn.Module):
         self.keep_attention = False
         self.attention_map: Tensor | None = None
 
-    def forward(self, x: Tensor, context: Tensor, mask: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, context: Tensor, mask: Tensor | None, shared: Shared | None = None) -> Tensor:
         q = split_heads(self.query(x), self.num_heads)
-        k = split_heads(self.key(context), self.num_heads)
-        v = split_heads(self.value(context), self.num_heads)
+        k, v = self.keys_values(context, shared.cache if shared else None)
+        if shared is not None and shared.index is not None:
+            k, v = k[shared.index], v[shared.index]
+            if mask is not None and mask.shape[0] > 1:
+                mask = mask[shared.index]
         p = self.dropout_p if self.training else 0.0
         return merge_heads(attend(self, q, k, v, mask, p))
+
+    def keys_values(self, context: Tensor, cache: dict | None) -> tuple[Tensor, Tensor]:
+        key = (self, id(context))
+        if cache is not None and key in cache:
+            return cache[key]
+        kv = split_heads(self.key(context), self.num_heads), split_heads(self.value(context), self.num_heads)
+        if cache is not None:
+            cache[key] = kv
+        return kv
 
 
 class BertResidualOutput(nn.Module):
@@ -97,8 +122,8 @@ class BertAttention(nn.Module):
         self.self = BertSelfAttention(cfg, cross)
         self.output = BertResidualOutput(cfg, cfg.hidden_size)
 
-    def forward(self, x: Tensor, context: Tensor, mask: Tensor | None) -> Tensor:
-        return self.output(self.self(x, context, mask), x)
+    def forward(self, x: Tensor, context: Tensor, mask: Tensor | None, shared: Shared | None = None) -> Tensor:
+        return self.output(self.self(x, context, mask, shared), x)
 
 
 class BertIntermediate(nn.Module):
@@ -123,12 +148,12 @@ class BertLayer(nn.Module):
         self.output = BertResidualOutput(cfg, cfg.intermediate_size)
 
     def forward(self, x: Tensor, mask: Tensor | None, states: Tensor | None = None,
-                states_mask: Tensor | None = None) -> Tensor:
+                states_mask: Tensor | None = None, shared: Shared | None = None) -> Tensor:
         x = self.attention(x, x, mask)
         if self.has_cross_attention:
             if states is None:
                 raise ValueError("a fusion layer needs encoder_hidden_states (the image or question states)")
-            x = self.crossattention(x, states, states_mask)
+            x = self.crossattention(x, states, states_mask, shared)
         return self.output(self.intermediate(x), x)
 
 
@@ -141,8 +166,11 @@ class BertEncoder(nn.Module):
         self.grad_checkpointing = False
 
     def forward(self, x: Tensor, mask: Tensor | None, states: Tensor | list[Tensor] | None,
-                states_mask: Tensor | list[Tensor] | None, start: int, end: int) -> Tensor:
+                states_mask: Tensor | list[Tensor] | None, start: int, end: int,
+                shared: Shared | None = None) -> Tensor:
         fusion = self.cfg.fusion_layer
+        if self.grad_checkpointing and shared is not None and shared.cache is not None:
+            shared = Shared(shared.index)  # recomputation in the backward pass must not read another pass's cache
         for i in range(start, end):
             s, sm = states, states_mask
             if isinstance(states, list | tuple):  # NLVR2: fusion layers alternate between the images
@@ -150,9 +178,9 @@ class BertEncoder(nn.Module):
                 s, sm = states[j], states_mask[j]
             layer = self.layer[i]
             if self.grad_checkpointing and x.requires_grad:
-                x = checkpoint(layer, x, mask, s, sm, use_reentrant=False)
+                x = checkpoint(layer, x, mask, s, sm, shared, use_reentrant=False)
             else:
-                x = layer(x, mask, s, sm)
+                x = layer(x, mask, s, sm, shared)
         return x
 
 
@@ -183,7 +211,8 @@ class BertModel(nn.Module):
                 encoder_embeds: Tensor | None = None,
                 encoder_hidden_states: Tensor | list[Tensor] | None = None,
                 encoder_attention_mask: Tensor | list[Tensor] | None = None,
-                mode: str = "multi_modal", causal: bool = False) -> Tensor:
+                mode: str = "multi_modal", causal: bool = False, shared: Shared | None = None) -> Tensor:
+        """`shared`: text rows share distinct encoder states (see `Shared`); None = one state per row."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         n_layers, fusion = self.cfg.num_hidden_layers, self.cfg.fusion_layer
@@ -209,7 +238,7 @@ class BertModel(nn.Module):
             else:
                 states_mask = make(encoder_hidden_states, encoder_attention_mask)
         start, end = {"text": (0, fusion), "fusion": (fusion, n_layers), "multi_modal": (0, n_layers)}[mode]
-        return self.encoder(x, mask, encoder_hidden_states, states_mask, start, end)
+        return self.encoder(x, mask, encoder_hidden_states, states_mask, start, end, shared)
 
 
 class BertPredictionHeadTransform(nn.Module):
@@ -261,9 +290,9 @@ class BertForMaskedLM(nn.Module):
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
                 encoder_hidden_states: Tensor | list[Tensor] | None = None,
                 encoder_attention_mask: Tensor | list[Tensor] | None = None,
-                mode: str = "multi_modal") -> Tensor:
+                mode: str = "multi_modal", shared: Shared | None = None) -> Tensor:
         h = self.bert(input_ids, attention_mask, encoder_hidden_states=encoder_hidden_states,
-                      encoder_attention_mask=encoder_attention_mask, mode=mode, causal=self.causal)
+                      encoder_attention_mask=encoder_attention_mask, mode=mode, causal=self.causal, shared=shared)
         return self.cls(h)
 
 

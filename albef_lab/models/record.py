@@ -28,3 +28,8 @@ def recording() -> Iterator[dict[str, Any]]:
 def record(**values: Any) -> None:
     if _active:
         _active[-1].update(values)
+
+
+def is_recording() -> bool:
+    """For values that cost something to build only for the record."""
+    return bool(_active)

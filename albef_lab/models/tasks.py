@@ -17,8 +17,8 @@ from torch import Tensor, nn
 from albef_lab.config import ModelConfig, TextConfig
 from albef_lab.models.albef import ALBEF, PretrainDraws, check_batch, same_image
 from albef_lab.models.base import MomentumPairs
-from albef_lab.models.bert import BertLMHeadModel, BertModel
-from albef_lab.models.record import record
+from albef_lab.models.bert import BertLMHeadModel, BertModel, Shared
+from albef_lab.models.record import is_recording, record
 from albef_lab.models.vit import VisionTransformer
 from albef_lab.objectives.distill import momentum_update, soft_cross_entropy
 from albef_lab.objectives.lm import answer_nll
@@ -84,21 +84,30 @@ class ALBEFVQA(MomentumPairs, nn.Module):
                              f"answers_per_question ({int(n.sum())}) must agree")
         targets = a_ids.masked_fill(a_ids == pad, -100)
         question_output = self.encode_question(image, q_ids, q_mask)
-        states = question_output.repeat_interleave(n, dim=0)
-        atts = q_mask.repeat_interleave(n, dim=0)
-        record(answer_targets=targets, question_output=question_output, question_states=states, question_atts=atts)
+        index = torch.arange(image.shape[0], device=image.device).repeat_interleave(n)  # each answer's question
+        if is_recording():
+            record(answer_targets=targets, question_output=question_output, question_states=question_output[index],
+                   question_atts=q_mask[index])
         soft = None
         if self.cfg.distill:
             with torch.no_grad():
                 momentum_update(self.model_pairs, self.cfg.momentum)
-                states_m = self.encode_question(image, q_ids, q_mask, momentum=True).repeat_interleave(n, dim=0)
-                logits_m = self.text_decoder_m(a_ids, a_mask, states_m, atts)[:, :-1]
+                output_m = self.encode_question(image, q_ids, q_mask, momentum=True)
+                logits_m = self.decode(self.text_decoder_m, a_ids, a_mask, output_m, q_mask, index)[:, :-1]
                 soft = F.softmax(logits_m, dim=-1)
-            record(question_states_m=states_m, logits_m=logits_m, soft_labels=soft)
-        logits = self.text_decoder(a_ids, a_mask, states, atts)
+            if is_recording():
+                record(question_states_m=output_m[index], logits_m=logits_m, soft_labels=soft)
+        logits = self.decode(self.text_decoder, a_ids, a_mask, question_output, q_mask, index)
         answer_loss = answer_nll(logits, targets, soft, alpha)
         record(decoder_logits=logits, answer_loss=answer_loss)
         return (weights.to(answer_loss.dtype) * answer_loss).sum() / image.shape[0]
+
+    def decode(self, decoder: nn.Module, a_ids: Tensor, a_mask: Tensor | None, states: Tensor, q_mask: Tensor,
+               index: Tensor) -> Tensor:
+        """Answer-token logits; answer row r cross-attends to question `index[r]` (keys/values once per question)."""
+        if self.cfg.share_cross_kv:
+            return decoder(a_ids, a_mask, states, q_mask, shared=Shared(index))
+        return decoder(a_ids, a_mask, states[index], q_mask[index])
 
     @torch.no_grad()
     def rank_answers(self, image: Tensor, q_ids: Tensor, q_mask: Tensor, answer_ids: Tensor, answer_mask: Tensor,
@@ -119,14 +128,16 @@ class ALBEFVQA(MomentumPairs, nn.Module):
         cand_ids = answer_ids[topk_ids.view(-1)]
         cand_mask = answer_mask[topk_ids.view(-1)]
         targets = cand_ids.masked_fill(cand_ids == self.cfg.text.pad_token_id, -100)
-        tiled, tiled_mask = states.repeat_interleave(k, dim=0), q_mask.repeat_interleave(k, dim=0)
-        logits = self.text_decoder(cand_ids, cand_mask, tiled, tiled_mask)
+        index = torch.arange(b, device=states.device).repeat_interleave(k)  # each candidate's question
+        logits = self.decode(self.text_decoder, cand_ids, cand_mask, states, q_mask, index)
         nll = answer_nll(logits, targets).view(-1, 1)
         first_term = torch.zeros_like(nll) if fix_double_count else topk_probs.reshape(-1, 1).log()
         log_probs = torch.cat([first_term, -nll], dim=1)
         log_probs_sum = log_probs.sum(1).view(b, k)
         probs, rerank = F.softmax(log_probs_sum, dim=-1).topk(k, dim=1)
-        record(question_states=tiled, question_atts=tiled_mask, start_logits=start_logits,
+        if is_recording():
+            record(question_states=states[index], question_atts=q_mask[index])
+        record(start_logits=start_logits,
                prob_first_token=prob_first, first_topk_probs=topk_probs, first_topk_ids=topk_ids,
                cand_input_ids=cand_ids, cand_targets_ids=targets, cand_decoder_logits=logits,
                answer_loss=nll, log_probs=log_probs, log_probs_sum=log_probs_sum, rerank_id=rerank)

@@ -1,0 +1,87 @@
+"""Cross-attention keys/values computed once per image (or question) give the numbers of the per-pair path."""
+
+import copy
+
+import pytest
+import torch
+
+from albef_lab.eval.retrieval import rerank_scores
+from albef_lab.models.albef import ALBEF
+from albef_lab.models.tasks import ALBEFVQA, ALBEFRetrieval
+from tests.helpers import batch, small_config
+
+
+def both(model):
+    """The same model twice: keys/values shared, and the per-pair path of before."""
+    other = copy.deepcopy(model)
+    other.cfg = copy.deepcopy(model.cfg)
+    model.cfg.share_cross_kv, other.cfg.share_cross_kv = True, False
+    return model, other
+
+
+@pytest.mark.parametrize("ckpt", [False, True])
+def test_pretraining_losses_and_gradients_match_the_per_pair_path(ckpt):
+    torch.manual_seed(0)
+    shared, per_pair = both(ALBEF(small_config(grad_checkpointing=ckpt)))
+    image, ids, mask = batch()
+    outs = []
+    for m in (shared, per_pair):
+        out = m(image, ids, mask, 0.4, generator=torch.Generator().manual_seed(3))
+        out["loss"].backward()
+        outs.append(out)
+    for k in outs[0]:
+        assert torch.allclose(outs[0][k], outs[1][k], rtol=1e-5, atol=1e-6), k
+    grads = dict(per_pair.named_parameters())
+    for name, p in shared.named_parameters():
+        if p.grad is not None:  # the gradient reaches the key/value weights through the shared computation
+            assert torch.allclose(p.grad, grads[name].grad, rtol=1e-4, atol=1e-6), name
+    cross_key = shared.text_encoder.bert.encoder.layer[2].crossattention.self.key.weight
+    assert cross_key.grad is not None and cross_key.grad.abs().sum() > 0
+
+
+def test_fusion_computes_each_images_keys_values_once(monkeypatch):
+    torch.manual_seed(0)
+    model = ALBEF(small_config()).eval()
+    image, ids, mask = batch()
+    seen = []
+    layer = model.text_encoder.bert.encoder.layer[2].crossattention.self
+    real = layer.key.forward
+    monkeypatch.setattr(layer.key, "forward", lambda x: seen.append(x.shape[0]) or real(x))
+    img, _ = model.encode_image(image)
+    txt, _ = model.encode_text(ids, mask)
+    index = torch.tensor([0, 1, 2, 3, 1, 0, 3, 2, 0, 1, 2, 3])
+    model.itm_logits(txt[index % 4], mask[index % 4], img, image_index=index)
+    assert seen == [4]  # 4 images for 12 rows
+    model.cfg.share_cross_kv = False
+    model.itm_logits(txt[index % 4], mask[index % 4], img, image_index=index)
+    assert seen == [4, 12]
+
+
+def test_retrieval_rankings_are_identical():
+    torch.manual_seed(0)
+    shared, per_pair = both(ALBEFRetrieval(small_config()).eval())
+    image, _, _ = batch(b=6, seed=1)
+    _, ids, mask = batch(b=10, seed=2)
+    with torch.no_grad():
+        img, img_feat = shared.encode_image(image)
+        txt, txt_feat = shared.encode_text(ids, mask)
+        a = rerank_scores(shared, img, img_feat, txt, mask, txt_feat, k=3, batch_size=5)
+        b = rerank_scores(per_pair, img, img_feat, txt, mask, txt_feat, k=3, batch_size=5)
+    for x, y in zip(a, b, strict=True):
+        assert torch.equal(x.topk(3).indices, y.topk(3).indices)
+        assert torch.allclose(x, y, atol=1e-5)
+        assert (x > -100).sum() == x.shape[0] * 3  # exactly k candidates per query scored
+
+
+def test_vqa_ranking_and_training_match_the_per_question_copies():
+    torch.manual_seed(0)
+    shared, per_pair = both(ALBEFVQA(small_config(decoder_layers=2)))
+    shared.eval(), per_pair.eval()
+    image, ids, mask = batch(b=2)
+    answers = torch.tensor([[101, 104 + i, 105 + i % 3, 102] for i in range(7)])
+    a_mask = torch.ones_like(answers)
+    ra, rb = (m.rank_answers(image, ids[:2], mask[:2], answers, a_mask, 5) for m in (shared, per_pair))
+    assert torch.equal(ra[0], rb[0]) and torch.allclose(ra[1], rb[1], atol=1e-6)
+    la, lb = (m(image, ids[:2], mask[:2], answers[:5], a_mask[:5], [2, 3], torch.ones(5), 0.3)
+              for m in (shared, per_pair))
+    assert torch.allclose(la, lb, rtol=1e-5)
