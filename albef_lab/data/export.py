@@ -52,6 +52,21 @@ def _dump(path: Path, obj) -> None:
     tmp.replace(path)
 
 
+@dataclass
+class Plan:
+    """The scenes of a world and what every task writer needs to know about them."""
+
+    s: WorldSettings
+    scenes: list[W.Scene]
+    img: list[str]  # image file of each scene
+    split: list[str]  # train / val / test of each scene
+    by_split: dict[str, list[int]]
+
+    def rng(self, i: int, task: str) -> random.Random:
+        """One generator per (scene, task): a task's text never depends on another task's draws."""
+        return random.Random(f"{self.s.seed}/{i}/{task}")
+
+
 def write_world(s: WorldSettings, progress: bool = True) -> dict:
     """Generate scenes, render images, and write every task's annotations. Returns the counts."""
     if not 0.0 <= s.noise <= 1.0:
@@ -61,11 +76,31 @@ def write_world(s: WorldSettings, progress: bool = True) -> dict:
     out = Path(s.out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "refcoco+").mkdir(exist_ok=True)
-    scenes = [W.make_scene(i, s.seed) for i in range(s.images)]
-    img = [f"images/{i:06d}.png" for i in range(s.images)]
-    split = [_split(i, s.images) for i in range(s.images)]
-    by_split = {k: [i for i in range(s.images) if split[i] == k] for k in ("train", "val", "test")}
+    plan = make_plan(s)
+    render_images(s, out, progress)
+    files = {"scenes.json": [dict(sc.to_dict(), image=plan.img[i], split=plan.split[i])
+                             for i, sc in enumerate(plan.scenes)]}
+    counts = {"images": s.images, **{f"{k}_images": len(v) for k, v in plan.by_split.items()}}
+    for writer in (caption_files, vqa_files, nlvr_files, ve_files, grounding_files):
+        task_files, task_counts = writer(plan)
+        files.update(task_files)
+        counts.update(task_counts)
+    write_vocab(out / "vocab", W.vocabulary())
+    for name, obj in files.items():
+        _dump(out / name, obj)
+    settings = {k: v for k, v in vars(s).items() if k not in ("workers", "out")}
+    _dump(out / "world.json", {"settings": settings, "counts": counts})
+    return counts
 
+
+def make_plan(s: WorldSettings) -> Plan:
+    split = [_split(i, s.images) for i in range(s.images)]
+    return Plan(s, [W.make_scene(i, s.seed) for i in range(s.images)], [f"images/{i:06d}.png" for i in range(s.images)],
+                split, {k: [i for i in range(s.images) if split[i] == k] for k in ("train", "val", "test")})
+
+
+def render_images(s: WorldSettings, out: Path, progress: bool) -> None:
+    """Every scene as a PNG, in `s.workers` processes."""
     chunk = max(1, s.images // (8 * max(1, s.workers)))
     jobs = [(a, min(a + chunk, s.images), s.seed, s.res, str(out)) for a in range(0, s.images, chunk)]
     bar = tqdm(total=s.images, desc="rendering", unit="img", disable=not progress)
@@ -78,76 +113,92 @@ def write_world(s: WorldSettings, progress: bool = True) -> dict:
             bar.update(_render_chunk(job))
     bar.close()
 
-    def rng(i: int, task: str) -> random.Random:
-        return random.Random(f"{s.seed}/{i}/{task}")
 
-    # captions: pre-training (with noise) and retrieval
+def caption_files(p: Plan) -> tuple[dict, dict]:
+    """Pre-training pairs (a fraction corrupted as noisy alt-text) and COCO-style retrieval splits."""
+    s, img = p.s, p.img
     pretrain, coco = [], {"train": [], "val": [], "test": []}
-    for i in by_split["train"]:
-        for c in W.captions(scenes[i], rng(i, "caption"), s.captions_per_image):
+    for i in p.by_split["train"]:
+        for c in W.captions(p.scenes[i], p.rng(i, "caption"), s.captions_per_image):
             pretrain.append({"image": img[i], "caption": c, "image_id": i, "noise": "none"})
             coco["train"].append({"image": img[i], "caption": c, "image_id": str(i)})
     n_noisy = round(s.noise * len(pretrain))
     noise_rng = random.Random(f"{s.seed}/noise")
     for k in noise_rng.sample(range(len(pretrain)), n_noisy):
         i = pretrain[k]["image_id"]
-        other = scenes[noise_rng.choice([j for j in by_split["train"] if j != i] or [i])]
-        pretrain[k]["caption"], pretrain[k]["noise"] = W.corrupt_caption(scenes[i], other, noise_rng)
+        other = p.scenes[noise_rng.choice([j for j in p.by_split["train"] if j != i] or [i])]
+        pretrain[k]["caption"], pretrain[k]["noise"] = W.corrupt_caption(p.scenes[i], other, noise_rng)
     for part in ("val", "test"):
-        for i in by_split[part]:
-            coco[part].append({"image": img[i], "caption": W.captions(scenes[i], rng(i, "caption"), s.test_captions)})
+        for i in p.by_split[part]:
+            coco[part].append({"image": img[i], "caption": W.captions(p.scenes[i], p.rng(i, "caption"),
+                                                                      s.test_captions)})
+    files = {"pretrain.json": pretrain, **{f"coco_{part}.json": coco[part] for part in coco}}
+    return files, {"pretrain_pairs": len(pretrain), "noisy_captions": n_noisy}
 
-    # VQA
+
+def vqa_files(p: Plan) -> tuple[dict, dict]:
+    """VQA v2 style: distinct questions per image with ten annotator answers; the answer list."""
     vqa = {"train": [], "test": []}
     qid = 0
-    for part, ids in (("train", by_split["train"]), ("test", by_split["val"] + by_split["test"])):
+    for part, ids in (("train", p.by_split["train"]), ("test", p.by_split["val"] + p.by_split["test"])):
         for i in ids:
-            r = rng(i, "vqa")
+            r = p.rng(i, "vqa")
             seen = set()
-            for _ in range(s.questions_per_image * 3):
-                q = W.vqa_item(scenes[i], r)
+            for _ in range(p.s.questions_per_image * 3):
+                q = W.vqa_item(p.scenes[i], r)
                 if q["question"] in seen:
                     continue
                 seen.add(q["question"])
                 answers = W.annotator_answers(q["answer"], q["type"], r)
-                vqa[part].append({"question_id": qid, "image": img[i], "question": q["question"],
+                vqa[part].append({"question_id": qid, "image": p.img[i], "question": q["question"],
                                   "answer": answers, "type": q["type"], "dataset": "vqa"})
                 qid += 1
-                if len(seen) == s.questions_per_image:
+                if len(seen) == p.s.questions_per_image:
                     break
     answer_list = sorted(set(W.COLOURS) | set(W.SHAPES) | set(W.NUMBERS) | {"yes", "no"})
+    files = {"answer_list.json": answer_list, **{f"vqa_{part}.json": vqa[part] for part in vqa}}
+    return files, {"vqa_train": len(vqa["train"]), "vqa_test": len(vqa["test"]), "answers": len(answer_list)}
 
-    # NLVR2: each image is the left image of one pair with a random partner of its split
-    nlvr = {k: [] for k in by_split}
-    for part, ids in by_split.items():
+
+def nlvr_files(p: Plan) -> tuple[dict, dict]:
+    """NLVR2: each image is the left image of one pair with a random partner of its split."""
+    nlvr = {k: [] for k in p.by_split}
+    for part, ids in p.by_split.items():
         for n, i in enumerate(ids):
-            r = rng(i, "nlvr")
+            r = p.rng(i, "nlvr")
             j = r.choice([x for x in ids if x != i] or [i])
-            sentence = W.nlvr_statement(scenes[i], scenes[j], r, want=n % 2 == 0)
-            label = W.nlvr_truth(sentence, scenes[i], scenes[j])
-            nlvr[part].append({"images": [img[i], img[j]], "sentence": sentence, "label": str(label)})
+            sentence = W.nlvr_statement(p.scenes[i], p.scenes[j], r, want=n % 2 == 0)
+            label = W.nlvr_truth(sentence, p.scenes[i], p.scenes[j])
+            nlvr[part].append({"images": [p.img[i], p.img[j]], "sentence": sentence, "label": str(label)})
+    return {f"nlvr_{part}.json": v for part, v in nlvr.items()}, {"nlvr": sum(len(v) for v in nlvr.values())}
 
-    # SNLI-VE: one hypothesis per label per image
-    ve = {k: [] for k in by_split}
-    for part, ids in by_split.items():
+
+def ve_files(p: Plan) -> tuple[dict, dict]:
+    """SNLI-VE: one hypothesis per label per image."""
+    ve = {k: [] for k in p.by_split}
+    for part, ids in p.by_split.items():
         for i in ids:
-            r = rng(i, "ve")
+            r = p.rng(i, "ve")
             for label in W.VE_LABELS:
-                ve[part].append({"image": img[i], "sentence": W.ve_item(scenes[i], r, label), "label": label})
+                ve[part].append({"image": p.img[i], "sentence": W.ve_item(p.scenes[i], r, label), "label": label})
+    return {f"ve_{part}.json": v for part, v in ve.items()}, {"ve": sum(len(v) for v in ve.values())}
 
-    # RefCOCO+ style grounding
+
+def grounding_files(p: Plan) -> tuple[dict, dict]:
+    """RefCOCO+ style: refs, instances and proposals (dets), plus the image-expression lists for training."""
+    res = p.s.res
     refs, annotations, images, dets = [], [], [], {}
     g_train, g_test = [], []
     ann_id = ref_id = 0
-    for i, sc in enumerate(scenes):
-        r = rng(i, "ref")
-        images.append({"id": i, "file_name": img[i], "height": s.res, "width": s.res})
-        ref_split = split[i] if split[i] != "test" else ("testA" if len(sc.objects) <= 3 else "testB")
-        dets[str(i)] = W.proposals(sc, r, s.res)
+    for i, sc in enumerate(p.scenes):
+        r = p.rng(i, "ref")
+        images.append({"id": i, "file_name": p.img[i], "height": res, "width": res})
+        ref_split = p.split[i] if p.split[i] != "test" else ("testA" if len(sc.objects) <= 3 else "testB")
+        dets[str(i)] = W.proposals(sc, r, res)
         targets = r.sample(range(len(sc.objects)), min(2, len(sc.objects)))
         first_ann = ann_id
         for o in sc.objects:
-            box = o.pixel_box(s.res)
+            box = o.pixel_box(res)
             annotations.append({"id": ann_id, "image_id": i, "bbox": box, "area": round(box[2] * box[3], 2),
                                 "category_id": W.SHAPES.index(o.shape) + 1, "iscrowd": 0})
             ann_id += 1
@@ -155,35 +206,13 @@ def write_world(s: WorldSettings, progress: bool = True) -> dict:
             text = W.referring_expression(sc, t, r)
             refs.append({"ref_id": ref_id, "image_id": i, "ann_id": first_ann + t, "split": ref_split,
                          "category_id": W.SHAPES.index(sc.objects[t].shape) + 1, "sentences": [{"sent": text}]})
-            entry = {"image": img[i], "text": text, "ref_id": ref_id}
-            (g_train if ref_split == "train" else g_test).append(entry)
+            (g_train if ref_split == "train" else g_test).append({"image": p.img[i], "text": text, "ref_id": ref_id})
             ref_id += 1
     instances = {"images": images, "annotations": annotations,
                  "categories": [{"id": k + 1, "name": n} for k, n in enumerate(W.SHAPES)]}
-
-    write_vocab(out / "vocab", W.vocabulary())
-    files = {
-        "scenes.json": [dict(sc.to_dict(), image=img[i], split=split[i]) for i, sc in enumerate(scenes)],
-        "pretrain.json": pretrain, "answer_list.json": answer_list,
-        "grounding_train.json": g_train, "grounding_test.json": g_test,
-        "refcoco+/refs.json": refs, "refcoco+/instances.json": instances, "refcoco+/dets.json": dets,
-    }
-    for part in ("train", "val", "test"):
-        files[f"coco_{part}.json"] = coco[part]
-        files[f"nlvr_{part}.json"] = nlvr[part]
-        files[f"ve_{part}.json"] = ve[part]
-    for part in ("train", "test"):
-        files[f"vqa_{part}.json"] = vqa[part]
-    for name, obj in files.items():
-        _dump(out / name, obj)
-    counts = {"images": s.images, **{f"{k}_images": len(v) for k, v in by_split.items()},
-              "pretrain_pairs": len(pretrain), "noisy_captions": n_noisy,
-              "vqa_train": len(vqa["train"]), "vqa_test": len(vqa["test"]), "answers": len(answer_list),
-              "nlvr": sum(len(v) for v in nlvr.values()), "ve": sum(len(v) for v in ve.values()),
-              "refs": len(refs)}
-    settings = {k: v for k, v in vars(s).items() if k not in ("workers", "out")}
-    _dump(out / "world.json", {"settings": settings, "counts": counts})
-    return counts
+    files = {"grounding_train.json": g_train, "grounding_test.json": g_test, "refcoco+/refs.json": refs,
+             "refcoco+/instances.json": instances, "refcoco+/dets.json": dets}
+    return files, {"refs": len(refs)}
 
 
 def ensure_world(data, train_file: str | Path, progress: bool = True, main: bool = True,
