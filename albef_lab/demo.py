@@ -115,16 +115,22 @@ def app_module(name: str = "main"):
     return sys.modules[key]
 
 
-def object_query_accuracy(wb: Workbench, data: str | Path, rerank: bool = True) -> dict[str, float]:
-    """How often the top image of a one-object query ("a red circle") shows that object, over every colour-shape
-    pair present in the gallery (ShapesWorld's scene graphs decide), beside the chance of a random image."""
-    scenes = {Path(s["image"]).name: {(o["colour"], o["shape"]) for o in s["objects"]}
+def object_query_accuracy(wb: Workbench, data: str | Path, rerank: bool = True, kind: str = "pair") -> dict[str, float]:
+    """How often the top image of a one-object query shows what it names, beside the chance of a random image.
+
+    kind: "pair" ("a red circle": colour and shape), "shape" ("a circle"), "colour" ("a red shape"); every
+    value present in the gallery is queried once; ShapesWorld's scene graphs decide.
+    """
+    def facts(o: dict) -> str:
+        return {"pair": f"{o['colour']} {o['shape']}", "shape": o["shape"], "colour": f"{o['colour']} shape"}[kind]
+
+    scenes = {Path(s["image"]).name: {facts(o) for o in s["objects"]}
               for s in json.loads((Path(data) / "scenes.json").read_text())}
     shown = [scenes.get(p.name, set()) for p in wb.gallery.paths]
-    pairs = sorted(set().union(*shown))
+    values = sorted(set().union(*shown))
     hits, chance = 0, 0.0
-    for colour, shape in pairs:
-        rows, _ = wb.search(f"a {colour} {shape}", k=1 if not rerank else 8, rerank=rerank)
-        hits += (colour, shape) in scenes.get(Path(rows[0]["path"]).name, set())
-        chance += sum((colour, shape) in s for s in shown) / len(shown)
-    return {"queries": len(pairs), "top1_acc": 100.0 * hits / len(pairs), "chance": 100.0 * chance / len(pairs)}
+    for v in values:
+        rows, _ = wb.search(f"a {v}", k=8 if rerank else 1, rerank=rerank)
+        hits += v in scenes.get(Path(rows[0]["path"]).name, set())
+        chance += sum(v in s for s in shown) / len(shown)
+    return {"queries": len(values), "top1_acc": 100.0 * hits / len(values), "chance": 100.0 * chance / len(values)}

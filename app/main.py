@@ -57,6 +57,7 @@ def image_arg(image: str | None) -> str:
 def build_app(wb: Workbench) -> gr.Blocks:
     examples = [str(p) for p in (wb.gallery.paths[:4] if wb.gallery else [])]
     layers = wb.layers() if wb.matcher else []
+    default_layer = wb.default_layer() if wb.matcher else None
 
     @user_errors
     def search(query: str, k: float = 8, rerank: bool = True):
@@ -78,27 +79,30 @@ def build_app(wb: Workbench) -> gr.Blocks:
     def gradcam(image: str, text: str, mode: str = "itm", layer: float | None = None, cam_methods: bool = True):
         img = read_image(image_arg(image))
         r = wb.explain(img, text, mode, None if layer is None or mode == "itc" else int(layer))
-        words = [(overlay(img, m), tok) for tok, m in r["words"]]
+        shown, _ = enlarge(img)
+        words = [(overlay(shown, m), tok) for tok, m in r["words"]]
         cams = []
         if cam_methods:
-            cams = [(overlay(img, _tensor(m)), name) for name, m in wb.cam_methods(img, text).items()]
+            cams = [(overlay(shown, _tensor(m)), name) for name, m in wb.cam_methods(img, text).items()]
         where = f"cross-attention layer {r['layer']}" if mode == "itm" else f"ViT block {r['layer']}"
         summary = (f"**ITM match probability** {r['itm_prob']:.3f} · **ITC similarity** {r['itc_sim']:.3f} · "
                    f"Grad-CAM of {mode.upper()} on {where}")
         notes = warn(r["notes"])
-        return summary, overlay(img, r["sentence"]), words, cams, notes
+        return summary, overlay(shown, r["sentence"]), words, cams, notes
 
     @user_errors
     def ground(image: str, expression: str, mode: str = "itm", layer: float | None = None):
         img = read_image(image_arg(image))
         r = wb.ground(img, expression, image_path=image, mode=mode,
                       layer=None if layer is None or mode == "itc" else int(layer))
+        shown, scale = enlarge(img)
         boxes = [(p[:4], "#bbbbbb") for p in r["proposals"]] if r["proposal_source"] != "sliding windows" else []
         if r["box"] is not None:
             boxes.append((r["box"], "#00ff00"))
+        boxes = [([v * scale for v in box], colour) for box, colour in boxes]
         info = (f"{len(r['proposals'])} {r['proposal_source']}; chosen box (x, y, w, h): "
                 f"{[round(v, 1) for v in r['box']] if r['box'] else 'none (the map is empty)'}")
-        return draw_boxes(img, boxes), overlay(img, r["sentence"]), info + ("\n" + warn(r["notes"]) if r["notes"]
+        return draw_boxes(shown, boxes), overlay(shown, r["sentence"]), info + ("\n" + warn(r["notes"]) if r["notes"]
                                                                                else "")
 
     with gr.Blocks(title="albef-lab workbench") as demo:
@@ -141,7 +145,7 @@ def build_app(wb: Workbench) -> gr.Blocks:
                 with gr.Column():
                     g_text = gr.Textbox(label="Text", placeholder="a red circle", elem_id="cam-text")
                     mode = gr.Radio(["itm", "itc"], value="itm", label="mode (ITM on cross-attention / ITC on ViT)")
-                    layer = gr.Dropdown(layers, value=layers[min(2, len(layers) - 1)] if layers else None,
+                    layer = gr.Dropdown(layers, value=default_layer,
                                         label="cross-attention layer (ITM)")
                     cams = gr.Checkbox(value=True, label="also pytorch-grad-cam methods")
                     explain = gr.Button("Explain", variant="primary")
@@ -162,7 +166,7 @@ def build_app(wb: Workbench) -> gr.Blocks:
                 with gr.Column():
                     expression = gr.Textbox(label="Referring expression", placeholder="the red circle")
                     r_mode = gr.Radio(["itm", "itc"], value="itm", label="Grad-CAM mode")
-                    r_layer = gr.Dropdown(layers, value=layers[min(2, len(layers) - 1)] if layers else None,
+                    r_layer = gr.Dropdown(layers, value=default_layer,
                                           label="cross-attention layer (ITM)")
                     locate = gr.Button("Ground", variant="primary")
             with gr.Row():
@@ -173,6 +177,14 @@ def build_app(wb: Workbench) -> gr.Blocks:
             if examples:
                 gr.Examples([[examples[0], "the large shape"], [examples[3], "the red shape"]], [r_image, expression])
     return demo
+
+
+def enlarge(image, side: int = 384):
+    """Small images (ShapesWorld's are 64 px) drawn larger, so that maps and boxes can be seen; returns the scale."""
+    scale = max(1.0, side / max(image.size))
+    if scale == 1.0:
+        return image, 1.0
+    return image.resize((round(image.width * scale), round(image.height * scale)), resample=3), scale
 
 
 def _tensor(m):

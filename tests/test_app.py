@@ -57,7 +57,7 @@ def test_answer_gives_five_answers_from_the_list(served):
 def test_gradcam_returns_maps_per_word_and_per_method(served):
     wb, client, _ = served
     summary, sentence, words, methods, notes = client.predict(image(wb), "a red circle", api_name="/gradcam")
-    assert "ITM match probability" in summary and Image.open(sentence).size == (32, 32)
+    assert "ITM match probability" in summary and Image.open(sentence).size == (384, 384)  # shown enlarged
     assert [w["caption"] for w in words] == ["a", "red", "circle"]
     assert {m["caption"] for m in methods} == {"GradCAM", "GradCAM++", "EigenCAM", "ScoreCAM"}
 
@@ -65,7 +65,7 @@ def test_gradcam_returns_maps_per_word_and_per_method(served):
 def test_ground_draws_the_chosen_box(served):
     wb, client, _ = served
     boxed, heat, info = client.predict(image(wb), "the red circle", api_name="/ground")
-    assert "ShapesWorld proposals" in info and Image.open(boxed).size == (32, 32)
+    assert "ShapesWorld proposals" in info and Image.open(boxed).size == (384, 384)
 
 
 @pytest.mark.parametrize("question", ["", "   \t "])

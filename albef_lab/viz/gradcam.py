@@ -50,6 +50,13 @@ def default_itm_layer(model: nn.Module) -> int:
     return layers[min(2, len(layers) - 1)]
 
 
+def word_map_layer(model: nn.Module) -> int:
+    """The paper's layer where that leaves a fusion layer after it, else the last but one: in the last fusion
+    layer only [CLS] reaches the ITM score, so every word's map there is empty."""
+    layers = cross_attention_layers(model)
+    return layers[max(0, min(2, len(layers) - 2))]
+
+
 def itm_gradcam(model: nn.Module, image: Tensor, ids: Tensor, mask: Tensor, layer: int, *,
                 per_token: bool = False) -> Tensor:
     """[B, side, side] sentence maps (or [B, L, side, side] per token) from cross-attention layer `layer`."""
