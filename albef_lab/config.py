@@ -87,7 +87,8 @@ class ModelConfig:
     fix_momentum_init: bool = False  # copy loaded weights into momentum copies the file lacks (NLVR.py does not)
     grad_checkpointing: bool = False
     # Cross-attention keys/values computed once per image (or question) and shared by every text row and pass
-    # that attends to it; False restores the per-pair computation (same numbers, for A/B timing).
+    # that attends to it (plus: retrieval re-ranks without trailing padding, VQA ranking applies the vocabulary
+    # head only where a token is predicted). False restores the path of before (same numbers, for A/B timing).
     share_cross_kv: bool = True
 
 

@@ -145,5 +145,8 @@ def match_logits(model: nn.Module, pairs: Tensor, image_states: Tensor, text_sta
         batch = pairs[a:a + batch_size]
         images, index = torch.unique(batch[:, 0], return_inverse=True)
         t = batch[:, 1]
-        out.append(model.itm_logits(text_states[t], text_atts[t], image_states[images], image_index=index)[:, 1])
+        n = int(text_atts[t].sum(1).max()) if model.cfg.share_cross_kv else text_atts.shape[1]
+        # trailing padding is masked out of every attention: the batch's longest text is enough
+        out.append(model.itm_logits(text_states[t, :n], text_atts[t, :n], image_states[images],
+                                    image_index=index)[:, 1])
     return torch.cat(out) if out else image_states.new_zeros(0)

@@ -125,13 +125,9 @@ class ALBEF(MomentumPairs, nn.Module):
         cfg = self.cfg
         draws = draws or PretrainDraws()
         alpha = alpha if cfg.distill else 0.0
-        check_batch(image, input_ids, attention_mask)
         with torch.no_grad():
             self.temp.clamp_(0.001, 0.5)
-        record(temp_used=self.temp.detach().clone())
-        image_states, image_feat = self.encode_image(image)
-        text_states, text_feat = self.encode_text(input_ids, attention_mask)
-        record(image_embeds=image_states, image_feat=image_feat, text_embeds=text_states, text_feat=text_feat)
+        image_states, image_feat, text_states, text_feat = self.encode_batch(image, input_ids, attention_mask)
         same = None if image_ids is None else same_image(image_ids)
         zero = image_feat.sum() * 0.0
 
@@ -154,6 +150,15 @@ class ALBEF(MomentumPairs, nn.Module):
                                 draws=draws, generator=generator, kv_cache=kv_cache)
         return {"loss": loss_ita + loss_itm + loss_mlm, "loss_ita": loss_ita, "loss_itm": loss_itm,
                 "loss_mlm": loss_mlm}
+
+    def encode_batch(self, image: Tensor, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, ...]:
+        """Both encoders on a training batch of pairs: (image states, image feature, text states, text feature)."""
+        check_batch(image, input_ids, attention_mask)
+        record(temp_used=self.temp.detach().clone())
+        image_states, image_feat = self.encode_image(image)
+        text_states, text_feat = self.encode_text(input_ids, attention_mask)
+        record(image_embeds=image_states, image_feat=image_feat, text_embeds=text_states, text_feat=text_feat)
+        return image_states, image_feat, text_states, text_feat
 
     def itc(self, image: Tensor, input_ids: Tensor, attention_mask: Tensor, image_feat: Tensor, text_feat: Tensor,
             alpha: float, *, same: Tensor | None = None, image_ids: Tensor | None = None,

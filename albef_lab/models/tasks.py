@@ -9,19 +9,20 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from albef_lab.config import ModelConfig, TextConfig
-from albef_lab.models.albef import ALBEF, PretrainDraws, check_batch, same_image
+from albef_lab.models.albef import ALBEF, PretrainDraws, same_image
 from albef_lab.models.base import MomentumPairs
 from albef_lab.models.bert import BertLMHeadModel, BertModel, Shared
 from albef_lab.models.record import is_recording, record
 from albef_lab.models.vit import VisionTransformer
 from albef_lab.objectives.distill import momentum_update, soft_cross_entropy
-from albef_lab.objectives.lm import answer_nll
+from albef_lab.objectives.lm import answer_nll, target_nll
 
 
 class ALBEFRetrieval(ALBEF):
@@ -37,11 +38,7 @@ class ALBEFRetrieval(ALBEF):
 
         No temperature clamp (as the original).
         """
-        check_batch(image, input_ids, attention_mask)
-        record(temp_used=self.temp.detach().clone())
-        image_states, image_feat = self.encode_image(image)
-        text_states, text_feat = self.encode_text(input_ids, attention_mask)
-        record(image_embeds=image_states, image_feat=image_feat, text_embeds=text_states, text_feat=text_feat)
+        image_states, image_feat, text_states, text_feat = self.encode_batch(image, input_ids, attention_mask)
         image_ids = image_ids.view(-1).to(image.device)
         same = same_image(image_ids)
         loss_ita, sim_i2t, sim_t2i, _ = self.itc(image, input_ids, attention_mask, image_feat, text_feat, alpha,
@@ -103,11 +100,14 @@ class ALBEFVQA(MomentumPairs, nn.Module):
         return (weights.to(answer_loss.dtype) * answer_loss).sum() / image.shape[0]
 
     def decode(self, decoder: nn.Module, a_ids: Tensor, a_mask: Tensor | None, states: Tensor, q_mask: Tensor,
-               index: Tensor) -> Tensor:
-        """Answer-token logits; answer row r cross-attends to question `index[r]` (keys/values once per question)."""
+               index: Tensor, head: bool = True) -> Tensor:
+        """Answer-token logits (or, `head=False`, the decoder's last hidden states); answer row r cross-attends to
+        question `index[r]` (keys/values once per question)."""
+        run = decoder if head else functools.partial(decoder.bert, causal=True)
         if self.cfg.share_cross_kv:
-            return decoder(a_ids, a_mask, states, q_mask, shared=Shared(index))
-        return decoder(a_ids, a_mask, states[index], q_mask[index])
+            return run(a_ids, a_mask, encoder_hidden_states=states, encoder_attention_mask=q_mask,
+                       shared=Shared(index))
+        return run(a_ids, a_mask, encoder_hidden_states=states[index], encoder_attention_mask=q_mask[index])
 
     @torch.no_grad()
     def rank_answers(self, image: Tensor, q_ids: Tensor, q_mask: Tensor, answer_ids: Tensor, answer_mask: Tensor,
@@ -117,8 +117,14 @@ class ALBEFVQA(MomentumPairs, nn.Module):
         The original adds log P(first token) twice; `fix_double_count=True` counts it once.
         Returns (answer indices [B, k], probabilities [B, k]) best first.
         """
-        k = min(k, answer_ids.shape[0])
         states = self.encode_question(image, q_ids, q_mask)
+        return self.rank_from_states(states, q_mask, answer_ids, answer_mask, k, fix_double_count=fix_double_count)
+
+    @torch.no_grad()
+    def rank_from_states(self, states: Tensor, q_mask: Tensor, answer_ids: Tensor, answer_mask: Tensor, k: int, *,
+                         fix_double_count: bool = False) -> tuple[Tensor, Tensor]:
+        """`rank_answers` from the fused question states [B, L, D] (to rank against several answer lists)."""
+        k = min(k, answer_ids.shape[0])
         b = states.shape[0]
         start = answer_ids[0, 0].repeat(b, 1)
         start_logits = self.text_decoder(start, None, states, q_mask)[:, 0]
@@ -129,17 +135,21 @@ class ALBEFVQA(MomentumPairs, nn.Module):
         cand_mask = answer_mask[topk_ids.view(-1)]
         targets = cand_ids.masked_fill(cand_ids == self.cfg.text.pad_token_id, -100)
         index = torch.arange(b, device=states.device).repeat_interleave(k)  # each candidate's question
-        logits = self.decode(self.text_decoder, cand_ids, cand_mask, states, q_mask, index)
-        nll = answer_nll(logits, targets).view(-1, 1)
+        hidden = self.decode(self.text_decoder, cand_ids, cand_mask, states, q_mask, index, head=False)
+        if self.cfg.share_cross_kv:  # the vocabulary head only where a token is predicted
+            nll = target_nll(self.text_decoder.cls, hidden, targets).view(-1, 1)
+        else:  # before: logits at every position
+            nll = answer_nll(self.text_decoder.cls(hidden), targets).view(-1, 1)
         first_term = torch.zeros_like(nll) if fix_double_count else topk_probs.reshape(-1, 1).log()
         log_probs = torch.cat([first_term, -nll], dim=1)
         log_probs_sum = log_probs.sum(1).view(b, k)
         probs, rerank = F.softmax(log_probs_sum, dim=-1).topk(k, dim=1)
         if is_recording():
-            record(question_states=states[index], question_atts=q_mask[index])
+            record(question_states=states[index], question_atts=q_mask[index],
+                   cand_decoder_logits=self.text_decoder.cls(hidden))
         record(start_logits=start_logits,
                prob_first_token=prob_first, first_topk_probs=topk_probs, first_topk_ids=topk_ids,
-               cand_input_ids=cand_ids, cand_targets_ids=targets, cand_decoder_logits=logits,
+               cand_input_ids=cand_ids, cand_targets_ids=targets,
                answer_loss=nll, log_probs=log_probs, log_probs_sum=log_probs_sum, rerank_id=rerank)
         return topk_ids.gather(1, rerank), probs
 
