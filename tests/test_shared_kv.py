@@ -91,7 +91,7 @@ def test_target_nll_equals_the_full_head_nll_with_padding():
     from albef_lab.objectives.lm import answer_nll, target_nll
 
     g = torch.Generator().manual_seed(0)
-    head = torch.nn.Linear(8, 11)
+    head = torch.nn.Linear(8, 110)
     hidden = torch.randn(3, 5, 8, generator=g)
     targets = torch.tensor([[101, 4, 102, -100, -100], [101, 3, 7, 2, 102], [101, 102, -100, -100, -100]])
     assert torch.allclose(target_nll(head, hidden, targets), answer_nll(head(hidden), targets), atol=1e-6)
