@@ -49,6 +49,7 @@ def workbench(size: str, tok_dir: Path) -> Workbench:
 
 def images(folder: Path, n: int, res: int) -> list[Path]:
     rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in range(n):
         p = folder / f"{i:05d}.png"
