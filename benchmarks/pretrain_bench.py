@@ -63,7 +63,7 @@ class SavedActivations:
 
 
 def run_variant(base: ALBEF, batch: tuple, device: torch.device, steps: int, keep_attention: bool,
-                dtype, ckpt: bool, share: bool) -> tuple[float, float, float]:
+                dtype, ckpt: bool, share: bool, warmup: int = 2) -> tuple[float, float, float]:
     model = copy.deepcopy(base).to(device)
     model.cfg.share_cross_kv = share
     set_keep_attention(model, keep_attention)
@@ -80,7 +80,7 @@ def run_variant(base: ALBEF, batch: tuple, device: torch.device, steps: int, kee
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    for _ in range(2):
+    for _ in range(warmup):
         step()
     saved = SavedActivations()
     step(saved)
@@ -107,6 +107,7 @@ def main() -> None:
     ap.add_argument("--isolate", action="store_true",
                     help="each variant in a fresh process, to report its peak RSS (process memory) too")
     ap.add_argument("--only", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps before the timed ones")
     args = ap.parse_args()
     if args.isolate:
         return isolated(args)
@@ -132,7 +133,7 @@ def main() -> None:
             continue
         if kw["dtype"] is torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
             continue
-        dt, mem, peak = run_variant(base, (images, ids, mask), device, args.steps, **kw)
+        dt, mem, peak = run_variant(base, (images, ids, mask), device, args.steps, warmup=args.warmup, **kw)
         times[name] = dt
         base_dt, base_mem = base_dt or dt, base_mem or max(mem, 1e-9)
         print(f"{name:<30} {dt:>7.3f} {1 / dt:>8.2f} {args.batch / dt:>9.1f} {mem:>10.1f} {peak:>9.0f} "
@@ -150,7 +151,8 @@ def isolated(args) -> None:
     rows = []
     for name, _ in VARIANTS[:-2]:
         cmd = [sys.executable, __file__, "--preset", args.preset, "--batch", str(args.batch), "--steps",
-               str(args.steps), "--device", args.device, "--text-len", str(args.text_len), "--only", name]
+               str(args.steps), "--device", args.device, "--text-len", str(args.text_len), "--only", name,
+               "--warmup", str(args.warmup)]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.splitlines()
         line = next(ln for ln in out if ln.startswith(name))
         rss = float(next(ln for ln in out if ln.startswith("peak RSS")).split()[-1])
