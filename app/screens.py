@@ -42,11 +42,16 @@ def search(page, query: str) -> int:
     return images.count()
 
 
+def open_with_image(page, tab: str, upload_id: str, image: str) -> None:
+    """Go to a tab and upload an image into its image input; wait until the preview shows."""
+    page.get_by_role("tab", name=tab).click()
+    page.locator(f"#{upload_id} input[type=file]").set_input_files(image)
+    page.locator(f"#{upload_id} img").first.wait_for()
+
+
 def answer(page, image: str, question: str) -> str:
     """Upload an image, ask, wait for the answers; returns the best answer's text."""
-    page.get_by_role("tab", name="VQA").click()
-    page.locator("#vqa-image input[type=file]").set_input_files(image)
-    page.locator("#vqa-image img").first.wait_for()
+    open_with_image(page, "VQA", "vqa-image", image)
     page.get_by_label("Question").fill(question)
     page.get_by_role("button", name="Answer").click()
     best = page.locator("#vqa-answers h2")
@@ -56,9 +61,7 @@ def answer(page, image: str, question: str) -> str:
 
 def gradcam(page, image: str, text: str) -> tuple[int, int]:
     """Upload an image and a text, press Explain; returns (per-word maps shown, CAM-method maps shown)."""
-    page.get_by_role("tab", name="Grad-CAM").click()
-    page.locator("#cam-image input[type=file]").set_input_files(image)
-    page.locator("#cam-image img").first.wait_for()
+    open_with_image(page, "Grad-CAM", "cam-image", image)
     page.locator("#cam-text textarea").fill(text)
     page.get_by_role("button", name="Explain").click()
     page.locator("#cam-sentence img").first.wait_for()
@@ -67,9 +70,8 @@ def gradcam(page, image: str, text: str) -> tuple[int, int]:
 
 
 def ground(page, image: str, expression: str) -> None:
-    page.get_by_role("tab", name="Grounding").click()
-    page.locator("#ground-image input[type=file]").set_input_files(image)
-    page.locator("#ground-image img").first.wait_for()
+    """Upload an image and an expression, press Ground, wait for the boxes and the heat map."""
+    open_with_image(page, "Grounding", "ground-image", image)
     page.get_by_label("Referring expression").fill(expression)
     page.get_by_role("button", name="Ground").click()
     page.locator("#ground-box img").first.wait_for()

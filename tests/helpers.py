@@ -75,3 +75,19 @@ def demo_models(root):
     train(small_cfg(world, root / "vqa", "train.max_steps=1", "model.decoder_layers=1", "data.k_test=4"), "vqa",
           init=str(root / "pre" / "model.pth"))
     return world, root / "pre" / "model.pth", root / "vqa" / "model.pth"
+
+
+def serve_demo(root):
+    """The app on briefly trained tiny models, launched in this process on a free loopback port.
+
+    Returns (workbench, app, url); call `app.close()` when done.
+    """
+    from albef_lab.demo import app_module, build_workbench
+
+    world, pre, vqa = demo_models(root)
+    wb = build_workbench([str(pre), str(vqa)], runs=str(root / "runs"), data=str(world), progress=False)
+    app = app_module().build_app(wb)
+    port = free_port()
+    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, max_file_size="50mb",
+               allowed_paths=[str(world)])
+    return wb, app, f"http://127.0.0.1:{port}/"

@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from albef_lab.demo import app_module, build_workbench
-from tests.helpers import demo_models, free_port
+from tests.helpers import serve_demo
 
 gradio_client = pytest.importorskip("gradio_client")
 
@@ -13,14 +12,8 @@ gradio_client = pytest.importorskip("gradio_client")
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     root = tmp_path_factory.mktemp("app")
-    world, pre, vqa = demo_models(root)
-    wb = build_workbench([str(pre), str(vqa)], runs=str(root / "runs"), data=str(world), progress=False)
-    app = app_module().build_app(wb)
-    port = free_port()
-    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, max_file_size="50mb",
-               allowed_paths=[str(world)])
-    client = gradio_client.Client(f"http://127.0.0.1:{port}/", verbose=False)
-    yield wb, client, root
+    wb, app, url = serve_demo(root)
+    yield wb, gradio_client.Client(url, verbose=False), root
     app.close()
 
 

@@ -5,8 +5,8 @@ import shutil
 
 import pytest
 
-from albef_lab.demo import app_module, build_workbench
-from tests.helpers import demo_models, free_port
+from albef_lab.demo import app_module
+from tests.helpers import serve_demo
 
 pytest.importorskip("playwright")
 if not shutil.which("chromium") and not os.path.exists("/usr/bin/chromium"):
@@ -17,13 +17,8 @@ if not shutil.which("chromium") and not os.path.exists("/usr/bin/chromium"):
 
 @pytest.fixture(scope="module")
 def url(tmp_path_factory):
-    root = tmp_path_factory.mktemp("browser")
-    world, pre, vqa = demo_models(root)
-    wb = build_workbench([str(pre), str(vqa)], runs=str(root / "runs"), data=str(world), progress=False)
-    app = app_module().build_app(wb)
-    port = free_port()
-    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, allowed_paths=[str(world)])
-    yield f"http://127.0.0.1:{port}/", wb
+    wb, app, address = serve_demo(tmp_path_factory.mktemp("browser"))
+    yield address, wb
     app.close()
 
 
