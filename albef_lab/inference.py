@@ -206,6 +206,7 @@ class Workbench:
         self.answer_list = answer_list or []
         self.gallery: Gallery | None = None
         self._caption_feats: Tensor | None = None
+        self._answer_tokens: tuple[Tensor, Tensor] | None = None
         self._proposals: dict[str, list[list[float]]] = {}
 
     @property
@@ -324,10 +325,13 @@ class Workbench:
             raise InputError("no VQA model (and answer list) is loaded")
         q = self.text(question, "question")
         model = self.vqa.model
-        a_ids, a_mask = self.tok([a + "[SEP]" for a in self.answer_list], max_length=self.max_tokens)
+        if self._answer_tokens is None:  # the answer list is tokenised once, not per request
+            ids, mask = self.tok([a + "[SEP]" for a in self.answer_list], max_length=self.max_tokens)
+            self._answer_tokens = ids.to(self.device), mask.to(self.device)
+        a_ids, a_mask = self._answer_tokens
         with eval_mode(model):
-            ids, probs = model.rank_answers(self.pixels(image, model), q.ids, q.mask, a_ids.to(self.device),
-                                            a_mask.to(self.device), min(candidates, len(self.answer_list)))
+            ids, probs = model.rank_answers(self.pixels(image, model), q.ids, q.mask, a_ids, a_mask,
+                                            min(candidates, len(self.answer_list)))
         top = [{"answer": self.answer_list[i], "score": p} for i, p in zip(ids[0].tolist(), probs[0].tolist(),
                                                                            strict=True)]
         return top[:k], q.notes

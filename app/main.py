@@ -221,14 +221,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gallery: skipped {len(wb.gallery.skipped)} unreadable file(s): " +
               "; ".join(f"{k} ({v})" for k, v in list(wb.gallery.skipped.items())[:10]))
     app = build_app(wb)
-    allowed = [str(Path(p).resolve().parent) for p in (wb.gallery.paths[:1] if wb.gallery else [])]
     app.launch(server_name=args.host, server_port=args.port, max_file_size=MAX_UPLOAD,
-               allowed_paths=sorted({str(Path(args.data).resolve()), *allowed, *_gallery_root(args)}))
+               allowed_paths=[str(Path(p).resolve()) for p in (args.data, args.gallery) if p])
     return 0
-
-
-def _gallery_root(args: argparse.Namespace) -> list[str]:
-    return [str(Path(args.gallery).resolve())] if args.gallery else []
 
 
 if __name__ == "__main__":
