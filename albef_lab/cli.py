@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 import torch
 
@@ -142,6 +143,23 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from albef_lab.ablation import grid, sweep, write_summary
+
+    runs = grid(args.variants, args.noise, args.seeds)
+    t0 = time.perf_counter()
+    report = sweep(runs, args.out, args.notebook, jobs=args.jobs, quick=args.quick, extra=args.overrides)
+    print(f"sweep: {len(report.done)} run(s) executed, {len(report.skipped)} already finished, "
+          f"{len(report.failed)} failed, in {(time.perf_counter() - t0) / 60:.1f} minutes; "
+          f"executed notebooks under {args.out}/runs/")
+    for name, error in report.failed.items():
+        print(f"  failed: {name}: {error} (see {args.out}/runs/{name}/error.txt)")
+    if report.done or report.skipped:
+        print(write_summary(args.out))
+        print(f"summary: {args.out}/summary.md, {args.out}/noise.png, {args.out}/results.json")
+    return 1 if report.failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="albef-lab", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show the full traceback of user errors too")
@@ -188,6 +206,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run directory or metrics.jsonl")
     p.add_argument("--out", default=None)
     p.set_defaults(func=cmd_plot)
+
+    from albef_lab.ablation import NOTEBOOK, VARIANTS
+
+    p = sub.add_parser("sweep", help="Table 1 ablations: notebook 02 over variants x noise x seeds with papermill "
+                       "(skips finished runs, so a killed sweep resumes)")
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), metavar="VARIANT",
+                   help=f"default: all of {' '.join(VARIANTS)}")
+    p.add_argument("--noise", nargs="+", type=float, default=[0.0, 0.4], help="caption noise levels")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--jobs", type=int, default=2, help="runs side by side (each gets its share of the cores)")
+    p.add_argument("--out", default="runs/ablations")
+    p.add_argument("--notebook", default=NOTEBOOK)
+    p.add_argument("--quick", action="store_true", help="seconds per run (a smoke test of the sweep)")
+    p.add_argument("overrides", nargs="*", help="key=value config overrides for every run and stage")
+    p.set_defaults(func=cmd_sweep)
 
     sub.add_parser("demo", help="the Gradio workbench in the browser (first start builds the demo models)",
                    add_help=False)

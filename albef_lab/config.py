@@ -66,7 +66,8 @@ class ModelConfig:
     temp: float = 0.07
     alpha: float = 0.4
     mlm_probability: float = 0.15
-    distill: bool = True
+    distill: bool = True  # momentum distillation (MoD) in ITC and MLM, with weight alpha
+    distill_mlm: bool = True  # False: MoD in ITC only (the ablation row "+MoD on ITC")
     decoder_layers: int = 6  # VQA answer decoder (initialised from the fusion layers)
     # The paper's initialisation: local files only (nothing is downloaded). "" = trained from scratch.
     init_vision: str = ""  # a DeiT / timm ViT checkpoint, e.g. deit_base_patch16_224-b5f2ef4d.pth

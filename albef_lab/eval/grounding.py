@@ -7,11 +7,12 @@ The ranking and the IoU follow the original's `grounding_eval` / `computeIoU` ex
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from albef_lab.data.datasets import GroundingDataset
 from albef_lab.data.formats import GROUNDING, read_entries, read_refer
@@ -46,11 +47,16 @@ def best_proposal(heat: Tensor, proposals: list[list[float]], alpha: float = 0.5
     return best
 
 
+def choose_proposal(cam: Tensor, height: int, width: int, proposals: list[list[float]],
+                    alpha: float = 0.5) -> list[float] | None:
+    """The proposal chosen under the map `cam` [s, s], resized bicubically to the image (as the original)."""
+    return best_proposal(upsample(cam[None], height, width)[0], proposals, alpha)
+
+
 def grounding_hit(cam: Tensor, box: list[float], height: int, width: int, proposals: list[list[float]],
                   alpha: float = 0.5) -> bool:
     """Is the best proposal under the map `cam` [s, s] a hit (IoU >= 0.5 with the referred box)?"""
-    heat = upsample(cam[None], height, width)[0]
-    pred = best_proposal(heat, proposals, alpha)
+    pred = choose_proposal(cam, height, width, proposals, alpha)
     return pred is not None and iou_xywh(box, pred) >= 0.5
 
 
@@ -64,30 +70,79 @@ def split_accuracy(hits: list[bool], splits: list[str]) -> dict[str, float]:
     return {f"acc_{s}": 100.0 * n_hit[s] / n[s] for s in n}
 
 
-@torch.no_grad()
-def evaluate_grounding(model: nn.Module, tokenizer: Tokenizer, ann_file: str | Path, image_root: str | Path,
-                       refer_dir: str | Path, res: int, device: torch.device, block: int = -1, mode: str = "itm",
-                       alpha: float = 0.5, batch_size: int = 32) -> dict[str, float]:
-    """Accuracy (IoU >= 0.5 of the chosen proposal with the referred box) per split and overall, in percent.
+HeatFn = Callable[[Tensor, Tensor, Tensor], Tensor]  # (images, ids, mask) -> maps [B, s, s]
 
-    `block`: cross-attention layer for mode 'itm' (-1 = the third fusion layer, block 8 of 12 at base size),
-    ViT block for mode 'itc' (-1 = the last).
-    """
+
+def gradcam_heat(model: nn.Module, mode: str = "itm", block: int = -1) -> HeatFn:
+    """The paper's maps: Grad-CAM of the ITM score on a cross-attention layer, or of ITC on a ViT block."""
+    return lambda images, ids, mask: gradcam(model, images, ids, mask, mode, block)
+
+
+def camlib_heat(model: nn.Module, method: str) -> HeatFn:
+    """A pytorch-grad-cam method on the ViT with the image-text ITC similarity as its target, one pair at a time."""
+    from albef_lab.viz.camlib import similarity_cams
+
+    def heat(images: Tensor, ids: Tensor, mask: Tensor) -> Tensor:
+        return torch.stack([torch.from_numpy(similarity_cams(model, images[i:i + 1], ids[i:i + 1], mask[i:i + 1],
+                                                             (method,))[method]) for i in range(images.shape[0])])
+    return heat
+
+
+def grounding_records(model: nn.Module, tokenizer: Tokenizer, ann_file: str | Path, image_root: str | Path,
+                      refer_dir: str | Path, res: int, device: torch.device, heat: HeatFn | None = None,
+                      alpha: float = 0.5, batch_size: int = 32, limit: int | None = None) -> list[dict]:
+    """One record per referring expression: ref_id, split, image file, text, the referred box, the chosen
+    proposal (None if no proposal had heat) and hit (IoU >= 0.5). `heat` defaults to the paper's ITM Grad-CAM;
+    `limit` takes the first expressions only."""
+    heat = heat or gradcam_heat(model)
     refer = read_refer(refer_dir)
     ds = GroundingDataset(ann_file, image_root, eval_transform(res))
-    hits, splits = [], []
+    if limit is not None:
+        ds = Subset(ds, range(min(limit, len(ds))))
+    records = []
     with eval_mode(model):
         for images, texts, ref_ids in DataLoader(ds, batch_size=batch_size, shuffle=False):
             ids, mask = tokenizer(list(texts))
-            maps = gradcam(model, images.to(device), ids.to(device), mask.to(device), mode, block)
-            for ref_id, cam in zip(ref_ids.tolist(), maps, strict=True):
+            maps = heat(images.to(device), ids.to(device), mask.to(device))
+            for ref_id, text, cam in zip(ref_ids.tolist(), texts, maps, strict=True):
                 ref = refer["refs"][ref_id]
                 image = refer["images"][ref["image_id"]]
                 box = refer["anns"][ref["ann_id"]]["bbox"]
-                hits.append(grounding_hit(cam, box, image["height"], image["width"], refer["dets"][ref["image_id"]],
-                                          alpha))
-                splits.append(ref["split"])
-    return split_accuracy(hits, splits)
+                chosen = choose_proposal(cam, image["height"], image["width"], refer["dets"][ref["image_id"]], alpha)
+                records.append({"ref_id": ref_id, "split": ref["split"], "file_name": image["file_name"],
+                                "text": text, "box": box, "chosen": chosen,
+                                "hit": chosen is not None and iou_xywh(box, chosen) >= 0.5})
+    return records
+
+
+def evaluate_grounding(model: nn.Module, tokenizer: Tokenizer, ann_file: str | Path, image_root: str | Path,
+                       refer_dir: str | Path, res: int, device: torch.device, block: int = -1, mode: str = "itm",
+                       alpha: float = 0.5, batch_size: int = 32, heat: HeatFn | None = None,
+                       limit: int | None = None) -> dict[str, float]:
+    """Accuracy (IoU >= 0.5 of the chosen proposal with the referred box) per split and overall, in percent.
+
+    `block`: cross-attention layer for mode 'itm' (-1 = the third fusion layer, block 8 of 12 at base size),
+    ViT block for mode 'itc' (-1 = the last). `heat`: any other map (e.g. `camlib_heat`) instead.
+    """
+    records = grounding_records(model, tokenizer, ann_file, image_root, refer_dir, res, device,
+                                heat or gradcam_heat(model, mode, block), alpha, batch_size, limit)
+    return split_accuracy([r["hit"] for r in records], [r["split"] for r in records])
+
+
+def layer_sweep(model: nn.Module, tokenizer: Tokenizer, ann_file: str | Path, image_root: str | Path,
+                refer_dir: str | Path, res: int, device: torch.device, limit: int | None = None) -> list[dict]:
+    """Accuracy for Grad-CAM of ITM on every cross-attention layer and of ITC on every ViT block:
+    the evidence for the paper's choice of layer. Rows: {'mode', 'layer', 'acc_*'}."""
+    from albef_lab.viz.gradcam import cross_attention_layers
+
+    rows = []
+    settings = [("itm", i) for i in cross_attention_layers(model)]
+    settings += [("itc", b) for b in range(len(model.visual_encoder.blocks))]
+    for mode, layer in settings:
+        acc = evaluate_grounding(model, tokenizer, ann_file, image_root, refer_dir, res, device, layer, mode,
+                                 limit=limit)
+        rows.append({"mode": mode, "layer": layer, **acc})
+    return rows
 
 
 def random_proposal_baseline(ann_file: str | Path, refer_dir: str | Path) -> dict[str, float]:

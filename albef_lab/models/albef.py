@@ -235,7 +235,7 @@ class ALBEF(MomentumPairs, nn.Module):
                                                            cfg.text.vocab_size, generator, input_ids.device)
         mlm_ids, labels = apply_mask(input_ids, mask, cfg.text.pad_token_id, cfg.cls_token_id, cfg.mask_token_id)
         soft_labels = None
-        if cfg.distill:
+        if cfg.distill and cfg.distill_mlm:
             with torch.no_grad():
                 if image_states_m is None:  # the teacher was not refreshed by the ITC branch
                     momentum_update(self.model_pairs, cfg.momentum)
