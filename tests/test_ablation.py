@@ -1,0 +1,98 @@
+"""The ablation variants, the sweep's order and the summary (fast); the MoD-on-ITC-only switch."""
+
+import math
+
+import pytest
+import torch
+from helpers import batch, small_config
+
+from albef_lab.ablation import COLUMNS, VARIANTS, Budget, grid, mean_std, summarize, table_markdown, write_summary
+from albef_lab.config import load_config
+from albef_lab.models.albef import ALBEF, PretrainDraws
+from albef_lab.objectives.mlm import draw_mask
+
+
+def test_variants_are_the_rows_of_table_1():
+    flags = {}
+    for name, v in VARIANTS.items():
+        m = load_config(None, list(v.pretrain), "tiny").model
+        ft = load_config(None, list(v.finetune), "tiny").model
+        flags[name] = (m.use_itc, m.hard_negatives, m.distill, m.distill_mlm, ft.distill)
+    assert flags == {
+        "mlm_itm": (False, False, False, True, False),
+        "itc": (True, False, False, True, False),
+        "itc_hardneg": (True, True, False, True, False),
+        "itc_mod": (True, True, True, False, False),
+        "full": (True, True, True, True, False),
+        "full_mod_ft": (True, True, True, True, True),
+    }
+    assert all(load_config(None, list(v.pretrain), "tiny").model.use_itm for v in VARIANTS.values())
+
+
+def test_grid_keeps_runs_sharing_a_pretraining_apart():
+    runs = grid(list(VARIANTS), [0.0, 0.4], [0, 1])
+    assert len(runs) == 24 and len({r.name for r in runs}) == 24
+    per_block = [r.variant for r in runs[:6]]
+    assert per_block[0] == "full" and per_block[-1] == "full_mod_ft"
+    with pytest.raises(ValueError, match="unknown variant"):
+        grid(["full", "fancy"], [0.0], [0])
+
+
+def _result(variant, noise, seed, score):
+    scores = {c: score + i for i, c in enumerate(COLUMNS)}
+    return {"variant": variant, "noise": noise, "seed": seed, "scores": scores,
+            "baselines": {c: 10.0 for c in COLUMNS}}
+
+
+def test_summary_is_mean_and_std_over_seeds(tmp_path):
+    results = [_result("itc", 0.0, 0, 50.0), _result("itc", 0.0, 1, 54.0), _result("full", 0.0, 0, 60.0),
+               _result("full", 0.4, 0, 40.0)]
+    table = summarize(results)
+    assert list(table) == [0.0, 0.4]
+    assert list(table[0.0]) == ["itc", "full", "baseline"]  # Table 1 order, baseline last
+    mean, std, n = table[0.0]["itc"]["TR"]
+    assert (mean, n) == (52.0, 2) and std == pytest.approx(math.sqrt(8.0))
+    assert table[0.0]["itc"]["IR"][0] == 53.0
+    assert table[0.0]["full"]["TR"][1] == 0.0
+    text = table_markdown(table)
+    assert "caption noise 0.4" in text and "| + ITC | 2 | 52.0 ± 2.8 |" in text
+    assert all(math.isnan(x) for x in mean_std([]))  # nan for nothing: never a made-up number
+
+    import json
+
+    for r in results:
+        d = tmp_path / "runs" / f"{r['variant']}_noise{r['noise']:g}_seed{r['seed']}"
+        d.mkdir(parents=True)
+        (d / "results.json").write_text(json.dumps(r))
+    (tmp_path / "runs" / "broken_noise0_seed0").mkdir()
+    (tmp_path / "runs" / "broken_noise0_seed0" / "error.txt").write_text("ValueError: boom")
+    md = write_summary(tmp_path)
+    assert md == text
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["runs"] == 4 and saved["failed"] == ["broken_noise0_seed0"]
+    assert (tmp_path / "noise.png").stat().st_size > 1000
+
+
+def test_quick_budget_is_smaller():
+    q, d = Budget.quick(), Budget()
+    assert q.pretrain_steps < d.pretrain_steps and q.world_images < d.world_images
+
+
+def _mlm_loss(alpha, **flags):
+    torch.manual_seed(0)
+    model = ALBEF(small_config(**flags))
+    image, ids, mask = batch()
+    draws = PretrainDraws(neg_image_idx=torch.tensor([1, 0, 3, 2]), neg_text_idx=torch.tensor([2, 3, 0, 1]),
+                          mask=draw_mask(ids.shape, 0.5, 120, torch.Generator().manual_seed(1)))
+    return model(image, ids, mask, alpha, draws=draws)
+
+
+def test_mod_on_itc_only_leaves_mlm_undistilled():
+    """distill_mlm=false: the MLM loss is the plain one (as without MoD), while ITC is still distilled."""
+    itc_only = _mlm_loss(0.4, distill=True, distill_mlm=False)
+    none = _mlm_loss(0.4, distill=False)
+    full = _mlm_loss(0.4, distill=True)
+    assert torch.allclose(itc_only["loss_mlm"], none["loss_mlm"])
+    assert not torch.allclose(full["loss_mlm"], none["loss_mlm"])
+    assert torch.allclose(itc_only["loss_ita"], full["loss_ita"])
+    assert not torch.allclose(itc_only["loss_ita"], none["loss_ita"])

@@ -1,0 +1,106 @@
+"""What the notebooks draw: one step's hard negatives, MLM masks, ITM scores; grounding per expression, the layer
+sweep and pytorch-grad-cam maps through the proposal scoring."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from albef_lab.config import load_config
+from albef_lab.data.export import WorldSettings, write_world
+from albef_lab.data.tokenizer import load_tokenizer
+from albef_lab.eval.grounding import (
+    camlib_heat,
+    evaluate_grounding,
+    gradcam_heat,
+    grounding_records,
+    layer_sweep,
+    split_accuracy,
+)
+from albef_lab.eval.inspect import batch_negatives, itm_scores, mlm_example
+from albef_lab.models.albef import ALBEF
+from albef_lab.models.factory import create_model
+from tests.helpers import SMALL, batch, small_config
+
+
+def test_batch_negatives_follow_the_similarity_and_never_pick_the_pair_itself():
+    torch.manual_seed(0)
+    model = ALBEF(small_config())
+    image, ids, mask = batch(b=4)
+    step = batch_negatives(model, image, ids, mask, torch.Generator().manual_seed(0))
+    assert step["sim"].shape == (4, 4)
+    assert (step["neg_image"] != torch.arange(4)).all() and (step["neg_text"] != torch.arange(4)).all()
+    # a pair far more similar than the others is (nearly) always the one drawn
+    with torch.no_grad():
+        model.temp.fill_(0.001)
+    drawn = [batch_negatives(model, image, ids, mask, torch.Generator().manual_seed(s))["neg_image"]
+             for s in range(5)]
+    sim = step["sim"].t().clone()
+    sim.fill_diagonal_(-float("inf"))
+    assert all(torch.equal(d, sim.argmax(1)) for d in drawn)
+
+
+def test_mlm_example_masks_words_only():
+    model = ALBEF(small_config(mlm_probability=0.5))
+    _, ids, _ = batch(b=4)
+    masked, labels = mlm_example(ids, model, torch.Generator().manual_seed(0))
+    chosen = labels != -100
+    assert chosen.any()
+    assert not chosen[:, 0].any() and not chosen[ids == 0].any()  # never [CLS] or padding
+    assert torch.equal(labels[chosen], ids[chosen])
+    assert torch.equal(masked[~chosen], ids[~chosen])
+
+
+def test_itm_scores_are_probabilities_of_the_right_pairs():
+    torch.manual_seed(0)
+    model = ALBEF(small_config())
+    image, ids, mask = batch(b=4)
+    scores = itm_scores(model, image, ids, mask, torch.Generator().manual_seed(0))
+    assert set(scores) == {"positive", "hard_negative", "random_negative"}
+    with torch.no_grad():
+        s, _ = model.encode_image(image)
+        t, _ = model.encode_text(ids, mask)
+        own = model.itm_logits(t, mask, s).softmax(-1)[:, 1]
+    assert torch.allclose(scores["positive"], own, atol=1e-6)
+    assert all(((v >= 0) & (v <= 1)).all() for v in scores.values())
+
+
+@pytest.fixture(scope="module")
+def grounded(tmp_path_factory):
+    root = tmp_path_factory.mktemp("g")
+    world = root / "w"
+    write_world(WorldSettings(out=str(world), images=30, seed=4, res=32, workers=1), progress=False)
+    cfg = load_config(None, [*SMALL, f"data.root={world}"], "tiny")
+    torch.manual_seed(0)
+    model = create_model("grounding", cfg.model)
+    args = (model, load_tokenizer(world / "vocab"), world / "grounding_test.json", world, world / "refcoco+", 32,
+            torch.device("cpu"))
+    return model, args
+
+
+def test_grounding_records_agree_with_the_accuracy(grounded):
+    model, args = grounded
+    records = grounding_records(*args, heat=gradcam_heat(model, "itc", -1))
+    assert records and {"ref_id", "split", "file_name", "text", "box", "chosen", "hit"} <= set(records[0])
+    assert all(Path(args[3], r["file_name"]).is_file() for r in records)
+    acc = evaluate_grounding(*args, block=-1, mode="itc")
+    assert acc == split_accuracy([r["hit"] for r in records], [r["split"] for r in records])
+    assert len(grounding_records(*args, limit=3)) == 3
+
+
+def test_layer_sweep_covers_every_cross_attention_layer_and_vit_block(grounded):
+    model, args = grounded
+    rows = layer_sweep(*args, limit=4)
+    assert [(r["mode"], r["layer"]) for r in rows] == [("itm", 1), ("itc", 0)]
+    assert all(0 <= r["acc_all"] <= 100 for r in rows)
+
+
+@pytest.mark.parametrize("method", ["GradCAM", "EigenCAM"])
+def test_pytorch_grad_cam_maps_go_through_the_same_proposal_scoring(grounded, method):
+    model, args = grounded
+    images = torch.rand(2, 3, 32, 32)
+    ids, mask = args[1](["a red circle", "two shapes"])
+    maps = camlib_heat(model, method)(images, ids, mask)
+    assert maps.shape == (2, 2, 2) and torch.isfinite(maps).all()
+    acc = evaluate_grounding(*args, heat=camlib_heat(model, method), limit=4)
+    assert 0 <= acc["acc_all"] <= 100
