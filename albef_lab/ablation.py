@@ -63,8 +63,8 @@ class Budget:
     """How much each run trains; the defaults fit 24 runs into an hour on 2 CPU cores (2 runs at a time)."""
 
     world_images: int = 1500
-    pretrain_steps: int = 200
-    finetune_steps: int = 50
+    pretrain_steps: int = 160
+    finetune_steps: int = 40
     batch_size: int = 64
     finetune_batch_size: int = 32
     k_test: int = 16
