@@ -96,3 +96,21 @@ def test_mod_on_itc_only_leaves_mlm_undistilled():
     assert not torch.allclose(full["loss_mlm"], none["loss_mlm"])
     assert torch.allclose(itc_only["loss_ita"], full["loss_ita"])
     assert not torch.allclose(itc_only["loss_ita"], none["loss_ita"])
+
+
+def test_plot_metrics_leaves_the_callers_backend_alone(tmp_path):
+    """A notebook's inline backend must survive drawing the curves (else its later figures never show)."""
+    import json
+
+    import matplotlib
+
+    from albef_lab.train.plot import plot_metrics
+
+    rows = [{"step": s, "loss": 1.0 / s, "lr": 1e-3, "alpha": 0.4} for s in range(1, 4)]  # a downstream run's log
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    matplotlib.use("svg")
+    try:
+        assert plot_metrics(tmp_path).stat().st_size > 1000
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use("Agg")

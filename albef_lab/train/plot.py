@@ -16,16 +16,16 @@ def read_metrics(path: str | Path) -> list[dict]:
 
 
 def plot_metrics(run: str | Path, out: str | Path | None = None) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the caller's backend (a notebook's inline one) stays as it is
 
     rows = read_metrics(run)
     train = [r for r in rows if "loss" in r]
     val = [r for r in rows if any(k.startswith("val_") for k in r)]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    fig = Figure(figsize=(15, 4))
+    axes = fig.subplots(1, 3)
     for key in ("loss", "loss_ita", "loss_itm", "loss_mlm"):
+        if not train or key not in train[0]:  # a downstream task logs its one loss only
+            continue
         axes[0].plot([r["step"] for r in train], [r[key] for r in train], label=key)
     axes[0].set(title="training losses", xlabel="step")
     axes[0].legend()
@@ -44,5 +44,4 @@ def plot_metrics(run: str | Path, out: str | Path | None = None) -> Path:
     fig.tight_layout()
     out = Path(out) if out else (Path(run) if Path(run).is_dir() else Path(run).parent) / "curves.png"
     fig.savefig(out, dpi=100)
-    plt.close(fig)
     return out
