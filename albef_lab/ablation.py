@@ -126,6 +126,7 @@ def pretrain_variant(variant: str, noise: float, seed: int, root: str | Path, bu
     with _locked(out.with_suffix(".lock")):
         done = out / "result.json"
         if not done.is_file():
+            _fresh(out)
             data = make_world(root, noise, budget)
             cfg = _config(data, out, budget.pretrain_steps, budget.batch_size, seed, budget,
                           [*v.pretrain, *(extra or [])], progress)
@@ -143,6 +144,7 @@ def finetune_tasks(checkpoint: Path, variant: str, noise: float, seed: int, out:
     data = make_world(root, noise, budget)
     results = {}
     for task in tasks:
+        _fresh(Path(out) / task)
         cfg = _config(data, Path(out) / task, budget.finetune_steps, budget.finetune_batch_size, seed, budget,
                       ["train.lr=2e-4", "train.warmup_steps=10", "model.fix_momentum_init=true",
                        *VARIANTS[variant].finetune, *(extra or [])], progress)
@@ -189,6 +191,11 @@ def run_variant(variant: str, noise: float, seed: int, out: str | Path, root: st
               "seconds": time.perf_counter() - t0}
     _write_json(Path(out) / "results.json", result)
     return result
+
+
+def _fresh(run_dir: Path) -> None:
+    """A run killed half-way starts again from scratch: its old log must not mix into the new curves."""
+    (run_dir / "metrics.jsonl").unlink(missing_ok=True)
 
 
 def _write_json(path: Path, obj) -> None:
