@@ -353,8 +353,10 @@ def plot_noise(table: dict, path: str | Path | None = None):
     import matplotlib.pyplot as plt
 
     noises = list(table)
-    fig, axes = plt.subplots(1, len(COLUMNS), figsize=(3.2 * len(COLUMNS), 3.0), squeeze=False)
-    for ax, col in zip(axes[0], COLUMNS, strict=True):
+    cols = 3
+    rows = -(-len(COLUMNS) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    for ax, col in zip(axes.flat, COLUMNS, strict=False):
         for variant in [*VARIANTS, "baseline"]:
             pts = [(n, *table[n][variant][col][:2]) for n in noises if variant in table[n]]
             if not pts:
@@ -364,8 +366,8 @@ def plot_noise(table: dict, path: str | Path | None = None):
             ax.errorbar(xs, ms, yerr=ss, label=variant, capsize=3, **style)
         ax.set_title(col)
         ax.set_xlabel("caption noise")
-    axes[0][0].set_ylabel("score (%)")
-    axes[0][-1].legend(fontsize=7, loc="best")
+        ax.set_ylabel("score (%)")
+    axes.flat[0].legend(fontsize=7, loc="best")
     fig.tight_layout()
     if path is not None:
         fig.savefig(path, dpi=110)
