@@ -83,11 +83,12 @@ def test_the_form_checks_catch_what_they_guard():
     assert not resolves("albef_lab.eval.inspect.no_such_function") and not resolves("albef_lab.no_such_module")
 
 
-def execute(name: str, out: Path, **params) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
-    pm.execute_notebook(str(ROOT / "notebooks" / name), str(out / "executed.ipynb"), kernel_name="python3",
-                        parameters={"quick": True, **params}, progress_bar=False, cwd=str(out))
-    return out
+def execute(name: str, workdir: Path, **params) -> Path:
+    """Run a notebook as a user would with papermill, quick, inside `workdir` (its relative paths land there)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    pm.execute_notebook(str(ROOT / "notebooks" / name), str(workdir / "executed.ipynb"), kernel_name="python3",
+                        parameters={"quick": True, **params}, progress_bar=False, cwd=str(workdir))
+    return workdir
 
 
 def finite_numbers(obj) -> list[float]:
