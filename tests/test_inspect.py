@@ -104,3 +104,15 @@ def test_pytorch_grad_cam_maps_go_through_the_same_proposal_scoring(grounded, me
     assert maps.shape == (2, 2, 2) and torch.isfinite(maps).all()
     acc = evaluate_grounding(*args, heat=camlib_heat(model, method), limit=4)
     assert 0 <= acc["acc_all"] <= 100
+
+
+def test_draw_boxes_on_an_enlarged_copy():
+    from PIL import Image
+
+    from albef_lab.viz.overlay import draw_boxes
+
+    image = Image.new("RGB", (16, 16), "black")
+    out = draw_boxes(image, [([4, 4, 8, 8], "red")], width=1, scale=4)
+    assert out.size == (64, 64) and image.getpixel((4, 4)) == (0, 0, 0)  # the original is untouched
+    assert out.getpixel((16, 16)) == (255, 0, 0) and out.getpixel((48, 48)) == (255, 0, 0)  # corners, scaled
+    assert out.getpixel((32, 32)) == (0, 0, 0)  # the inside stays visible

@@ -37,10 +37,12 @@ def overlay(image: Image.Image, heat: Tensor, alpha: float = 0.5, smooth: float 
     return Image.fromarray((alpha * colour + (1 - alpha) * base).clip(0, 255).astype(np.uint8))
 
 
-def draw_boxes(image: Image.Image, boxes: list[tuple[list[float], str]], width: int = 3) -> Image.Image:
-    """Draw [x, y, w, h] boxes with their colours on a copy of the image."""
-    out = image.convert("RGB").copy()
+def draw_boxes(image: Image.Image, boxes: list[tuple[list[float], str]], width: int = 3,
+               scale: int = 1) -> Image.Image:
+    """Draw [x, y, w, h] boxes with their colours on a copy of the image, enlarged `scale` times first (so that
+    the outlines of a small image do not hide what they frame)."""
+    out = image.convert("RGB").resize((image.width * scale, image.height * scale), Image.NEAREST)
     draw = ImageDraw.Draw(out)
     for (x, y, w, h), colour in boxes:
-        draw.rectangle([x, y, x + w, y + h], outline=colour, width=width)
+        draw.rectangle([x * scale, y * scale, (x + w) * scale, (y + h) * scale], outline=colour, width=width)
     return out
