@@ -126,7 +126,6 @@ def pretrain_variant(variant: str, noise: float, seed: int, root: str | Path, bu
     with _locked(out.with_suffix(".lock")):
         done = out / "result.json"
         if not done.is_file():
-            _fresh(out)
             data = make_world(root, noise, budget)
             cfg = _config(data, out, budget.pretrain_steps, budget.batch_size, seed, budget,
                           [*v.pretrain, *(extra or [])], progress)
@@ -144,7 +143,6 @@ def finetune_tasks(checkpoint: Path, variant: str, noise: float, seed: int, out:
     data = make_world(root, noise, budget)
     results = {}
     for task in tasks:
-        _fresh(Path(out) / task)
         cfg = _config(data, Path(out) / task, budget.finetune_steps, budget.finetune_batch_size, seed, budget,
                       ["train.lr=2e-4", "train.warmup_steps=10", "model.fix_momentum_init=true",
                        *VARIANTS[variant].finetune, *(extra or [])], progress)
@@ -191,11 +189,6 @@ def run_variant(variant: str, noise: float, seed: int, out: str | Path, root: st
               "seconds": time.perf_counter() - t0}
     _write_json(Path(out) / "results.json", result)
     return result
-
-
-def _fresh(run_dir: Path) -> None:
-    """A run killed half-way starts again from scratch: its old log must not mix into the new curves."""
-    (run_dir / "metrics.jsonl").unlink(missing_ok=True)
 
 
 def _write_json(path: Path, obj) -> None:
@@ -280,8 +273,9 @@ def sweep(runs: list[Run], out: str | Path = "runs/ablations", notebook: str = N
     out = str(out)
     if not Path(notebook).is_file():
         raise FileNotFoundError(f"notebook not found: {notebook}")
-    report = SweepReport(skipped=[r.name for r in runs if is_finished(out, r)])
-    todo = [r for r in runs if not is_finished(out, r)]
+    finished = [is_finished(out, r) for r in runs]
+    report = SweepReport(skipped=[r.name for r, f in zip(runs, finished, strict=True) if f])
+    todo = [r for r, f in zip(runs, finished, strict=True) if not f]
     budget = Budget.quick() if quick else Budget()
     if jobs > 1:  # one share of the cores per run (the user's own train.threads still wins)
         extra = [f"train.threads={max(1, (os.cpu_count() or 1) // jobs)}", *(extra or [])]

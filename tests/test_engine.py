@@ -31,6 +31,17 @@ def losses(run: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in rows if "loss" in r}
 
 
+def test_a_fresh_run_in_a_used_folder_starts_a_fresh_log(world, tmp_path):
+    """Without --resume, a run into a folder that holds an earlier run's log replaces it rather than appending."""
+    out = tmp_path / "run"
+    E.train(small_cfg(world, out, "train.max_steps=3", "train.eval_every=100", "train.save_every=100"))
+    first = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    E.train(small_cfg(world, out, "train.max_steps=3", "train.eval_every=100", "train.save_every=100"))
+    second = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in second] == [r["step"] for r in first] == sorted(r["step"] for r in first)
+    assert [sorted(r) for r in second] == [sorted(r) for r in first]  # one run's rows, not two runs' appended
+
+
 def test_interrupted_and_resumed_equals_uninterrupted(world, tmp_path, monkeypatch):
     full = tmp_path / "full"
     E.pretrain(small_cfg(world, full, "train.max_steps=7", "train.save_every=3"))

@@ -144,6 +144,7 @@ class Trainer:
         self.tb = None
         if self.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._truncate_metrics(self.state.step)  # a fresh run (step 0) in a used folder starts a fresh log
             (self.run_dir / "config.json").write_text(json.dumps(to_dict(self.cfg), indent=1))
             if self.cfg.train.tensorboard:
                 try:
@@ -224,12 +225,12 @@ class Trainer:
         elif self.main:
             print(f"resuming with {self.world} processes from a run with {ckpt['world_size']}: RNG streams restart")
         if self.main:
-            self._truncate_metrics(self.state.step)
             print(f"resumed from {path} at step {self.state.step} (epoch {self.state.epoch}, "
                   f"batch {self.state.batch_in_epoch})")
 
     def _truncate_metrics(self, step: int) -> None:
-        """Drop log rows written after the checkpoint we resume from (they will be written again)."""
+        """Drop log rows written after the step this run starts from (they will be written again); for a fresh
+        run, every row of an earlier run in the same folder."""
         if not self.metrics_file.is_file():
             return
         rows = self.metrics_file.read_text().splitlines()
