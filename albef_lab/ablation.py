@@ -54,6 +54,8 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "VQA": ("vqa", "vqa_acc"),
     "grounding": ("grounding", "acc_all"),
 }
+ROW_NAMES = {"blind": "image-blind control (every run, images shuffled)",
+             "baseline": "baseline (chance / majority / random box)"}
 TASKS = ("retrieval", "ve", "nlvr", "vqa", "grounding")
 NOTEBOOK = "notebooks/02_distillation_ablations.ipynb"
 
@@ -137,8 +139,12 @@ def pretrain_variant(variant: str, noise: float, seed: int, root: str | Path, bu
 def finetune_tasks(checkpoint: Path, variant: str, noise: float, seed: int, out: str | Path, root: str | Path,
                    budget: Budget, tasks: tuple[str, ...] = TASKS, extra: list[str] | None = None,
                    progress: bool = False) -> dict[str, dict]:
-    """Fine-tune and evaluate each task from the checkpoint: {task: its final evaluation}."""
-    from albef_lab.train.engine import train
+    """Fine-tune and evaluate each task from the checkpoint: {task: its final evaluation}.
+
+    Each evaluation also holds 'blind': the same fine-tuned model evaluated with the images shuffled across
+    examples (grounding aside: its control is the random proposal).
+    """
+    from albef_lab.train.engine import evaluate, train
 
     data = make_world(root, noise, budget)
     results = {}
@@ -147,6 +153,8 @@ def finetune_tasks(checkpoint: Path, variant: str, noise: float, seed: int, out:
                       ["train.lr=2e-4", "train.warmup_steps=10", "model.fix_momentum_init=true",
                        *VARIANTS[variant].finetune, *(extra or [])], progress)
         results[task] = train(cfg, task, init=str(checkpoint))
+        if task != "grounding":
+            results[task]["blind"] = evaluate(cfg, task, Path(cfg.train.output_dir) / "model.pth", blind="shuffle")
     return results
 
 
@@ -182,9 +190,12 @@ def run_variant(variant: str, noise: float, seed: int, out: str | Path, root: st
     checkpoint, zero_shot = pretrain_variant(variant, noise, seed, root, budget, extra, progress)
     downstream = finetune_tasks(checkpoint, variant, noise, seed, out, root, budget, tasks, extra, progress)
     scores = {col: downstream[task][key] for col, (task, key) in COLUMNS.items() if task in downstream}
+    blind = {col: downstream[task]["blind"][key] for col, (task, key) in COLUMNS.items()
+             if "blind" in downstream.get(task, {})}
     result = {"variant": variant, "row": VARIANTS[variant].row, "noise": noise, "seed": seed,
-              "scores": scores, "baselines": baselines(world_root(root, noise, budget), downstream),
-              "zero_shot": {k: zero_shot[k] for k in ("txt_r1", "img_r1", "r_mean", "itm_acc") if k in zero_shot},
+              "scores": scores, "blind": blind, "baselines": baselines(world_root(root, noise, budget), downstream),
+              "zero_shot": {k: zero_shot[k] for k in ("txt_r1", "img_r1", "r_mean", "itm_acc", "itm_acc_hard")
+                            if k in zero_shot},
               "downstream": downstream, "budget": asdict(budget), "pretrain_checkpoint": str(checkpoint),
               "seconds": time.perf_counter() - t0}
     _write_json(Path(out) / "results.json", result)
@@ -321,7 +332,11 @@ def summarize(results: list[dict]) -> dict[float, dict[str, dict[str, tuple[floa
             if mine:
                 rows[variant] = {col: (*mean_std([r["scores"][col] for r in mine if col in r["scores"]]),
                                        len(mine)) for col in COLUMNS}
-        base = [r["baselines"] for r in results if r["noise"] == noise]
+        here = [r for r in results if r["noise"] == noise]
+        blind = [r.get("blind", {}) for r in here]
+        if any(blind):  # the same fine-tuned models with the images shuffled, over every run of this noise level
+            rows["blind"] = {col: (*mean_std([b[col] for b in blind if col in b]), len(here)) for col in COLUMNS}
+        base = [r["baselines"] for r in here]
         rows["baseline"] = {col: (*mean_std([b[col] for b in base if col in b]), len(base)) for col in COLUMNS}
         table[noise] = rows
     return table
@@ -334,7 +349,7 @@ def table_markdown(table: dict) -> str:
         lines = [f"caption noise {noise:g}", "", "| variant | seeds | " + " | ".join(COLUMNS) + " |",
                  "|---|---|" + "---|" * len(COLUMNS)]
         for variant, cols in rows.items():
-            name = VARIANTS[variant].row if variant in VARIANTS else "baseline (chance / majority / random box)"
+            name = VARIANTS[variant].row if variant in VARIANTS else ROW_NAMES[variant]
             seeds = next(iter(cols.values()))[2]
             cells = [f"{m:.1f} ± {s:.1f}" if not math.isnan(m) else "-" for m, s, _ in cols.values()]
             lines.append(f"| {name} | {seeds} | " + " | ".join(cells) + " |")
@@ -351,12 +366,13 @@ def plot_noise(table: dict, path: str | Path | None = None):
     rows = -(-len(COLUMNS) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
     for ax, col in zip(axes.flat, COLUMNS, strict=False):
-        for variant in [*VARIANTS, "baseline"]:
+        for variant in [*VARIANTS, *ROW_NAMES]:
             pts = [(n, *table[n][variant][col][:2]) for n in noises if variant in table[n]]
             if not pts:
                 continue
             xs, ms, ss = zip(*pts, strict=True)
-            style = {"ls": ":", "color": "grey"} if variant == "baseline" else {"marker": "o"}
+            style = {"ls": ":", "color": "grey" if variant == "baseline" else "black"} if variant in ROW_NAMES \
+                else {"marker": "o"}
             ax.errorbar(xs, ms, yerr=ss, label=variant, capsize=3, **style)
         ax.set_title(col)
         ax.set_xlabel("caption noise")

@@ -107,31 +107,12 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import json
-    from pathlib import Path
 
     from albef_lab.config import load_config
-    from albef_lab.data.tokenizer import load_tokenizer
-    from albef_lab.models.checkpoint import load_for_task, read_file, state_dict_of
-    from albef_lab.models.factory import create_model, has_config, load_model
-    from albef_lab.train.tasks import task_class
+    from albef_lab.train.engine import evaluate
 
     cfg = load_config(args.config, args.overrides, args.preset)
-    obj = read_file(args.checkpoint)
-    if has_config(obj):  # ours: the architecture travels in the file
-        model, cfg.model, report = load_model(args.checkpoint, args.task)
-    else:  # an official file: the architecture comes from the preset / config given here
-        model = create_model(args.task, cfg.model)
-        report = load_for_task(model, args.task, state_dict_of(obj, args.checkpoint),
-                               fusion_layer=cfg.model.text.fusion_layer)
-    print(report)
-    if report.resized:
-        print(f"warning: the checkpoint was trained at another image size; its position embeddings were "
-              f"resized to {cfg.model.vision.image_res} px, which costs accuracy without fine-tuning",
-              file=sys.stderr)
-    device = torch.device("cuda" if torch.cuda.is_available() and cfg.train.device != "cpu" else "cpu")
-    tok = load_tokenizer(cfg.data.tokenizer or f"{cfg.data.root}/vocab")
-    task = task_class(args.task)(cfg, tok, Path(args.checkpoint).parent)
-    metrics = task.evaluate(model.to(device), device)
+    metrics = evaluate(cfg, args.task, args.checkpoint, blind=args.blind, verbose=True)
     print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in metrics.items()}))
     return 0
 
@@ -199,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="evaluate a checkpoint on a task's evaluation split")
     p.add_argument("task", choices=tasks)
     p.add_argument("--checkpoint", required=True)
+    p.add_argument("--blind", choices=["shuffle", "blank"], default="",
+                   help="the image-blind control: every image swapped for another item's, or blanked")
     _add_config_args(p, None)
     p.set_defaults(func=cmd_evaluate)
 

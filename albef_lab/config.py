@@ -86,6 +86,13 @@ class ModelConfig:
     fix_duplicate_negatives: bool = False  # captions of the same image in a batch: positives, never negatives
     fix_vqa_double_count: bool = False  # VQA ranking counts log P(first token) once, not twice
     fix_momentum_init: bool = False  # copy loaded weights into momentum copies the file lacks (NLVR.py does not)
+    # ITM never takes as a negative a pair the data knows to match (a caption true of another image of the
+    # batch: ShapesWorld's scene graphs say so). The original mines such false negatives.
+    fix_false_negatives: bool = False
+    # A curriculum: ITM draws uniform negatives for this many steps before it mines hard ones (0 = the original).
+    itm_random_steps: int = 0
+    # After it: this fraction of ITM's negatives stay uniform, the rest mined (0 = the original: all mined).
+    itm_random_fraction: float = 0.0
     grad_checkpointing: bool = False
     # Cross-attention keys/values computed once per image (or question) and shared by every text row and pass
     # that attends to it (plus: retrieval re-ranks without trailing padding, VQA ranking applies the vocabulary

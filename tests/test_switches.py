@@ -74,7 +74,7 @@ def test_fix_duplicate_negatives_passes_image_ids_to_the_model(world, fix):
     task = Task(cfg, load_tokenizer(world / "vocab"))
     seen = {}
 
-    def net(images, ids, mask, alpha, generator=None, image_ids=None):
+    def net(images, ids, mask, alpha, generator=None, image_ids=None, **kw):
         seen["image_ids"] = image_ids
         return {}
 

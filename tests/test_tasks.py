@@ -12,9 +12,10 @@ from albef_lab.config import load_config
 from albef_lab.data.export import WorldSettings, write_world
 from albef_lab.eval.grounding import best_proposal, iou_xywh, random_proposal_baseline
 from albef_lab.eval.retrieval import recall_metrics
+from albef_lab.eval.vqa import normalize_answer, vqa_accuracy
 from albef_lab.models.tasks import ALBEFRetrieval
 from albef_lab.train import engine as E
-from albef_lab.train.tasks import VETask, vqa_score
+from albef_lab.train.tasks import VETask
 from albef_lab.viz.gradcam import itc_gradcam, itm_gradcam
 from tests.helpers import SMALL, batch, small_config
 
@@ -46,10 +47,18 @@ def test_recall_matches_the_original_definition():
     assert perfect["txt_r1"] == perfect["img_r1"] == 100.0
 
 
-def test_vqa_score_is_the_official_soft_accuracy():
+def test_vqa_accuracy_is_the_official_leave_one_out_mean():
     ann = ["red"] * 2 + ["blue"] * 8
-    assert vqa_score("blue", ann) == 1.0 and vqa_score("red", ann) == pytest.approx(2 / 3)
-    assert vqa_score("green", ann) == 0.0
+    assert vqa_accuracy("blue", ann) == 1.0
+    assert vqa_accuracy("red", ann) == pytest.approx(0.6)  # not min(1, 2/3): the mean over the 10 subsets of 9
+    assert vqa_accuracy("green", ann) == 0.0
+    assert vqa_accuracy("blue", ["red"] * 7 + ["blue"] * 3) == pytest.approx(0.9)  # 3 of 10: 7 x 1 + 3 x 2/3
+    # the official normalisation where annotators disagree: number words, articles, case, punctuation
+    assert vqa_accuracy("Two.", ["2"] * 9 + ["3"]) == 1.0
+    assert vqa_accuracy("the circle", ["circle"] * 5 + ["square"] * 5) == 1.0
+    assert normalize_answer("  The Yes!\n") == "yes"
+    with pytest.raises(ValueError, match="annotators"):
+        vqa_accuracy("red", [])
 
 
 def test_proposal_ranking_and_iou():

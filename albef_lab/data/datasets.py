@@ -88,6 +88,10 @@ class PretrainDataset(ImageTextDataset):
         ids = [e.get("image_id", e["image"]) for e in self.entries]
         index = {k: i for i, k in enumerate(dict.fromkeys(ids))}
         self.image_index = [index[k] for k in ids]
+        first = {}
+        for e, i in zip(self.entries, self.image_index, strict=True):
+            first.setdefault(i, e["image"])
+        self.image_files = [first[i] for i in range(len(first))]  # the file of each image index
 
     def load(self, i: int):
         e = self.entries[i]
@@ -225,3 +229,41 @@ def vqa_collate(batch: list) -> tuple:
         weights += w
         k.append(len(ans))
     return torch.stack(images), questions, answers, torch.tensor(weights), k
+
+
+BLIND_MODES = ("", "shuffle", "blank")
+
+
+class BlindImages(Dataset):
+    """The image-blind control of an evaluation set: every image of item i replaced by that of another item
+    (`shuffle`, a fixed permutation with no fixed point) or by a blank (`blank`: all zeros, the mean colour
+    after normalisation); texts and labels stay. A score no better than this one did not need the image."""
+
+    def __init__(self, dataset: Dataset, mode: str, seed: int = 0):
+        if mode not in BLIND_MODES[1:]:
+            raise ValueError(f"unknown image-blind mode {mode!r}; choose one of {list(BLIND_MODES[1:])}")
+        self.dataset, self.mode = dataset, mode
+        n = len(dataset)
+        order = list(range(n))
+        random.Random(seed).shuffle(order)
+        self.source = [0] * n  # a cycle through a shuffled order: nobody keeps its own image
+        for a, b in zip(order, order[1:] + order[:1], strict=True):
+            self.source[a] = b
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getattr__(self, name: str):
+        if name == "dataset":  # not set yet (unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    def __getitem__(self, index: int):
+        item = self.dataset[index]
+        donor = self.dataset[self.source[index]] if self.mode == "shuffle" else item
+        return tuple(torch.zeros_like(v) if self.mode == "blank" and _is_image(v) else
+                     (d if _is_image(v) else v) for v, d in zip(item, donor, strict=True))
+
+
+def _is_image(value) -> bool:
+    return isinstance(value, torch.Tensor) and value.dim() == 3

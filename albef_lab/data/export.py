@@ -21,6 +21,18 @@ from tqdm import tqdm
 from albef_lab.data import world as W
 from albef_lab.data.tokenizer import write_vocab
 
+# The generator's version, written to world.json: a world made by an older generator is made again.
+# 2: SNLI-VE, NLVR2 and VQA texts no longer give their labels away without the image.
+VERSION = 2
+
+
+def world_version(root: str | Path) -> int | None:
+    """The generator version of the ShapesWorld at `root` (1 before it was recorded); None if it is not one."""
+    path = Path(root) / "world.json"
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text())["settings"].get("version", 1)
+
 
 @dataclass
 class WorldSettings:
@@ -88,7 +100,7 @@ def write_world(s: WorldSettings, progress: bool = True) -> dict:
     write_vocab(out / "vocab", W.vocabulary())
     for name, obj in files.items():
         _dump(out / name, obj)
-    settings = {k: v for k, v in vars(s).items() if k not in ("workers", "out")}
+    settings = {k: v for k, v in vars(s).items() if k not in ("workers", "out")} | {"version": VERSION}
     _dump(out / "world.json", {"settings": settings, "counts": counts})
     return counts
 
@@ -178,9 +190,8 @@ def ve_files(p: Plan) -> tuple[dict, dict]:
     ve = {k: [] for k in p.by_split}
     for part, ids in p.by_split.items():
         for i in ids:
-            r = p.rng(i, "ve")
-            for label in W.VE_LABELS:
-                ve[part].append({"image": p.img[i], "sentence": W.ve_item(p.scenes[i], r, label), "label": label})
+            for sentence, label in W.ve_items(p.scenes[i], p.rng(i, "ve")):
+                ve[part].append({"image": p.img[i], "sentence": sentence, "label": label})
     return {f"ve_{part}.json": v for part, v in ve.items()}, {"ve": sum(len(v) for v in ve.values())}
 
 
@@ -221,11 +232,14 @@ def ensure_world(data, train_file: str | Path, progress: bool = True, main: bool
 
     Under several processes only `main` writes; `barrier` makes the others wait for it.
     """
-    if not Path(train_file).is_file():
+    old = world_version(data.root)
+    stale = old is not None and old != VERSION and data.make_world
+    if stale or not Path(train_file).is_file():
         if not data.make_world:
             raise FileNotFoundError(f"training annotations not found: {train_file} (and data.make_world is off)")
         if main:
-            print(f"ShapesWorld not found at {data.root}: generating {data.world_images} images ...")
+            why = f"was made by generator version {old}, this is {VERSION}" if stale else "not found"
+            print(f"ShapesWorld at {data.root} {why}: generating {data.world_images} images ...")
             write_world(WorldSettings(out=data.root, seed=data.world_seed, images=data.world_images,
                                       res=data.world_res, noise=data.noise), progress=progress)
     if barrier is not None:

@@ -8,8 +8,10 @@ construction. Colour+shape pairs are unique within a scene, which keeps every ph
 
 from __future__ import annotations
 
+import functools
 import math
 import random
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -25,6 +27,8 @@ SIZES = {"small": (0.16, 0.2), "large": (0.27, 0.33)}  # side as a fraction of t
 NUMBERS = ["zero", "one", "two", "three", "four", "five"]
 RELATIONS = {"to the left of": (0, -1), "to the right of": (0, 1), "above": (1, -1), "below": (1, 1)}
 MIN_GAP = 0.12  # centres must differ by this much (fraction of the image) for a relation to be stated
+# Words of the first SNLI-VE neutral templates: no longer generated (text alone gave the label away), but kept
+# in the vocabulary so that token ids, and checkpoints trained on them, stay valid.
 NEUTRAL = ["the {o} was drawn by a child", "the {o} is made of wood", "the {o} is about to move",
            "someone painted the {o} yesterday", "the {o} is heavier than it looks", "the {o} smells of paint"]
 VE_LABELS = ["contradiction", "neutral", "entailment"]  # ids 0, 1, 2 as the original's ve_dataset
@@ -72,6 +76,12 @@ class Scene:
 
     def has(self, colour: str, shape: str) -> bool:
         return self.count(shape, colour) > 0
+
+    def mirrored(self) -> Scene:
+        """The scene flipped left to right (what a horizontal-flip augmentation shows)."""
+        objs = [Obj(o.shape, o.colour, o.size, (round(1 - o.box[2], 4), o.box[1], round(1 - o.box[0], 4), o.box[3]))
+                for o in self.objects]
+        return Scene(self.index, self.seed, objs, self.background)
 
 
 def relation_holds(a: Obj, b: Obj, rel: str) -> bool:
@@ -214,6 +224,71 @@ def captions(scene: Scene, rng: random.Random, n: int) -> list[str]:
     return out
 
 
+def _match_phrase(words: list[str]) -> tuple[str | None, str, str]:
+    """'[size] colour shape' (an article already dropped) -> (size or None, colour, shape)."""
+    if len(words) == 3 and words[0] in SIZES:
+        return words[0], words[1], words[2]
+    if len(words) == 2:
+        return None, words[0], words[1]
+    raise ValueError(f"not an object phrase of ShapesWorld: {' '.join(words)!r}")
+
+
+def _objects_matching(scene: Scene, phrase: tuple[str | None, str, str]) -> list[Obj]:
+    size, colour, shape = phrase
+    return [o for o in scene.objects if o.colour == colour and o.shape == shape and size in (None, o.size)]
+
+
+def _drop_article(words: list[str]) -> list[str]:
+    return words[1:] if words and words[0] in ("a", "an") else words
+
+
+def caption_holds(scene: Scene, text: str) -> bool:
+    """Whether a caption of ShapesWorld's language (`caption`, `corrupt_caption`) is true of `scene`.
+
+    Accepts the text before or after `pre_caption` (commas and case do not matter). Used to find
+    false negatives: a 'negative' pair whose caption is in fact true of the image.
+    """
+    return _caption_test(text)(scene)
+
+
+@functools.lru_cache(maxsize=65536)
+def _caption_test(text: str) -> Callable[[Scene], bool]:
+    """Parse a caption once into a test of scenes (captions repeat across batches and evaluations)."""
+    words = text.lower().replace(",", " ").split()
+    if not words:
+        raise ValueError("an empty caption is neither true nor false")
+    if words[:2] == ["there", "is"]:  # single object, and the corrupted captions
+        phrase = _match_phrase(_drop_article(words[2:]))
+        return lambda sc: bool(_objects_matching(sc, phrase))
+    if words[0] in NUMBERS:  # counts: 'three shapes', 'two circles and one other shape'
+        k = NUMBERS.index(words[0])
+        if len(words) == 2:
+            return lambda sc: len(sc.objects) == k
+        shape = next((s for s in SHAPES if words[1] in (s, PLURAL[s])), None)
+        if shape is None or len(words) < 4 or words[3] not in NUMBERS:
+            raise ValueError(f"not a count caption of ShapesWorld: {text!r}")
+        m = NUMBERS.index(words[3])
+        return lambda sc: sc.count(shape=shape) == k and len(sc.objects) - k == m
+    joined = " ".join(words)
+    for rel in RELATIONS:  # 'a red circle to the left of a large blue square'
+        if f" {rel} " in joined:
+            left, right = joined.split(f" {rel} ", 1)
+            a_phrase = _match_phrase(_drop_article(left.split()))
+            b_phrase = _match_phrase(_drop_article(right.split()))
+            return lambda sc: any(relation_holds(a, b, rel) for a in _objects_matching(sc, a_phrase)
+                                  for b in _objects_matching(sc, b_phrase) if a is not b)
+    # a listing: 'a red circle, a small blue square and a green star'
+    parts, current = [], []
+    for w in words + ["and"]:
+        if w == "and" or (w in ("a", "an") and current):
+            if current:
+                parts.append(_match_phrase(_drop_article(current)))
+            current = [] if w == "and" else [w]
+        else:
+            current.append(w)
+    return lambda sc: all(_objects_matching(sc, p) for p in parts)
+
+
 def corrupt_caption(scene: Scene, other: Scene, rng: random.Random, kind: str | None = None) -> tuple[str, str]:
     """A caption that is wrong the way web alt-text is: an absent object, a swapped attribute, unrelated."""
     kind = kind or rng.choice(NOISE_KINDS)
@@ -248,13 +323,17 @@ def vqa_item(scene: Scene, rng: random.Random) -> dict:
         r = rng.random()
         if r < 0.3:
             return {"question": "how many shapes are there", "answer": _number(len(objs)), "type": qtype}
+        # the answer is drawn first (uniform over the counts this scene offers), then a shape or colour with it:
+        # otherwise 'how many circles' would almost always be 'one' and the words alone would answer
         if r < 0.65:
-            shape = rng.choice(objs).shape if rng.random() < 0.7 else rng.choice(SHAPES)
-            return {"question": f"how many {PLURAL[shape]} are there", "answer": _number(scene.count(shape=shape)),
-                    "type": qtype}
-        colour = rng.choice(objs).colour if rng.random() < 0.7 else rng.choice(list(COLOURS))
-        return {"question": f"how many {colour} shapes are there",
-                "answer": _number(scene.count(colour=colour)), "type": qtype}
+            counts = {shape: scene.count(shape=shape) for shape in SHAPES}
+            n = rng.choice(sorted(set(counts.values())))
+            shape = rng.choice([k for k, v in counts.items() if v == n])
+            return {"question": f"how many {PLURAL[shape]} are there", "answer": _number(n), "type": qtype}
+        counts = {colour: scene.count(colour=colour) for colour in COLOURS}
+        n = rng.choice(sorted(set(counts.values())))
+        colour = rng.choice([k for k, v in counts.items() if v == n])
+        return {"question": f"how many {colour} shapes are there", "answer": _number(n), "type": qtype}
     if qtype == "exist":
         if rng.random() < 0.5:
             o = rng.choice(objs)
@@ -263,11 +342,11 @@ def vqa_item(scene: Scene, rng: random.Random) -> dict:
             colour, shape = rng.choice([(c, s) for s in SHAPES for c in COLOURS if not scene.has(c, s)])
         return {"question": f"is there {_with_article(colour)} {shape}",
                 "answer": "yes" if scene.has(colour, shape) else "no", "type": qtype}
-    a, b = rng.sample(objs, 2)
-    rel = rng.choice(list(RELATIONS))
-    if relation_holds(a, b, rel) or rng.random() < 0.5:
-        candidates = [r for r in RELATIONS if relation_holds(a, b, r)]
-        rel = rng.choice(candidates) if candidates else rel
+    # yes and no equally often: a holding relation, or one that does not hold
+    pairs = [(a, rel, b) for a in objs for b in objs if a is not b for rel in RELATIONS]
+    want = rng.random() < 0.5
+    chosen = [t for t in pairs if relation_holds(*t[::2], t[1]) == want] or pairs
+    a, rel, b = rng.choice(chosen)
     answer = "yes" if relation_holds(a, b, rel) else "no"
     return {"question": f"is the {a.phrase(False)} {rel} the {b.phrase(False)}", "answer": answer, "type": "relation"}
 
@@ -281,26 +360,33 @@ def annotator_answers(answer: str, qtype: str, rng: random.Random, n: int = 10, 
 
 
 def nlvr_statement(left: Scene, right: Scene, rng: random.Random, want: bool) -> str:
-    """A statement over an image pair whose truth value is `want` (if the pair allows it)."""
-    options: list[tuple[str, bool]] = []
+    """A statement over an image pair whose truth value is `want` (if the pair allows it).
+
+    The form is drawn first, among the forms this pair can make both true and false, then a statement of
+    that form with the wanted truth: each form is true as often as false, so the words alone do not give
+    the label away (drawing from all true statements made 'both images contain' mostly false).
+    """
+    forms: dict[str, list[tuple[str, bool]]] = {"contains": [], "both": [], "more": [], "exactly one": []}
     for side, scene in (("left", left), ("right", right)):
         for o in scene.objects:
-            options.append((f"the {side} image contains {_with_article(o.phrase(False))}", True))
+            forms["contains"].append((f"the {side} image contains {_with_article(o.phrase(False))}", True))
         c, s = rng.choice([(c, s) for s in SHAPES for c in COLOURS if not scene.has(c, s)])
-        options.append((f"the {side} image contains {_with_article(c)} {s}", False))
+        forms["contains"].append((f"the {side} image contains {_with_article(c)} {s}", False))
     # dict.fromkeys keeps first-seen order; a set's order changes with the process's hash seed
     for shape in dict.fromkeys(o.shape for o in left.objects + right.objects):
         both = left.count(shape=shape) > 0 and right.count(shape=shape) > 0
-        options.append((f"both images contain {_with_article(shape)}", both))
+        forms["both"].append((f"both images contain {_with_article(shape)}", both))
     nl, nr = len(left.objects), len(right.objects)
     if nl != nr:
-        options.append(("the left image has more shapes than the right image", nl > nr))
-        options.append(("the right image has more shapes than the left image", nr > nl))
+        forms["more"].append(("the left image has more shapes than the right image", nl > nr))
+        forms["more"].append(("the right image has more shapes than the left image", nr > nl))
     for colour in dict.fromkeys(o.colour for o in left.objects + right.objects):
         one = (left.count(colour=colour) > 0) != (right.count(colour=colour) > 0)
-        options.append((f"exactly one image contains {_with_article(colour)} shape", one))
-    matching = [s for s, t in options if t == want]
-    return rng.choice(matching or [s for s, _ in options])
+        forms["exactly one"].append((f"exactly one image contains {_with_article(colour)} shape", one))
+    usable = [f for f, options in forms.items() if {t for _, t in options} == {True, False}]
+    form = rng.choice(usable)  # never empty: 'contains' has a present and an absent object of each image
+    options = forms[form]
+    return rng.choice([s for s, t in options if t == want] or [s for s, _ in options])
 
 
 def nlvr_truth(statement: str, left: Scene, right: Scene) -> bool:
@@ -320,25 +406,49 @@ def nlvr_truth(statement: str, left: Scene, right: Scene) -> bool:
     raise ValueError(f"not an NLVR statement of ShapesWorld: {statement!r}")
 
 
-def ve_item(scene: Scene, rng: random.Random, label: str) -> str:
-    """A hypothesis for the image with the given SNLI-VE label."""
+def ve_items(scene: Scene, rng: random.Random) -> list[tuple[str, str]]:
+    """One SNLI-VE hypothesis per label, as (sentence, label), all of one form drawn per image.
+
+    entailment: true of the image; contradiction: false of it; neutral: about an object the image does not
+    show, so that the image says nothing either way. Every label uses the same form (an object's size, or
+    a relation between two objects), so the words alone do not give the label away.
+    """
     objs = scene.objects
-    o = rng.choice(objs)
-    if label == "neutral":
-        return rng.choice(NEUTRAL).format(o=o.phrase(False))
-    truth = label == "entailment"
-    form = rng.choice(["exists", "count", "size"])
-    if form == "count":
-        n = len(objs)
-        k = n if truth else rng.choice([m for m in range(1, 6) if m != n])
-        return f"there {'is' if k == 1 else 'are'} {_number(k)} {'shape' if k == 1 else 'shapes'}"
-    if form == "size":
-        size = o.size if truth else ("large" if o.size == "small" else "small")
-        return f"the {o.phrase(False)} is {size}"
-    if truth:
-        return f"there is {_with_article(o.phrase(False))}"
-    c, s = rng.choice([(c, s) for s in SHAPES for c in COLOURS if not scene.has(c, s)])
-    return f"there is {_with_article(c)} {s}"
+    absent = rng.choice([(c, s) for s in SHAPES for c in COLOURS if not scene.has(c, s)])
+    unseen = f"{absent[0]} {absent[1]}"
+    holding = relations(scene)
+    out = []
+    if holding and rng.random() < 0.5:
+        a, rel, b = rng.choice(holding)
+        out.append((f"the {a.phrase(False)} is {rel} the {b.phrase(False)}", "entailment"))
+        out.append((f"the {b.phrase(False)} is {rel} the {a.phrase(False)}", "contradiction"))  # the converse
+        x = rng.choice([a, b])
+        first, second = (x.phrase(False), unseen) if rng.random() < 0.5 else (unseen, x.phrase(False))
+        out.append((f"the {first} is {rel} the {second}", "neutral"))
+    else:
+        o = rng.choice(objs)
+        other = "large" if o.size == "small" else "small"
+        out.append((f"the {o.phrase(False)} is {o.size}", "entailment"))
+        out.append((f"the {o.phrase(False)} is {other}", "contradiction"))
+        out.append((f"the {unseen} is {rng.choice(list(SIZES))}", "neutral"))
+    return out
+
+
+def ve_truth(scene: Scene, sentence: str) -> str:
+    """The SNLI-VE label of a hypothesis made by `ve_items` (the generator's semantics, for checks)."""
+    words = sentence.split()
+    if words[-1] in SIZES:
+        found = [o for o in scene.objects if o.phrase(False) == " ".join(words[1:3])]
+        return "neutral" if not found else ("entailment" if found[0].size == words[-1] else "contradiction")
+    for rel in RELATIONS:
+        if f" is {rel} the " in sentence:
+            left, right = sentence.removeprefix("the ").split(f" is {rel} the ")
+            a = [o for o in scene.objects if o.phrase(False) == left]
+            b = [o for o in scene.objects if o.phrase(False) == right]
+            if not a or not b:
+                return "neutral"
+            return "entailment" if relation_holds(a[0], b[0], rel) else "contradiction"
+    raise ValueError(f"not an SNLI-VE hypothesis of ShapesWorld: {sentence!r}")
 
 
 def referring_expression(scene: Scene, target: int, rng: random.Random) -> str:

@@ -78,27 +78,55 @@ def itm_margin(model: nn.Module, text_states: Tensor, text_atts: Tensor, image_s
     return logits[:, 1] - logits[:, 0]
 
 
+def itm_negatives(sims: Tensor, img2txt: dict[int, list[int]], truth: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """One negative caption per image for the held-out ITM accuracy: (random, hard) text indices [images].
+
+    random: the first caption of the next image on; hard: the caption of another image most similar to the
+    image under ITC. `truth` [images, texts] bool (ShapesWorld's ground truth), when given, rules out every
+    caption that is in fact true of the image, so that no 'negative' is a match.
+    """
+    n_img, n_txt = sims.shape
+    own = torch.zeros(n_img, n_txt, dtype=torch.bool, device=sims.device)
+    for i, texts in img2txt.items():
+        own[i, texts] = True
+    ruled_out = own if truth is None else own | truth.to(sims.device)
+    first = torch.tensor([img2txt[i][0] for i in range(n_img)], device=sims.device)
+    random_neg = torch.empty(n_img, dtype=torch.long, device=sims.device)
+    for i in range(n_img):
+        for step in range(1, n_img):  # the next image whose first caption is false of image i
+            t = int(first[(i + step) % n_img])
+            if not ruled_out[i, t]:
+                break
+        random_neg[i] = t
+    hard_neg = sims.masked_fill(ruled_out, float("-inf")).argmax(dim=1)
+    return random_neg, hard_neg
+
+
 @torch.no_grad()
 def zero_shot_eval(model: nn.Module, dataset, tokenizer: Tokenizer, device: torch.device,
-                   batch_size: int = 128, num_workers: int = 0) -> dict[str, float]:
-    """ITC retrieval recall@k over the whole split, and ITM accuracy on (image, own caption) vs
-    (image, caption of the next image) pairs. `dataset` is a RetrievalEvalDataset."""
+                   batch_size: int = 128, num_workers: int = 0, truth: Tensor | None = None) -> dict[str, float]:
+    """ITC retrieval recall@k over the whole split, and ITM accuracy on balanced (image, own caption) vs
+    (image, another image's caption) pairs: `itm_acc` with a random negative, `itm_acc_hard` with the most
+    ITC-similar one (`itm_negatives`; `truth` keeps captions true of the image out). `dataset` is a
+    RetrievalEvalDataset."""
     with eval_mode(model):
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
         image_states, image_feat = encode_images(model, loader, device)
         text_states, text_atts, text_feat = encode_texts(model, tokenizer, dataset.text, device)
         txt2img = torch.tensor([dataset.txt2img[t] for t in range(len(dataset.text))], device=device)
-        out = recall_metrics(image_feat @ text_feat.t(), txt2img)
+        sims = image_feat @ text_feat.t()
+        out = recall_metrics(sims, txt2img)
         n = image_states.shape[0]
         first = torch.tensor([dataset.img2txt[i][0] for i in range(n)], device=device)
-        neg = first[(torch.arange(n, device=device) + 1) % n]
-        correct = 0
-        for a in range(0, n, batch_size):
-            img = image_states[a:a + batch_size]
-            pos, other = first[a:a + batch_size], neg[a:a + batch_size]
-            correct += (itm_margin(model, text_states[pos], text_atts[pos], img) > 0).sum().item()
-            correct += (itm_margin(model, text_states[other], text_atts[other], img) <= 0).sum().item()
-    out["itm_acc"] = 100.0 * correct / (2 * n)
+        random_neg, hard_neg = itm_negatives(sims, dataset.img2txt, truth)
+        for key, neg in (("itm_acc", random_neg), ("itm_acc_hard", hard_neg)):
+            correct = 0
+            for a in range(0, n, batch_size):
+                img = image_states[a:a + batch_size]
+                pos, other = first[a:a + batch_size], neg[a:a + batch_size]
+                correct += (itm_margin(model, text_states[pos], text_atts[pos], img) > 0).sum().item()
+                correct += (itm_margin(model, text_states[other], text_atts[other], img) <= 0).sum().item()
+            out[key] = 100.0 * correct / (2 * n)
     out["n_images"] = n
     return out
 

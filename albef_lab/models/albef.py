@@ -116,11 +116,15 @@ class ALBEF(MomentumPairs, nn.Module):
     # --- pre-training step -------------------------------------------------------------------
     def forward(self, image: Tensor, input_ids: Tensor, attention_mask: Tensor, alpha: float = 0.0, *,
                 draws: PretrainDraws | None = None, generator: torch.Generator | None = None,
-                image_ids: Tensor | None = None) -> dict[str, Tensor]:
-        """Returns {'loss', 'loss_ita', 'loss_itm', 'loss_mlm'}.
+                image_ids: Tensor | None = None, matches: Tensor | None = None,
+                hard: bool = True) -> dict[str, Tensor]:
+        """Returns {'loss', 'loss_ita', 'loss_itm', 'loss_mlm'}, plus 'itm_false_neg' when `matches` is given.
 
         `image_ids` [B] (optional) marks captions of the same image: they are then positives for ITC
-        and never hard negatives (the original treats them as negatives).
+        and never hard negatives (the original treats them as negatives). `matches` [B, B] bool (optional):
+        text i is known to be true of image j; it measures how many drawn ITM negatives are in fact matches
+        and, with `cfg.fix_false_negatives`, keeps them from being drawn. `hard=False`: uniform ITM negatives
+        this step (the curriculum of `cfg.itm_random_steps`).
         """
         cfg = self.cfg
         draws = draws or PretrainDraws()
@@ -140,16 +144,17 @@ class ALBEF(MomentumPairs, nn.Module):
             loss_ita = zero
             sim_i2t = (image_feat @ text_feat.t() / self.temp).detach()
             sim_t2i = sim_i2t.t()
-        loss_itm = zero
+        loss_itm, stats = zero, {}
         if cfg.use_itm:
-            loss_itm = self.itm(image_states, text_states, attention_mask, sim_i2t, sim_t2i, same=same,
-                                draws=draws, generator=generator, kv_cache=kv_cache)
+            loss_itm, stats = self.itm(image_states, text_states, attention_mask, sim_i2t, sim_t2i, same=same,
+                                       draws=draws, generator=generator, kv_cache=kv_cache, matches=matches,
+                                       hard=hard)
         loss_mlm = zero
         if cfg.use_mlm:
             loss_mlm = self.mlm(image, input_ids, attention_mask, image_states, image_states_m, alpha,
                                 draws=draws, generator=generator, kv_cache=kv_cache)
         return {"loss": loss_ita + loss_itm + loss_mlm, "loss_ita": loss_ita, "loss_itm": loss_itm,
-                "loss_mlm": loss_mlm}
+                "loss_mlm": loss_mlm, **stats}
 
     def encode_batch(self, image: Tensor, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, ...]:
         """Both encoders on a training batch of pairs: (image states, image feature, text states, text feature)."""
@@ -200,21 +205,36 @@ class ALBEF(MomentumPairs, nn.Module):
 
     def itm(self, image_states: Tensor, text_states: Tensor, attention_mask: Tensor, sim_i2t: Tensor,
             sim_t2i: Tensor, *, same: Tensor | None = None, draws: PretrainDraws | None = None,
-            generator: torch.Generator | None = None, kv_cache: dict | None = None) -> Tensor:
-        """ITM on [positives; text + hard-negative image; hard-negative text + image] in one fusion pass."""
+            generator: torch.Generator | None = None, kv_cache: dict | None = None,
+            matches: Tensor | None = None, hard: bool = True) -> tuple[Tensor, dict[str, Tensor]]:
+        """ITM on [positives; text + hard-negative image; hard-negative text + image] in one fusion pass.
+
+        Returns (loss, {'itm_false_neg': fraction of the drawn negatives that `matches` marks true}).
+        """
         b, device = image_states.shape[0], image_states.device
         draws = draws or PretrainDraws()
         neg_img, neg_txt = draws.neg_image_idx, draws.neg_text_idx
-        if self.cfg.hard_negatives:
-            w_t2i = negative_weights(sim_t2i, same)
-            w_i2t = negative_weights(sim_i2t, same)
+        known = matches if (matches is not None and self.cfg.fix_false_negatives) else None
+        if self.cfg.hard_negatives and hard:
+            w_t2i = negative_weights(sim_t2i, same, known)
+            w_i2t = negative_weights(sim_i2t, same, None if known is None else known.t())
             record(weights_i2t=w_i2t, weights_t2i=w_t2i)
             neg_img = sample_negatives(w_t2i, generator) if neg_img is None else neg_img
             neg_txt = sample_negatives(w_i2t, generator) if neg_txt is None else neg_txt
+            if self.cfg.itm_random_fraction > 0:  # keep some easy negatives: the signal a small model learns from
+                easy_img, easy_txt = self._uniform_negatives(b, same, known, generator, device)
+                coin = torch.rand(2, b, generator=generator, device=device) < self.cfg.itm_random_fraction
+                neg_img, neg_txt = torch.where(coin[0], easy_img, neg_img), torch.where(coin[1], easy_txt, neg_txt)
         else:
-            neg_img = random_negatives(b, generator, device) if neg_img is None else neg_img
-            neg_txt = random_negatives(b, generator, device) if neg_txt is None else neg_txt
+            easy_img, easy_txt = self._uniform_negatives(b, same, known, generator, device)
+            neg_img = easy_img if neg_img is None else neg_img
+            neg_txt = easy_txt if neg_txt is None else neg_txt
         neg_img, neg_txt = neg_img.to(device), neg_txt.to(device)
+        stats = {}
+        if matches is not None:
+            rows = torch.arange(b, device=device)
+            false = torch.cat([matches[rows, neg_img], matches[neg_txt, rows]]).float()
+            stats["itm_false_neg"] = false.mean()
         text_all = torch.cat([text_states, text_states, text_states[neg_txt]], dim=0)
         atts_all = torch.cat([attention_mask, attention_mask, attention_mask[neg_txt]], dim=0)
         rows = torch.arange(b, device=device)
@@ -224,7 +244,18 @@ class ALBEF(MomentumPairs, nn.Module):
         loss_itm, itm_labels = itm_loss(vl_output, b)
         record(neg_image_idx=neg_img, neg_text_idx=neg_txt, output_pos=fused[:b], output_neg=fused[b:],
                vl_embeddings=fused[:, 0], vl_output=vl_output, itm_labels=itm_labels, loss_itm=loss_itm)
-        return loss_itm
+        return loss_itm, stats
+
+    @staticmethod
+    def _uniform_negatives(b: int, same: Tensor | None, known: Tensor | None, generator: torch.Generator | None,
+                           device: torch.device) -> tuple[Tensor, Tensor]:
+        """(image for each text, text for each image), uniform over the batch; over the pairs not known to
+        match when `known` is given."""
+        if known is None:
+            return random_negatives(b, generator, device), random_negatives(b, generator, device)
+        flat = torch.zeros(b, b, device=device)
+        return (sample_negatives(negative_weights(flat, same, known), generator),
+                sample_negatives(negative_weights(flat, same, known.t()), generator))
 
     def mlm(self, image: Tensor, input_ids: Tensor, attention_mask: Tensor, image_states: Tensor,
             image_states_m: Tensor | None, alpha: float, *, draws: PretrainDraws | None = None,

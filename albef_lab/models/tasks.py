@@ -44,7 +44,7 @@ class ALBEFRetrieval(ALBEF):
         loss_ita, sim_i2t, sim_t2i, _ = self.itc(image, input_ids, attention_mask, image_feat, text_feat, alpha,
                                                  image_ids=image_ids, distill=self.cfg.distill)
         record(mask=same)
-        loss_itm = self.itm(image_states, text_states, attention_mask, sim_i2t, sim_t2i, same=same, draws=draws,
+        loss_itm, _ = self.itm(image_states, text_states, attention_mask, sim_i2t, sim_t2i, same=same, draws=draws,
                             generator=generator)
         return {"loss": loss_ita + loss_itm, "loss_ita": loss_ita, "loss_itm": loss_itm}
 

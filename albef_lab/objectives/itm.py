@@ -8,11 +8,12 @@ from torch import Tensor
 
 
 @torch.no_grad()
-def negative_weights(sim: Tensor, same: Tensor | None = None) -> Tensor:
+def negative_weights(sim: Tensor, same: Tensor | None = None, known: Tensor | None = None) -> Tensor:
     """softmax over the in-batch columns of `sim` [B, >=B], with positives zeroed.
 
     `same` [B, B] bool marks pairs that must never be negatives (same image id); default: the diagonal.
-    Rows are not renormalised (multinomial does that).
+    `known` [B, B] bool marks pairs known to match (false negatives): zeroed too, except in a row where
+    nothing else would be left. Rows are not renormalised (multinomial does that).
     """
     b = sim.shape[0]
     if b < 2:
@@ -22,6 +23,10 @@ def negative_weights(sim: Tensor, same: Tensor | None = None) -> Tensor:
         w.fill_diagonal_(0)
     else:
         w = w.masked_fill(same, 0)
+    if known is not None:
+        filtered = w.masked_fill(known, 0)
+        keep = filtered.sum(dim=1, keepdim=True) > 0
+        w = torch.where(keep, filtered, w)
     return w
 
 

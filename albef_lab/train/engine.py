@@ -317,6 +317,7 @@ class Trainer:
     def _forward_backward(self, batch, alpha: float, sync: bool) -> dict[str, Tensor]:
         no_sync = nullcontext() if (self.ddp is None or sync) else self.ddp.no_sync()
         with no_sync:
+            self.task.step = self.state.step  # curricula read it
             with self.autocast():
                 out = self.task.forward(self.ddp or self.model, batch, alpha, self.gen, self.device)
             self.scaler.scale(out["loss"] / self.cfg.train.grad_accum).backward()
@@ -429,3 +430,29 @@ def train(cfg: Config, task: str = "pretrain", resume: str | None = None, init: 
 
 def pretrain(cfg: Config, resume: str | None = None) -> dict:
     return train(cfg, "pretrain", resume)
+
+
+def evaluate(cfg: Config, task: str, checkpoint: str | Path, blind: str = "", out_dir: str | Path | None = None,
+             verbose: bool = False) -> dict:
+    """A task's evaluation of a checkpoint; `blind` ("shuffle" / "blank") runs its image-blind control.
+
+    Ours carry their architecture (`cfg.model` is replaced by it); an official file is built from `cfg.model`.
+    """
+    from albef_lab.models.factory import has_config, load_model
+
+    obj = read_file(checkpoint)
+    if has_config(obj):
+        model, cfg.model, report = load_model(checkpoint, task)
+    else:
+        model = create_model(task, cfg.model)
+        report = load_for_task(model, task, state_dict_of(obj, checkpoint), fusion_layer=cfg.model.text.fusion_layer)
+    if verbose:
+        print(report)
+        if report.resized:
+            print(f"warning: the checkpoint was trained at another image size; its position embeddings were "
+                  f"resized to {cfg.model.vision.image_res} px, which costs accuracy without fine-tuning")
+    device = torch.device("cuda" if torch.cuda.is_available() and cfg.train.device != "cpu" else "cpu")
+    tok = load_tokenizer(cfg.data.tokenizer or f"{cfg.data.root}/vocab")
+    runner = task_class(task)(cfg, tok, out_dir if out_dir is not None else Path(checkpoint).parent)
+    runner.blind = blind
+    return runner.evaluate(model.to(device), device)

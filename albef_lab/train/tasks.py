@@ -16,27 +16,39 @@ from torch.utils.data import DataLoader, Dataset
 
 from albef_lab.config import Config
 from albef_lab.data import datasets as DS
+from albef_lab.data import world as W
 from albef_lab.data.formats import read_json, resolve
 from albef_lab.data.tokenizer import Tokenizer
 from albef_lab.data.transforms import ImageTextTransform, eval_transform
 from albef_lab.eval.retrieval import encode_images, encode_texts, recall_metrics, rerank_scores, zero_shot_eval
+from albef_lab.eval.vqa import majority_answer_accuracy, vqa_accuracy
 from albef_lab.models.base import eval_mode
 from albef_lab.models.registry import TaskSpec, task_spec
 from albef_lab.models.tasks import RandomSource
 
 
-def vqa_score(answer: str, annotators: list[str]) -> float:
-    """VQA accuracy of one answer: min(1, #annotators who gave it / 3)."""
-    return min(1.0, sum(a == answer for a in annotators) / 3.0)
+def train_scenes(scenes_file: Path, image_files: list[str]) -> list | None:
+    """ShapesWorld's scene of each image when the data root has its `scenes.json` and names every image."""
+    if not scenes_file.is_file():
+        return None
+    by_image = {e["image"]: W.Scene.from_dict(e) for e in read_json(scenes_file)}
+    if not all(f in by_image for f in image_files):
+        return None
+    return [by_image[f] for f in image_files]
 
 
-def majority_answer_accuracy(entries: list[dict]) -> float:
-    """VQA accuracy (percent) of always giving the most common answer of the split: the 'prior' baseline."""
-    labelled = [e["answer"] for e in entries if e.get("answer")]
-    if not labelled:
-        return 0.0
-    top = Counter(a for answers in labelled for a in answers).most_common(1)[0][0]
-    return 100.0 * sum(vqa_score(top, answers) for answers in labelled) / len(labelled)
+def known_matches(captions: list[str], scenes: list, flips: bool = False) -> list[list[bool]]:
+    """[i][j]: caption i is true of scene j (the ground truth that finds ITM's false negatives).
+
+    `flips`: the images may have been flipped left to right (with their captions' left and right swapped), so
+    a caption that speaks of left or right counts as true when it holds of the scene or of its mirror image.
+    """
+    def holds(c: str, sc) -> bool:
+        if W.caption_holds(sc, c):
+            return True
+        return flips and ("left" in c or "right" in c) and W.caption_holds(sc.mirrored(), c)
+
+    return [[holds(c, sc) for sc in scenes] for c in captions]
 
 
 class Task:
@@ -65,9 +77,14 @@ class Task:
                                   flip_text=d.flip_text)
 
     def train_set(self) -> Dataset:
-        return DS.PretrainDataset(self.train_file, self.image_root, self.train_transform(), self.cfg.data.max_words)
+        ds = DS.PretrainDataset(self.train_file, self.image_root, self.train_transform(), self.cfg.data.max_words)
+        self.scenes = train_scenes(Path(self.cfg.data.root) / "scenes.json", ds.image_files)
+        return ds
 
     collate = None
+    blind = ""  # evaluate with the images shuffled or blanked: the image-blind control (`BlindImages`)
+    scenes: list | None = None  # ShapesWorld's scene of each training image (by image index), when known
+    step = 0  # the optimiser step being taken (set by the engine; for curricula)
 
     def text(self, texts, device: torch.device, max_length: int | None = None) -> tuple[Tensor, Tensor]:
         ids, mask = self.tok(list(texts), max_length=max_length or self.cfg.data.max_tokens)
@@ -76,18 +93,36 @@ class Task:
     def forward(self, net: nn.Module, batch, alpha: float, gen: torch.Generator, device: torch.device) -> dict:
         images, captions, image_ids = batch
         ids, mask = self.text(captions, device)
-        same = image_ids.to(device) if self.cfg.model.fix_duplicate_negatives else None
-        return net(images.to(device, non_blocking=True), ids, mask, alpha, generator=gen, image_ids=same)
+        m = self.cfg.model
+        same = image_ids.to(device) if m.fix_duplicate_negatives else None
+        matches = None
+        if self.scenes is not None:
+            scenes = [self.scenes[i] for i in image_ids.tolist()]
+            matches = torch.tensor(known_matches(captions, scenes, flips=True), device=device)  # images may be flipped
+        return net(images.to(device, non_blocking=True), ids, mask, alpha, generator=gen, image_ids=same,
+                   matches=matches, hard=self.step >= m.itm_random_steps)
 
     def evaluate(self, model: nn.Module, device: torch.device) -> dict:
         if not self.val_file.is_file():
             return {}
-        return zero_shot_eval(model, self.retrieval_val(), self.tok, device)
+        val = self.retrieval_val()
+        return zero_shot_eval(model, val, self.tok, device, truth=self.truth(val))
+
+    def truth(self, val: DS.RetrievalEvalDataset) -> Tensor | None:
+        """[images, texts] bool: caption true of image, where ShapesWorld's scene graphs know it."""
+        scenes = train_scenes(Path(self.cfg.data.root) / "scenes.json", [e["image"] for e in val.entries])
+        if scenes is None:
+            return None
+        return torch.tensor(known_matches(val.text, scenes)).t()
 
     def retrieval_val(self) -> DS.RetrievalEvalDataset:
         """The held-out images with all their captions (COCO val/test layout)."""
-        return DS.RetrievalEvalDataset(self.val_file, self.image_root, eval_transform(self.res),
-                                      self.cfg.data.max_words)
+        return self.eval_set(DS.RetrievalEvalDataset(self.val_file, self.image_root, eval_transform(self.res),
+                                                     self.cfg.data.max_words))
+
+    def eval_set(self, ds: Dataset) -> Dataset:
+        """An evaluation set as it is, or its image-blind control when `self.blind` says so."""
+        return DS.BlindImages(ds, self.blind, self.cfg.train.seed) if self.blind else ds
 
 
 class RetrievalTask(Task):
@@ -142,8 +177,8 @@ class VQATask(Task):
     @torch.no_grad()
     def evaluate(self, model, device):
         d = self.cfg.data
-        test = DS.VQADataset(self.val_file, self.image_root, eval_transform(self.res), train=False,
-                             max_words=d.max_words)
+        test = self.eval_set(DS.VQADataset(self.val_file, self.image_root, eval_transform(self.res), train=False,
+                                           max_words=d.max_words))
         answer_list = read_json(resolve(d.root, d.answer_list))
         a_ids, a_mask = self.answers(answer_list, device)
         results, score, counted = [], 0.0, 0
@@ -160,7 +195,7 @@ class VQATask(Task):
         for r in results:
             annotators = by_qid[r["question_id"]].get("answer")
             if annotators:
-                score += vqa_score(r["answer"], annotators)
+                score += vqa_accuracy(r["answer"], annotators)
                 counted += 1
         if self.out_dir is not None:  # written at every evaluation, not only at the end
             self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -198,7 +233,7 @@ class ClassifyTask(Task):
 
     @torch.no_grad()
     def evaluate(self, model, device):
-        ds = self.dataset(self.val_file, eval_transform(self.res))
+        ds = self.eval_set(self.dataset(self.val_file, eval_transform(self.res)))
         correct = n = 0
         labels_seen = Counter()
         with eval_mode(model):

@@ -1,0 +1,170 @@
+"""ITM's false negatives (a 'negative' caption that is true of the image), the filter that never draws them,
+the random-negative curriculum, the held-out ITM negatives, and the image-blind control of evaluations."""
+
+import random
+
+import pytest
+import torch
+
+from albef_lab.data import world as W
+from albef_lab.data.datasets import BlindImages
+from albef_lab.eval.retrieval import itm_negatives
+from albef_lab.models.albef import ALBEF
+from albef_lab.models.record import recording
+from albef_lab.objectives.itm import negative_weights
+from albef_lab.train.tasks import known_matches
+from tests.helpers import batch, small_config
+
+
+def matches_all_but(b: int, allowed: list[int]) -> torch.Tensor:
+    """Every pair 'known to match' except (i, allowed[i]): the filter can then draw only that column."""
+    m = torch.ones(b, b, dtype=torch.bool)
+    for i, j in enumerate(allowed):
+        m[i, j] = False
+    return m
+
+
+@pytest.mark.parametrize("hard", [True, False])
+def test_the_filter_never_draws_a_known_match_and_the_stat_counts_them(hard):
+    torch.manual_seed(0)
+    b = 8
+    allowed = [(i + 2) % b for i in range(b)]
+    matches = matches_all_but(b, allowed)
+    image, ids, mask = batch(b)
+    on = ALBEF(small_config(fix_false_negatives=True))
+    with recording() as rec:
+        out = on(image, ids, mask, 0.0, generator=torch.Generator().manual_seed(1), matches=matches, hard=hard)
+    assert rec["neg_image_idx"].tolist() == allowed  # text i: the one image not known to match it
+    assert rec["neg_text_idx"].tolist() == [allowed.index(j) for j in range(b)]  # image j: the one text
+    assert out["itm_false_neg"].item() == 0.0
+    off = ALBEF(small_config())  # the original: draws among all, so nearly every draw here is a known match
+    off.load_state_dict(on.state_dict())
+    out = off(image, ids, mask, 0.0, generator=torch.Generator().manual_seed(1), matches=matches, hard=hard)
+    assert out["itm_false_neg"].item() > 0.5
+
+
+def test_without_matches_the_switch_changes_nothing():
+    torch.manual_seed(0)
+    on = ALBEF(small_config(fix_false_negatives=True))
+    off = ALBEF(small_config())
+    off.load_state_dict(on.state_dict())
+    image, ids, mask = batch(4)
+    a = on(image, ids, mask, 0.0, generator=torch.Generator().manual_seed(3))
+    b = off(image, ids, mask, 0.0, generator=torch.Generator().manual_seed(3))
+    assert "itm_false_neg" not in a and torch.equal(a["loss"], b["loss"])
+
+
+def test_a_row_with_nothing_but_matches_keeps_its_weights():
+    sim = torch.randn(3, 3)
+    known = torch.tensor([[True, True, True], [False, False, True], [False, False, False]])
+    w = negative_weights(sim, None, known)
+    assert w[0].sum() > 0 and torch.equal(w[0], negative_weights(sim)[0])  # nothing left: unfiltered
+    assert w[1, 2] == 0 and w[1, 0] > 0
+
+
+def test_curriculum_uses_uniform_negatives_until_its_step(tmp_path):
+    """`itm_random_steps`: the task passes hard=False before it; hard=False never reads the similarities."""
+    torch.manual_seed(0)
+    model = ALBEF(small_config())
+    image, ids, mask = batch(8)
+    with recording() as rec:
+        model(image, ids, mask, 0.0, generator=torch.Generator().manual_seed(0), hard=False)
+    assert "weights_t2i" not in rec  # no mining
+    with recording() as rec:
+        model(image, ids, mask, 0.0, generator=torch.Generator().manual_seed(0), hard=True)
+    assert "weights_t2i" in rec
+
+
+def test_task_passes_scene_matches_and_the_curriculum_flag(tmp_path):
+    from albef_lab.config import load_config
+    from albef_lab.data.tokenizer import load_tokenizer
+    from albef_lab.train.tasks import Task
+    from tests.helpers import make_world
+
+    world = make_world(tmp_path / "w", images=20, seed=2)
+    cfg = load_config(None, [f"data.root={world}", "model.itm_random_steps=5"], "tiny")
+    task = Task(cfg, load_tokenizer(world / "vocab"))
+    ds = task.train_set()
+    seen = {}
+
+    def net(images, ids, mask, alpha, generator=None, image_ids=None, matches=None, hard=True):
+        seen.update(matches=matches, hard=hard)
+        return {}
+
+    items = [ds[i] for i in range(6)]
+    captions = [c for _, c, _ in items]
+    index = torch.tensor([k for _, _, k in items])
+    for step, hard in ((0, False), (4, False), (5, True)):
+        task.step = step
+        task.forward(net, (torch.zeros(6, 3, 64, 64), captions, index), 0.0, None, torch.device("cpu"))
+        assert seen["hard"] == hard
+    scenes = [task.scenes[k] for k in index.tolist()]
+    for i, c in enumerate(captions):
+        assert seen["matches"][i, i]  # every caption is true of its own (maybe flipped) image
+        for j, sc in enumerate(scenes):
+            either = W.caption_holds(sc, c) or W.caption_holds(sc.mirrored(), c)  # the flip swaps left/right
+            assert bool(seen["matches"][i, j]) == either
+
+
+def test_mirrored_scene_swaps_left_and_right():
+    swap = {"to the left of": "to the right of", "to the right of": "to the left of"}
+    checked = 0
+    for i in range(40):
+        sc = W.make_scene(i, 0)
+        mirror = {o.phrase(): o for o in sc.mirrored().objects}
+        for a, rel, b in W.relations(sc):
+            assert W.relation_holds(mirror[a.phrase()], mirror[b.phrase()], swap.get(rel, rel))
+            checked += 1
+    assert checked > 50
+
+
+def test_known_matches_find_shared_captions():
+    a, b = W.make_scene(0, 0), W.make_scene(1, 0)
+    cap = f"{W.NUMBERS[len(b.objects)]} {'shape' if len(b.objects) == 1 else 'shapes'}"
+    m = known_matches([cap], [a, b])
+    assert m[0][1] and m[0][0] == (len(a.objects) == len(b.objects))
+
+
+def test_held_out_itm_negatives_avoid_true_captions_and_pick_the_hardest():
+    img2txt = {0: [0, 1], 1: [2, 3], 2: [4, 5]}
+    sims = torch.tensor([[9., 9., 5., 7., 1., 0.],
+                         [3., 0., 9., 9., 8., 2.],
+                         [6., 1., 0., 0., 9., 9.]])
+    random_neg, hard_neg = itm_negatives(sims, img2txt)
+    assert random_neg.tolist() == [2, 4, 0] and hard_neg.tolist() == [3, 4, 0]
+    truth = torch.zeros(3, 6, dtype=torch.bool)
+    truth[0, 3] = truth[0, 2] = truth[2, 0] = True  # caption 3 (and 2) is true of image 0 too
+    random_neg, hard_neg = itm_negatives(sims, img2txt, truth)
+    assert random_neg.tolist() == [4, 4, 2] and hard_neg.tolist() == [4, 4, 1]
+
+
+class Items(torch.utils.data.Dataset):
+    def __len__(self):
+        return 5
+
+    def __getitem__(self, i):
+        return torch.full((3, 2, 2), float(i + 1)), f"text {i}", i
+
+
+def test_blind_images_shuffle_keeps_texts_and_labels_and_moves_every_image():
+    ds = BlindImages(Items(), "shuffle", seed=0)
+    seen = []
+    for i in range(len(ds)):
+        img, text, label = ds[i]
+        assert text == f"text {i}" and label == i
+        assert img[0, 0, 0].item() != i + 1  # never its own image
+        seen.append(img[0, 0, 0].item())
+    assert sorted(seen) == [1, 2, 3, 4, 5]  # a permutation: each image used once
+    blank = BlindImages(Items(), "blank")
+    assert blank[3][0].abs().sum() == 0 and blank[3][1] == "text 3"
+    with pytest.raises(ValueError, match="image-blind"):
+        BlindImages(Items(), "hide")
+
+
+def test_corrupted_captions_are_false_of_their_scene():
+    rng = random.Random(0)
+    for i in range(50):
+        sc, other = W.make_scene(i, 1), W.make_scene(i + 1, 1)
+        for kind in ("absent", "swap"):
+            cap, _ = W.corrupt_caption(sc, other, rng, kind)
+            assert not W.caption_holds(sc, cap)
