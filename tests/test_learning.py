@@ -1,5 +1,7 @@
 """Does it learn? A short tiny pre-training on a default ShapesWorld, then short fine-tunings that must beat
-their baselines (the README table is the long version). Slow: a few minutes on 2 CPU cores."""
+their baselines and their image-blind controls (the README table is the long version). Slow: several minutes
+on 2 CPU cores. These guard the learning itself: the fused half (ITM, the cross-attention Grad-CAM reads)
+as well as ITC."""
 
 from pathlib import Path
 
@@ -13,6 +15,7 @@ from albef_lab.train import engine as E
 from tests.helpers import metric_rows
 
 pytestmark = pytest.mark.slow
+STEPS = 560
 
 
 @pytest.fixture(scope="module")
@@ -21,10 +24,18 @@ def pretrained(tmp_path_factory):
     world = root / "world"
     write_world(WorldSettings(out=str(world), images=3000, seed=0, res=64), progress=False)
     run = root / "pretrain"
-    cfg = load_config(None, [f"data.root={world}", f"train.output_dir={run}", "train.max_steps=560",
-                             "train.progress=false", "train.eval_every=560", "train.save_every=560",
+    cfg = load_config(None, [f"data.root={world}", f"train.output_dir={run}", f"train.max_steps={STEPS}",
+                             "train.progress=false", f"train.eval_every={STEPS}", f"train.save_every={STEPS}",
                              "train.max_minutes=0"], "tiny")
     return world, run, E.pretrain(cfg)
+
+
+def finetune(world: Path, run: Path, out: Path, task: str, steps: int = 120, *extra: str) -> tuple[dict, object]:
+    cfg = load_config(None, [f"data.root={world}", f"train.output_dir={out}", f"train.max_steps={steps}",
+                             "train.progress=false", f"train.eval_every={steps}", f"train.save_every={steps}",
+                             "train.max_minutes=0", "train.warmup_steps=20", "train.lr=3e-4",
+                             "model.fix_momentum_init=true", *extra], "tiny")
+    return E.train(cfg, task, init=str(Path(run) / "model.pth")), cfg
 
 
 def test_pretraining_lifts_zero_shot_retrieval_to_ten_times_chance(pretrained):
@@ -35,22 +46,44 @@ def test_pretraining_lifts_zero_shot_retrieval_to_ten_times_chance(pretrained):
     assert sum(values[-3:]) < 0.8 * sum(values[:3])
 
 
+def test_the_itm_head_learns_to_tell_held_out_pairs(pretrained):
+    """The fused half learns: held-out ITM accuracy clearly above the 50 % of a constant answer (the original
+    recipe sat at 50 % here), and the ITM loss below the constant guess for one positive and two negatives."""
+    world, run, result = pretrained
+    assert result["itm_acc"] >= 60.0, result
+    itm = [r["loss_itm"] for r in metric_rows(run) if "loss_itm" in r]
+    assert sum(itm[-5:]) / 5 < 0.60, itm[-5:]  # 0.6365 = the constant guess
+
+
+def test_itm_reranking_does_not_lower_retrieval(pretrained):
+    """As in the paper, ITM re-ranks ITC's top-k: after a short retrieval fine-tuning, R@1 re-ranked is not
+    below ITC's own in either direction."""
+    world, run, _ = pretrained
+    result, _ = finetune(world, run, run.parent / "retrieval", "retrieval", 60, "data.k_test=16")
+    for d in ("img", "txt"):
+        assert result[f"{d}_r1"] >= result[f"itc_{d}_r1"] - 1.0, result
+
+
 @pytest.mark.parametrize("task,metric,baseline_key,margin", [
     ("ve", "acc", "majority_class_acc", 10.0),
     ("nlvr", "acc", "majority_class_acc", 5.0),
     ("vqa", "vqa_acc", "majority_answer_acc", 10.0),
-    ("grounding", "acc_all", None, 5.0),
 ])
-def test_finetuning_beats_the_baseline(pretrained, tmp_path, task, metric, baseline_key, margin):
+def test_finetuning_beats_the_baseline_and_the_image_blind_control(pretrained, tmp_path, task, metric,
+                                                                   baseline_key, margin):
+    """Each task above its baseline *and* above the same model with the images shuffled: the score needs the
+    image (the generator's text leaks once let SNLI-VE reach 69 % and NLVR2 70 % from the words alone)."""
     world, run, _ = pretrained
-    extra = ["data.gradcam_mode=itc", "data.gradcam_block=-2"] if task == "grounding" else []
-    cfg = load_config(None, [f"data.root={world}", f"train.output_dir={tmp_path / task}", "train.max_steps=120",
-                             "train.progress=false", "train.eval_every=120", "train.save_every=120",
-                             "train.max_minutes=0", "train.warmup_steps=20", "train.lr=3e-4",
-                             "model.fix_momentum_init=true", *extra], "tiny")
-    result = E.train(cfg, task, init=str(Path(run) / "model.pth"))
-    if baseline_key is None:
-        baseline = random_proposal_baseline(world / "grounding_test.json", world / "refcoco+")["acc_all"]
-    else:
-        baseline = result[baseline_key]
-    assert result[metric] > baseline + margin, (result, baseline)
+    result, cfg = finetune(world, run, tmp_path / task, task)
+    blind = E.evaluate(cfg, task, tmp_path / task / "model.pth", blind="shuffle")
+    assert result[metric] > result[baseline_key] + margin, (result, result[baseline_key])
+    assert result[metric] > blind[metric] + margin / 2, (result, blind)
+
+
+def test_itm_gradcam_grounds_above_the_random_proposal(pretrained, tmp_path):
+    """The paper's grounding: Grad-CAM of the ITM score on a cross-attention layer (the third fusion layer,
+    or the last when there are fewer), after weakly-supervised fine-tuning on (image, expression) pairs."""
+    world, run, _ = pretrained
+    result, _ = finetune(world, run, tmp_path / "grounding", "grounding", 120, "data.gradcam_mode=itm")
+    baseline = random_proposal_baseline(world / "grounding_test.json", world / "refcoco+")["acc_all"]
+    assert result["acc_all"] > baseline + 8.0, (result, baseline)

@@ -153,8 +153,8 @@ class ALBEF(MomentumPairs, nn.Module):
         if cfg.use_mlm:
             loss_mlm = self.mlm(image, input_ids, attention_mask, image_states, image_states_m, alpha,
                                 draws=draws, generator=generator, kv_cache=kv_cache)
-        return {"loss": loss_ita + loss_itm + loss_mlm, "loss_ita": loss_ita, "loss_itm": loss_itm,
-                "loss_mlm": loss_mlm, **stats}
+        loss = loss_ita + (loss_itm if cfg.itm_weight == 1.0 else cfg.itm_weight * loss_itm) + loss_mlm
+        return {"loss": loss, "loss_ita": loss_ita, "loss_itm": loss_itm, "loss_mlm": loss_mlm, **stats}
 
     def encode_batch(self, image: Tensor, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, ...]:
         """Both encoders on a training batch of pairs: (image states, image feature, text states, text feature)."""
