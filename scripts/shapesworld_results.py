@@ -1,6 +1,9 @@
 """Fine-tune and evaluate every task on ShapesWorld from one pre-trained checkpoint; print the README table.
 
     python scripts/shapesworld_results.py --init runs/pretrain_tiny/model.pth [--steps 300] [--root data/shapesworld]
+
+Each score stands beside its image-blind control (the same fine-tuned model, images shuffled across the
+examples) and its baseline (chance, the majority class or answer, a random proposal).
 """
 
 from __future__ import annotations
@@ -8,20 +11,33 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 from albef_lab.config import load_config
 from albef_lab.eval.grounding import random_proposal_baseline
 from albef_lab.models.registry import task_spec
-from albef_lab.train.engine import train
+from albef_lab.train.engine import evaluate, train
 
-# task -> (metric shown, its baseline, how the baseline is defined)
+# task -> [(metric shown, its name)], how the baseline is defined
 ROWS = {
-    "retrieval": ("img_r1", "text->image R@1 (ITC + ITM re-rank)", "chance 1/#images"),
-    "vqa": ("vqa_acc", "VQA accuracy", "always the most common answer"),
-    "nlvr": ("acc", "accuracy", "majority class"),
-    "ve": ("acc", "accuracy (3-way)", "majority class"),
-    "grounding": ("acc_all", "accuracy (IoU >= 0.5)", "random proposal"),
+    "retrieval": ([("img_r1", "text->image R@1, ITM re-rank of the top 16"), ("itc_img_r1", "text->image R@1, ITC"),
+                   ("txt_r1", "image->text R@1, ITM re-rank of the top 16"), ("itc_txt_r1", "image->text R@1, ITC")],
+                  "chance 1/#images"),
+    "vqa": ([("vqa_acc", "VQA accuracy (official)")], "always the most common answer"),
+    "nlvr": ([("acc", "accuracy")], "majority class"),
+    "ve": ([("acc", "accuracy (3-way)")], "majority class"),
+    "grounding": ([("acc_all", "accuracy, Grad-CAM of ITM on the 3rd (last) fusion layer")], "random proposal"),
 }
+
+
+def baseline(task: str, r: dict, root: str) -> float:
+    if task == "retrieval":
+        return 100.0 / r["n_images"]
+    if task == "vqa":
+        return r["majority_answer_acc"]
+    if task in ("nlvr", "ve"):
+        return r["majority_class_acc"]
+    return random_proposal_baseline(f"{root}/{task_spec('grounding').files[1]}", f"{root}/refcoco+")["acc_all"]
 
 
 def main() -> None:
@@ -32,8 +48,8 @@ def main() -> None:
     ap.add_argument("--out", default="runs/shapesworld_results")
     ap.add_argument("--tasks", nargs="+", default=list(ROWS))
     args = ap.parse_args()
-    lines = ["| task | metric | albef-lab | baseline | baseline is | steps | minutes |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| task | metric | albef-lab | images shuffled | baseline | baseline is | steps | minutes |",
+             "|---|---|---|---|---|---|---|---|"]
     results = {}
     for task in args.tasks:
         cfg = load_config(None, [f"data.root={args.root}", f"train.output_dir={args.out}/{task}",
@@ -44,19 +60,17 @@ def main() -> None:
         t0 = time.perf_counter()
         r = train(cfg, task, init=args.init)
         minutes = (time.perf_counter() - t0) / 60
-        key, name, what = ROWS[task]
-        if task == "retrieval":
-            base = 100.0 / r["n_images"]
-        elif task == "vqa":
-            base = r["majority_answer_acc"]
-        elif task in ("nlvr", "ve"):
-            base = r["majority_class_acc"]
-        else:
-            base = random_proposal_baseline(f"{args.root}/{task_spec('grounding').files[1]}",
-                                            f"{args.root}/refcoco+")["acc_all"]
-        results[task] = {**r, "baseline": base}
-        lines.append(f"| {task} | {name} | {r[key]:.1f} | {base:.1f} | {what} | {r['step']} | {minutes:.1f} |")
-        print(lines[-1], flush=True)
+        # grounding's control is the random proposal; the others are evaluated again with shuffled images
+        blind = {} if task == "grounding" else evaluate(cfg, task, Path(args.out) / task / "model.pth",
+                                                        blind="shuffle")
+        metrics, what = ROWS[task]
+        base = baseline(task, r, args.root)
+        results[task] = {**r, "baseline": base, "blind": blind}
+        for key, name in metrics:
+            control = f"{blind[key]:.1f}" if key in blind else "-"
+            lines.append(f"| {task} | {name} | {r[key]:.1f} | {control} | {base:.1f} | {what} | {r['step']} | "
+                         f"{minutes:.1f} |")
+            print(lines[-1], flush=True)
     print("\n".join(lines))
     with open(f"{args.out}/results.json", "w") as f:
         json.dump(results, f, indent=1)

@@ -43,12 +43,14 @@ def known_matches(captions: list[str], scenes: list, flips: bool = False) -> lis
     `flips`: the images may have been flipped left to right (with their captions' left and right swapped), so
     a caption that speaks of left or right counts as true when it holds of the scene or of its mirror image.
     """
-    def holds(c: str, sc) -> bool:
-        if W.caption_holds(sc, c):
-            return True
-        return flips and ("left" in c or "right" in c) and W.caption_holds(sc.mirrored(), c)
+    mirrors = [sc.mirrored() for sc in scenes] if flips else scenes
 
-    return [[holds(c, sc) for sc in scenes] for c in captions]
+    def holds(c: str, j: int) -> bool:
+        if W.caption_holds(scenes[j], c):
+            return True
+        return flips and ("left" in c or "right" in c) and W.caption_holds(mirrors[j], c)
+
+    return [[holds(c, j) for j in range(len(scenes))] for c in captions]
 
 
 class Task:
