@@ -168,3 +168,27 @@ def test_corrupted_captions_are_false_of_their_scene():
         for kind in ("absent", "swap"):
             cap, _ = W.corrupt_caption(sc, other, rng, kind)
             assert not W.caption_holds(sc, cap)
+
+
+@pytest.mark.parametrize("fraction,expected", [(0.0, 1.0), (0.5, 0.5 + 0.5 / 7), (1.0, 1 / 7)])
+def test_easy_negative_share_mixes_uniform_draws_into_the_mined_ones(fraction, expected):
+    """`itm_random_fraction`: that share of the negatives is uniform over the batch, the rest mined."""
+    model = ALBEF(small_config(itm_random_fraction=fraction))
+    b = 8
+    sim = torch.full((b, b), -50.0)
+    sim[torch.arange(b), (torch.arange(b) + 1) % b] = 50.0  # mining always picks the next pair
+    gen = torch.Generator().manual_seed(0)
+    hits = 0.0
+    for _ in range(300):
+        neg_img, neg_txt = model.draw_negatives(sim, sim, None, None, True, gen)
+        hits += (neg_img == (torch.arange(b) + 1) % b).float().mean().item()
+    assert hits / 300 == pytest.approx(expected, abs=0.04)
+
+
+def test_itm_weight_scales_itm_in_the_loss():
+    torch.manual_seed(0)
+    image, ids, mask = batch(4)
+    model = ALBEF(small_config(itm_weight=3.0))
+    out = model(image, ids, mask, 0.0, generator=torch.Generator().manual_seed(0))
+    total = out["loss_ita"] + 3.0 * out["loss_itm"] + out["loss_mlm"]
+    assert torch.allclose(out["loss"], total) and out["loss_itm"] > 0

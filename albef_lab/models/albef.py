@@ -214,21 +214,11 @@ class ALBEF(MomentumPairs, nn.Module):
         b, device = image_states.shape[0], image_states.device
         draws = draws or PretrainDraws()
         neg_img, neg_txt = draws.neg_image_idx, draws.neg_text_idx
-        known = matches if (matches is not None and self.cfg.fix_false_negatives) else None
-        if self.cfg.hard_negatives and hard:
-            w_t2i = negative_weights(sim_t2i, same, known)
-            w_i2t = negative_weights(sim_i2t, same, None if known is None else known.t())
-            record(weights_i2t=w_i2t, weights_t2i=w_t2i)
-            neg_img = sample_negatives(w_t2i, generator) if neg_img is None else neg_img
-            neg_txt = sample_negatives(w_i2t, generator) if neg_txt is None else neg_txt
-            if self.cfg.itm_random_fraction > 0:  # keep some easy negatives: the signal a small model learns from
-                easy_img, easy_txt = self._uniform_negatives(b, same, known, generator, device)
-                coin = torch.rand(2, b, generator=generator, device=device) < self.cfg.itm_random_fraction
-                neg_img, neg_txt = torch.where(coin[0], easy_img, neg_img), torch.where(coin[1], easy_txt, neg_txt)
-        else:
-            easy_img, easy_txt = self._uniform_negatives(b, same, known, generator, device)
-            neg_img = easy_img if neg_img is None else neg_img
-            neg_txt = easy_txt if neg_txt is None else neg_txt
+        if neg_img is None or neg_txt is None:
+            known = matches if (matches is not None and self.cfg.fix_false_negatives) else None
+            drawn_img, drawn_txt = self.draw_negatives(sim_i2t, sim_t2i, same, known, hard, generator)
+            neg_img = drawn_img if neg_img is None else neg_img
+            neg_txt = drawn_txt if neg_txt is None else neg_txt
         neg_img, neg_txt = neg_img.to(device), neg_txt.to(device)
         stats = {}
         if matches is not None:
@@ -245,6 +235,24 @@ class ALBEF(MomentumPairs, nn.Module):
         record(neg_image_idx=neg_img, neg_text_idx=neg_txt, output_pos=fused[:b], output_neg=fused[b:],
                vl_embeddings=fused[:, 0], vl_output=vl_output, itm_labels=itm_labels, loss_itm=loss_itm)
         return loss_itm, stats
+
+    def draw_negatives(self, sim_i2t: Tensor, sim_t2i: Tensor, same: Tensor | None, known: Tensor | None,
+                       hard: bool, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+        """(an image for each text, a text for each image): mined from the in-batch similarities (the
+        original), uniform (`hard_negatives` off, or the curriculum's first steps), or a mix of both
+        (`itm_random_fraction`); never a pair `known` to match."""
+        b, device = sim_i2t.shape[0], sim_i2t.device
+        if not (self.cfg.hard_negatives and hard):
+            return self._uniform_negatives(b, same, known, generator, device)
+        w_t2i = negative_weights(sim_t2i, same, known)
+        w_i2t = negative_weights(sim_i2t, same, None if known is None else known.t())
+        record(weights_i2t=w_i2t, weights_t2i=w_t2i)
+        neg_img, neg_txt = sample_negatives(w_t2i, generator), sample_negatives(w_i2t, generator)
+        if self.cfg.itm_random_fraction > 0:  # keep some easy negatives: the signal a small model learns from
+            easy_img, easy_txt = self._uniform_negatives(b, same, known, generator, device)
+            coin = torch.rand(2, b, generator=generator, device=device) < self.cfg.itm_random_fraction
+            neg_img, neg_txt = torch.where(coin[0], easy_img, neg_img), torch.where(coin[1], easy_txt, neg_txt)
+        return neg_img, neg_txt
 
     @staticmethod
     def _uniform_negatives(b: int, same: Tensor | None, known: Tensor | None, generator: torch.Generator | None,
