@@ -213,12 +213,8 @@ class ALBEF(MomentumPairs, nn.Module):
         """
         b, device = image_states.shape[0], image_states.device
         draws = draws or PretrainDraws()
-        neg_img, neg_txt = draws.neg_image_idx, draws.neg_text_idx
-        if neg_img is None or neg_txt is None:
-            known = matches if (matches is not None and self.cfg.fix_false_negatives) else None
-            drawn_img, drawn_txt = self.draw_negatives(sim_i2t, sim_t2i, same, known, hard, generator)
-            neg_img = drawn_img if neg_img is None else neg_img
-            neg_txt = drawn_txt if neg_txt is None else neg_txt
+        known = matches if (matches is not None and self.cfg.fix_false_negatives) else None
+        neg_img, neg_txt = self.draw_negatives(sim_i2t, sim_t2i, same, known, hard, generator, draws)
         neg_img, neg_txt = neg_img.to(device), neg_txt.to(device)
         stats = {}
         if matches is not None:
@@ -237,21 +233,31 @@ class ALBEF(MomentumPairs, nn.Module):
         return loss_itm, stats
 
     def draw_negatives(self, sim_i2t: Tensor, sim_t2i: Tensor, same: Tensor | None, known: Tensor | None,
-                       hard: bool, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+                       hard: bool, generator: torch.Generator | None,
+                       draws: PretrainDraws | None = None) -> tuple[Tensor, Tensor]:
         """(an image for each text, a text for each image): mined from the in-batch similarities (the
         original), uniform (`hard_negatives` off, or the curriculum's first steps), or a mix of both
-        (`itm_random_fraction`); never a pair `known` to match."""
+        (`itm_random_fraction`); never a pair `known` to match. Indices given in `draws` are kept."""
         b, device = sim_i2t.shape[0], sim_i2t.device
+        given_img, given_txt = (draws.neg_image_idx, draws.neg_text_idx) if draws else (None, None)
         if not (self.cfg.hard_negatives and hard):
-            return self._uniform_negatives(b, same, known, generator, device)
+            if given_img is not None and given_txt is not None:
+                return given_img, given_txt
+            easy_img, easy_txt = self._uniform_negatives(b, same, known, generator, device)
+            return (easy_img if given_img is None else given_img), (easy_txt if given_txt is None else given_txt)
         w_t2i = negative_weights(sim_t2i, same, known)
         w_i2t = negative_weights(sim_i2t, same, None if known is None else known.t())
         record(weights_i2t=w_i2t, weights_t2i=w_t2i)
-        neg_img, neg_txt = sample_negatives(w_t2i, generator), sample_negatives(w_i2t, generator)
-        if self.cfg.itm_random_fraction > 0:  # keep some easy negatives: the signal a small model learns from
+        neg_img = sample_negatives(w_t2i, generator) if given_img is None else given_img
+        neg_txt = sample_negatives(w_i2t, generator) if given_txt is None else given_txt
+        if self.cfg.itm_random_fraction > 0 and (given_img is None or given_txt is None):
+            # keep some easy negatives: the signal a small model learns from
             easy_img, easy_txt = self._uniform_negatives(b, same, known, generator, device)
             coin = torch.rand(2, b, generator=generator, device=device) < self.cfg.itm_random_fraction
-            neg_img, neg_txt = torch.where(coin[0], easy_img, neg_img), torch.where(coin[1], easy_txt, neg_txt)
+            if given_img is None:
+                neg_img = torch.where(coin[0], easy_img, neg_img)
+            if given_txt is None:
+                neg_txt = torch.where(coin[1], easy_txt, neg_txt)
         return neg_img, neg_txt
 
     @staticmethod

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -450,7 +451,8 @@ def evaluate(cfg: Config, task: str, checkpoint: str | Path, blind: str = "", ou
         print(report)
         if report.resized:
             print(f"warning: the checkpoint was trained at another image size; its position embeddings were "
-                  f"resized to {cfg.model.vision.image_res} px, which costs accuracy without fine-tuning")
+                  f"resized to {cfg.model.vision.image_res} px, which costs accuracy without fine-tuning",
+                  file=sys.stderr)
     device = torch.device("cuda" if torch.cuda.is_available() and cfg.train.device != "cpu" else "cpu")
     tok = load_tokenizer(cfg.data.tokenizer or f"{cfg.data.root}/vocab")
     runner = task_class(task)(cfg, tok, out_dir if out_dir is not None else Path(checkpoint).parent)
