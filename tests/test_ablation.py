@@ -73,6 +73,18 @@ def test_summary_is_mean_and_std_over_seeds(tmp_path):
     assert (tmp_path / "noise.png").stat().st_size > 1000
 
 
+def test_summary_adds_the_image_blind_control_row():
+    results = [_result("itc", 0.0, 0, 50.0), _result("full", 0.0, 0, 60.0), _result("full", 0.4, 0, 40.0)]
+    results[0]["blind"] = {"TR": 4.0, "SNLI-VE": 33.0}
+    results[1]["blind"] = {"TR": 6.0, "SNLI-VE": 35.0}
+    table = summarize(results)
+    assert list(table[0.0]) == ["itc", "full", "blind", "baseline"]
+    assert table[0.0]["blind"]["TR"][:2] == (5.0, pytest.approx(math.sqrt(2.0)))
+    assert math.isnan(table[0.0]["blind"]["IR"][0])  # no control recorded: no number
+    assert "blind" not in table[0.4]  # runs without controls get no row
+    assert "| image-blind control (every run, images shuffled) | 2 | 5.0 ± 1.4 |" in table_markdown(table)
+
+
 def test_quick_budget_is_smaller():
     q, d = Budget.quick(), Budget()
     assert q.pretrain_steps < d.pretrain_steps and q.world_images < d.world_images
