@@ -434,23 +434,6 @@ def ve_items(scene: Scene, rng: random.Random) -> list[tuple[str, str]]:
     return out
 
 
-def ve_truth(scene: Scene, sentence: str) -> str:
-    """The SNLI-VE label of a hypothesis made by `ve_items` (the generator's semantics, for checks)."""
-    words = sentence.split()
-    if words[-1] in SIZES:
-        found = [o for o in scene.objects if o.phrase(False) == " ".join(words[1:3])]
-        return "neutral" if not found else ("entailment" if found[0].size == words[-1] else "contradiction")
-    for rel in RELATIONS:
-        if f" is {rel} the " in sentence:
-            left, right = sentence.removeprefix("the ").split(f" is {rel} the ")
-            a = [o for o in scene.objects if o.phrase(False) == left]
-            b = [o for o in scene.objects if o.phrase(False) == right]
-            if not a or not b:
-                return "neutral"
-            return "entailment" if relation_holds(a[0], b[0], rel) else "contradiction"
-    raise ValueError(f"not an SNLI-VE hypothesis of ShapesWorld: {sentence!r}")
-
-
 def referring_expression(scene: Scene, target: int, rng: random.Random) -> str:
     """Appearance-only expression (no position words, as RefCOCO+) that picks out exactly `target`."""
     o = scene.objects[target]
