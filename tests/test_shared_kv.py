@@ -61,7 +61,7 @@ def test_retrieval_rankings_are_identical():
     torch.manual_seed(0)
     shared, per_pair = both(ALBEFRetrieval(small_config()).eval())
     image, _, _ = batch(b=6, seed=1)
-    _, ids, mask = batch(b=10, seed=2)
+    _, ids, mask = batch(b=10, length=12, seed=2)  # 3 to 12 tokens: batches of similar length, cut short
     with torch.no_grad():
         img, img_feat = shared.encode_image(image)
         txt, txt_feat = shared.encode_text(ids, mask)
@@ -95,3 +95,83 @@ def test_target_nll_equals_the_full_head_nll_with_padding():
     hidden = torch.randn(3, 5, 8, generator=g)
     targets = torch.tensor([[101, 4, 102, -100, -100], [101, 3, 7, 2, 102], [101, 102, -100, -100, -100]])
     assert torch.allclose(target_nll(head, hidden, targets), answer_nll(head(hidden), targets), atol=1e-6)
+
+
+def test_retrieval_chunks_compute_keys_values_once_per_image_and_layer(monkeypatch):
+    from albef_lab.eval.retrieval import match_logits
+
+    torch.manual_seed(0)
+    shared, per_pair = both(ALBEFRetrieval(small_config()).eval())
+    image, _, _ = batch(b=5, seed=1)
+    _, ids, mask = batch(b=8, length=12, seed=2)
+    pairs = torch.tensor([[i, j] for i in range(5) for j in range(8)])  # 40 pairs, 3 batches per chunk of 2 images
+    seen = []
+    layer = shared.text_encoder.encoder.layer[-1].crossattention.self
+    real = layer.key.forward
+    monkeypatch.setattr(layer.key, "forward", lambda x: seen.append(x.shape[0]) or real(x))
+    with torch.no_grad():
+        img, _ = shared.encode_image(image)
+        txt, _ = shared.encode_text(ids, mask)
+        a = match_logits(shared, pairs, img, txt, mask, batch_size=7, images_per_chunk=2)
+        b = match_logits(per_pair, pairs, img, txt, mask, batch_size=7)
+    assert seen == [2, 2, 1]  # chunks of 2, 2 and 1 images: once each, however many batches
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_itm_score_computes_cls_only_in_the_last_layer_unless_attention_is_kept():
+    from albef_lab.models.attention import set_keep_attention
+
+    torch.manual_seed(0)
+    model = ALBEF(small_config()).eval()
+    image, ids, mask = batch()
+    with torch.no_grad():
+        img, _ = model.encode_image(image)
+        txt, _ = model.encode_text(ids, mask)
+        first = model.fusion(txt, mask, img, first_only=True)
+        full = model.fusion(txt, mask, img)
+        assert first.shape[1] == 1 and full.shape[1] == ids.shape[1]
+        assert torch.allclose(first[:, 0], full[:, 0], atol=1e-5)
+        last = model.text_encoder.bert.encoder.layer[-1].crossattention.self
+        set_keep_attention(last)  # Grad-CAM reads every token's map of the layer: computed in full
+        model.itm_logits(txt, mask, img)
+        assert last.attention_map.shape[2] == ids.shape[1]
+
+
+def test_decoding_after_a_recorded_prefix_equals_decoding_the_whole_sequence():
+    from albef_lab.models.bert import Prefix, Shared
+
+    torch.manual_seed(0)
+    model = ALBEFVQA(small_config(decoder_layers=2)).eval()
+    bert = model.text_decoder.bert
+    g = torch.Generator().manual_seed(1)
+    states, q_mask = torch.randn(2, 5, 32, generator=g), torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]])
+    seq = torch.tensor([[101, 110, 111, 102, 0], [101, 112, 102, 0, 0], [101, 113, 114, 115, 102]])
+    seq_mask = (seq != 0).long()
+    index = torch.tensor([0, 1, 1])
+    with torch.no_grad():
+        full = bert(seq, seq_mask, encoder_hidden_states=states[index], encoder_attention_mask=q_mask[index],
+                    causal=True)
+        prefix = Prefix()
+        head = bert(seq[:2, :1], None, encoder_hidden_states=states, encoder_attention_mask=q_mask, causal=True,
+                    prefix=prefix)
+        rest = bert(seq[:, 1:], seq_mask[:, 1:], encoder_hidden_states=states, encoder_attention_mask=q_mask,
+                    causal=True, shared=Shared(index), prefix=Prefix(prefix.kv, index))
+    assert torch.allclose(head[index], full[:, :1], atol=1e-5)
+    real = seq_mask[:, 1:].bool()  # padding rows are not compared: nothing reads them
+    assert torch.allclose(rest[real], full[:, 1:][real], atol=1e-5)
+
+
+def test_vqa_ranking_with_answers_of_mixed_lengths_matches_the_full_decoding():
+    torch.manual_seed(0)
+    shared, per_pair = both(ALBEFVQA(small_config(decoder_layers=2)))
+    shared.eval(), per_pair.eval()
+    image, ids, mask = batch(b=2)
+    words = [[104], [105, 106], [107, 108, 109], [], [110], [111, 104], [112, 113, 114], [115]]
+    answers = torch.zeros(len(words), 6, dtype=torch.long)
+    for i, w in enumerate(words):  # [CLS] words [SEP] padding; one answer has no word at all
+        answers[i, : len(w) + 2] = torch.tensor([101, *w, 102])
+    a_mask = (answers != 0).long()
+    for fix in (False, True):
+        ra, rb = (m.rank_answers(image, ids[:2], mask[:2], answers, a_mask, 6, fix_double_count=fix)
+                  for m in (shared, per_pair))
+        assert torch.equal(ra[0], rb[0]) and torch.allclose(ra[1], rb[1], atol=1e-6)

@@ -149,7 +149,7 @@ def rerank_scores(model: nn.Module, image_states: Tensor, image_feat: Tensor, te
     t2i = torch.stack([sims.t().topk(ki, dim=1).indices.reshape(-1),
                        torch.arange(n_txt, device=sims.device).repeat_interleave(ki)], dim=1)
     score = torch.full((n_img, n_txt), -100.0, device=sims.device, dtype=sims.dtype)
-    if model.cfg.share_cross_kv:  # every distinct pair once, keys/values once per image of a batch
+    if model.cfg.share_cross_kv:  # every distinct pair once, keys/values once per image
         pairs = torch.unique(torch.cat([i2t, t2i]), dim=0)  # sorted by image, then text
         score[pairs[:, 0], pairs[:, 1]] = match_logits(model, pairs, image_states, text_states, text_atts,
                                                        batch_size).to(score.dtype)
@@ -165,16 +165,29 @@ def rerank_scores(model: nn.Module, image_states: Tensor, image_feat: Tensor, te
 
 
 def match_logits(model: nn.Module, pairs: Tensor, image_states: Tensor, text_states: Tensor, text_atts: Tensor,
-                 batch_size: int = 256) -> Tensor:
-    """ITM 'match' logits of (image, text) `pairs` [P, 2] (sorted by image: most sharing), `batch_size` a batch,
-    each batch's images distinct in `image_states[...]` and indexed by the pairs."""
-    out = []
-    for a in range(0, len(pairs), batch_size):
-        batch = pairs[a:a + batch_size]
-        images, index = torch.unique(batch[:, 0], return_inverse=True)
-        t = batch[:, 1]
-        n = int(text_atts[t].sum(1).max()) if model.cfg.share_cross_kv else text_atts.shape[1]
-        # trailing padding is masked out of every attention: the batch's longest text is enough
-        out.append(model.itm_logits(text_states[t, :n], text_atts[t, :n], image_states[images],
-                                    image_index=index)[:, 1])
-    return torch.cat(out) if out else image_states.new_zeros(0)
+                 batch_size: int = 256, images_per_chunk: int = 32) -> Tensor:
+    """ITM 'match' logits of (image, text) `pairs` [P, 2], sorted by image.
+
+    With `model.cfg.share_cross_kv`: the pairs of `images_per_chunk` images at a time, their keys/values computed
+    once per image and layer and kept for the chunk; within a chunk, batches of texts of similar length, each
+    cut to its longest text (trailing padding is masked out of every attention, so it changes nothing).
+    Otherwise the original's way: one image per pair, every text padded to the longest of all.
+    """
+    if not model.cfg.share_cross_kv:
+        return torch.cat([model.itm_logits(text_states[b[:, 1]], text_atts[b[:, 1]], image_states[b[:, 0]])[:, 1]
+                          for b in pairs.split(batch_size)]) if len(pairs) else image_states.new_zeros(0)
+    out = image_states.new_zeros(len(pairs))
+    lengths = text_atts.sum(1)
+    chunk_of = torch.unique(pairs[:, 0], return_inverse=True)[1] // images_per_chunk
+    for c in range(int(chunk_of.max()) + 1 if len(pairs) else 0):
+        rows = (chunk_of == c).nonzero()[:, 0]
+        images, index = torch.unique(pairs[rows, 0], return_inverse=True)
+        states, cache = image_states[images], {}
+        order = lengths[pairs[rows, 1]].argsort(stable=True)  # similar lengths share a batch
+        rows, index = rows[order], index[order]
+        for r, i in zip(rows.split(batch_size), index.split(batch_size), strict=True):
+            t = pairs[r, 1]
+            n = max(int(lengths[t].max()), 1)
+            out[r] = model.itm_logits(text_states[t, :n], text_atts[t, :n], states, image_index=i,
+                                      kv_cache=cache)[:, 1].to(out.dtype)
+    return out

@@ -94,24 +94,30 @@ class ALBEF(MomentumPairs, nn.Module):
         return states, F.normalize(self.part("text_proj", momentum)(states[:, 0]), dim=-1)
 
     def fusion(self, text_states: Tensor, text_mask: Tensor, image_states: Tensor, *,
-               image_index: Tensor | None = None, kv_cache: dict | None = None, momentum: bool = False) -> Tensor:
+               image_index: Tensor | None = None, kv_cache: dict | None = None, momentum: bool = False,
+               first_only: bool = False) -> Tensor:
         """The fusion layers over text-mode states, cross-attending to every image token: [B, L, D].
 
         `image_index` [B]: text row b attends `image_states[image_index[b]]` (each image's keys and values are
         computed once); None: row b attends image b. `kv_cache`: reuse keys/values across calls on the same
-        image states (a dict, filled by the first call).
+        image states (a dict, filled by the first call). `first_only`: the last layer computes [CLS] only
+        ([B, 1, D]; what a score of the fused [CLS] needs).
         """
         bert = self.bert_m if momentum else self.bert
         if image_index is not None and not self.cfg.share_cross_kv:  # the per-pair path, for A/B comparisons
             image_states, image_index = image_states[image_index], None
         shared = Shared(image_index, kv_cache) if self.cfg.share_cross_kv else None
         return bert(encoder_embeds=text_states, attention_mask=text_mask, encoder_hidden_states=image_states,
-                    mode="fusion", shared=shared)
+                    mode="fusion", shared=shared, first_only=first_only)
 
     def itm_logits(self, text_states: Tensor, text_mask: Tensor, image_states: Tensor, *,
-                   image_index: Tensor | None = None) -> Tensor:
-        """[B, 2] logits of {no match, match} for rows of texts and images (`image_index` as in `fusion`)."""
-        return self.itm_head(self.fusion(text_states, text_mask, image_states, image_index=image_index)[:, 0])
+                   image_index: Tensor | None = None, kv_cache: dict | None = None) -> Tensor:
+        """[B, 2] logits of {no match, match} for rows of texts and images (`image_index`, `kv_cache` as in
+        `fusion`). With `cfg.share_cross_kv` the last fusion layer computes [CLS] only: the score reads nothing
+        else."""
+        fused = self.fusion(text_states, text_mask, image_states, image_index=image_index, kv_cache=kv_cache,
+                            first_only=self.cfg.share_cross_kv)
+        return self.itm_head(fused[:, 0])
 
     # --- pre-training step -------------------------------------------------------------------
     def forward(self, image: Tensor, input_ids: Tensor, attention_mask: Tensor, alpha: float = 0.0, *,

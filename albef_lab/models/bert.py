@@ -7,7 +7,7 @@ hidden states with cross-attention to the image; `multi_modal` runs embeddings a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -31,12 +31,29 @@ class Shared:
     cache: dict | None = None
 
 
-def self_attention_mask(mask: Tensor, dtype: torch.dtype, causal: bool = False) -> Tensor:
-    """[B, L] padding mask -> additive [B, 1, L or 1, L] mask with -10000 (as BERT does)."""
+@dataclass
+class Prefix:
+    """Self-attention keys/values of an already decoded prefix, per layer (`kv`: module -> (k, v)). A pass with
+    `index` None records them; a pass with `index` [B] continues row b after prefix `index[b]`, its tokens at
+    the positions that follow (VQA ranking: every candidate answer continues its question's [CLS])."""
+
+    kv: dict = field(default_factory=dict)
+    index: Tensor | None = None
+
+    @property
+    def length(self) -> int:
+        return next(iter(self.kv.values()))[0].shape[2] if self.index is not None and self.kv else 0
+
+
+def self_attention_mask(mask: Tensor, dtype: torch.dtype, causal: bool = False, prefix: int = 0) -> Tensor:
+    """[B, L] padding mask -> additive [B, 1, L or 1, prefix + L] mask with -10000 (as BERT does); the
+    `prefix` positions before the tokens (decoded earlier) are visible to every token."""
+    if prefix:
+        mask = torch.cat([mask.new_ones(mask.shape[0], prefix), mask], dim=1)
     m = mask[:, None, None, :].to(dtype)
     if causal:
         n = mask.shape[1]
-        tril = torch.tril(torch.ones(n, n, dtype=dtype, device=mask.device))
+        tril = torch.tril(torch.ones(n - prefix, n, dtype=dtype, device=mask.device), diagonal=prefix)
         m = tril[None, None] * m
     return (1.0 - m) * -10000.0
 
@@ -57,14 +74,15 @@ class BertEmbeddings(nn.Module):
         self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
 
-    def forward(self, input_ids: Tensor) -> Tensor:
-        n = input_ids.shape[1]
+    def forward(self, input_ids: Tensor, offset: int = 0) -> Tensor:
+        """`offset`: the position of the first token (a continuation of a decoded prefix)."""
+        n = input_ids.shape[1] + offset
         if n > self.position_embeddings.num_embeddings:
             raise ValueError(f"text of {n} tokens is longer than max_position_embeddings "
                              f"{self.position_embeddings.num_embeddings}; truncate it")
         # Token type ids are always 0 in ALBEF: only row 0 of the table is used.
         x = self.word_embeddings(input_ids) + self.token_type_embeddings.weight[0]
-        x = x + self.position_embeddings(self.position_ids[:, :n])
+        x = x + self.position_embeddings(self.position_ids[:, offset:n])
         return self.dropout(self.LayerNorm(x))
 
 
@@ -83,9 +101,16 @@ class BertSelfAttention(nn.Module):
         self.keep_attention = False
         self.attention_map: Tensor | None = None
 
-    def forward(self, x: Tensor, context: Tensor, mask: Tensor | None, shared: Shared | None = None) -> Tensor:
+    def forward(self, x: Tensor, context: Tensor, mask: Tensor | None, shared: Shared | None = None,
+                prefix: Prefix | None = None) -> Tensor:
         q = split_heads(self.query(x), self.num_heads)
         k, v = self.keys_values(context, shared.cache if shared else None)
+        if prefix is not None:  # self-attention after a decoded prefix: record its keys/values, or prepend them
+            if prefix.index is None:
+                prefix.kv[self] = (k, v)
+            else:
+                pk, pv = prefix.kv[self]
+                k, v = torch.cat([pk[prefix.index], k], dim=2), torch.cat([pv[prefix.index], v], dim=2)
         if shared is not None and shared.index is not None:
             k, v = k[shared.index], v[shared.index]
             if mask is not None and mask.shape[0] > 1:
@@ -122,8 +147,9 @@ class BertAttention(nn.Module):
         self.self = BertSelfAttention(cfg, cross)
         self.output = BertResidualOutput(cfg, cfg.hidden_size)
 
-    def forward(self, x: Tensor, context: Tensor, mask: Tensor | None, shared: Shared | None = None) -> Tensor:
-        return self.output(self.self(x, context, mask, shared), x)
+    def forward(self, x: Tensor, context: Tensor, mask: Tensor | None, shared: Shared | None = None,
+                prefix: Prefix | None = None) -> Tensor:
+        return self.output(self.self(x, context, mask, shared, prefix), x)
 
 
 class BertIntermediate(nn.Module):
@@ -148,8 +174,15 @@ class BertLayer(nn.Module):
         self.output = BertResidualOutput(cfg, cfg.intermediate_size)
 
     def forward(self, x: Tensor, mask: Tensor | None, states: Tensor | None = None,
-                states_mask: Tensor | None = None, shared: Shared | None = None) -> Tensor:
-        x = self.attention(x, x, mask)
+                states_mask: Tensor | None = None, shared: Shared | None = None, prefix: Prefix | None = None,
+                first_only: bool = False) -> Tensor:
+        """`first_only`: compute the output at position 0 only (all positions still serve as keys and values)."""
+        if first_only and not any(m.keep_attention for m in self.modules() if hasattr(m, "keep_attention")):
+            if mask is not None and mask.shape[2] > 1:
+                mask = mask[:, :, :1]
+            x = self.attention(x[:, :1], x, mask, prefix=prefix)
+        else:
+            x = self.attention(x, x, mask, prefix=prefix)
         if self.has_cross_attention:
             if states is None:
                 raise ValueError("a fusion layer needs encoder_hidden_states (the image or question states)")
@@ -167,7 +200,7 @@ class BertEncoder(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor | None, states: Tensor | list[Tensor] | None,
                 states_mask: Tensor | list[Tensor] | None, start: int, end: int,
-                shared: Shared | None = None) -> Tensor:
+                shared: Shared | None = None, prefix: Prefix | None = None, first_only: bool = False) -> Tensor:
         fusion = self.cfg.fusion_layer
         if self.grad_checkpointing and shared is not None and shared.cache is not None:
             shared = Shared(shared.index)  # recomputation in the backward pass must not read another pass's cache
@@ -176,11 +209,11 @@ class BertEncoder(nn.Module):
             if isinstance(states, list | tuple):  # NLVR2: fusion layers alternate between the images
                 j = (i - fusion) % len(states)
                 s, sm = states[j], states_mask[j]
-            layer = self.layer[i]
+            layer, first = self.layer[i], first_only and i == end - 1
             if self.grad_checkpointing and x.requires_grad:
-                x = checkpoint(layer, x, mask, s, sm, shared, use_reentrant=False)
+                x = checkpoint(layer, x, mask, s, sm, shared, prefix, first, use_reentrant=False)
             else:
-                x = layer(x, mask, s, sm, shared)
+                x = layer(x, mask, s, sm, shared, prefix, first)
         return x
 
 
@@ -211,8 +244,11 @@ class BertModel(nn.Module):
                 encoder_embeds: Tensor | None = None,
                 encoder_hidden_states: Tensor | list[Tensor] | None = None,
                 encoder_attention_mask: Tensor | list[Tensor] | None = None,
-                mode: str = "multi_modal", causal: bool = False, shared: Shared | None = None) -> Tensor:
-        """`shared`: text rows share distinct encoder states (see `Shared`); None = one state per row."""
+                mode: str = "multi_modal", causal: bool = False, shared: Shared | None = None,
+                prefix: Prefix | None = None, first_only: bool = False) -> Tensor:
+        """`shared`: text rows share distinct encoder states (see `Shared`); None = one state per row.
+        `prefix`: record, or continue from, a decoded prefix (see `Prefix`). `first_only`: the last layer
+        computes position 0 only (for a score read from [CLS]), returning [B, 1, hidden]."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         n_layers, fusion = self.cfg.num_hidden_layers, self.cfg.fusion_layer
@@ -223,10 +259,10 @@ class BertModel(nn.Module):
         else:
             if input_ids is None:
                 raise ValueError(f"mode {mode!r} needs input_ids")
-            x = self.embeddings(input_ids)
+            x = self.embeddings(input_ids, prefix.length if prefix is not None else 0)
         if attention_mask is None:
             attention_mask = torch.ones(x.shape[:2], dtype=torch.long, device=x.device)
-        mask = self_attention_mask(attention_mask, x.dtype, causal)
+        mask = self_attention_mask(attention_mask, x.dtype, causal, prefix.length if prefix is not None else 0)
         states_mask = None
         if encoder_hidden_states is not None:
             def make(s: Tensor, m: Tensor | None) -> Tensor:
@@ -238,7 +274,7 @@ class BertModel(nn.Module):
             else:
                 states_mask = make(encoder_hidden_states, encoder_attention_mask)
         start, end = {"text": (0, fusion), "fusion": (fusion, n_layers), "multi_modal": (0, n_layers)}[mode]
-        return self.encoder(x, mask, encoder_hidden_states, states_mask, start, end, shared)
+        return self.encoder(x, mask, encoder_hidden_states, states_mask, start, end, shared, prefix, first_only)
 
 
 class BertPredictionHeadTransform(nn.Module):
@@ -290,9 +326,10 @@ class BertForMaskedLM(nn.Module):
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
                 encoder_hidden_states: Tensor | list[Tensor] | None = None,
                 encoder_attention_mask: Tensor | list[Tensor] | None = None,
-                mode: str = "multi_modal", shared: Shared | None = None) -> Tensor:
+                mode: str = "multi_modal", shared: Shared | None = None, prefix: Prefix | None = None) -> Tensor:
         h = self.bert(input_ids, attention_mask, encoder_hidden_states=encoder_hidden_states,
-                      encoder_attention_mask=encoder_attention_mask, mode=mode, causal=self.causal, shared=shared)
+                      encoder_attention_mask=encoder_attention_mask, mode=mode, causal=self.causal, shared=shared,
+                      prefix=prefix)
         return self.cls(h)
 
 

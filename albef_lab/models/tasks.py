@@ -18,11 +18,11 @@ from torch import Tensor, nn
 from albef_lab.config import ModelConfig, TextConfig
 from albef_lab.models.albef import ALBEF, PretrainDraws, same_image
 from albef_lab.models.base import MomentumPairs
-from albef_lab.models.bert import BertLMHeadModel, BertModel, Shared
+from albef_lab.models.bert import BertLMHeadModel, BertModel, Prefix, Shared
 from albef_lab.models.record import is_recording, record
 from albef_lab.models.vit import VisionTransformer
 from albef_lab.objectives.distill import momentum_update, soft_cross_entropy
-from albef_lab.objectives.lm import answer_nll, target_nll
+from albef_lab.objectives.lm import answer_nll, token_nll
 
 
 class ALBEFRetrieval(ALBEF):
@@ -127,7 +127,8 @@ class ALBEFVQA(MomentumPairs, nn.Module):
         k = min(k, answer_ids.shape[0])
         b = states.shape[0]
         start = answer_ids[0, 0].repeat(b, 1)
-        start_logits = self.text_decoder(start, None, states, q_mask)[:, 0]
+        prefix = Prefix() if self.cfg.share_cross_kv else None  # keeps each question's decoded [CLS]
+        start_logits = self.text_decoder(start, None, states, q_mask, prefix=prefix)[:, 0]
         first = answer_ids[:, 1]
         prob_first = F.softmax(start_logits, dim=1).index_select(1, first)
         topk_probs, topk_ids = prob_first.topk(k, dim=1)
@@ -135,18 +136,26 @@ class ALBEFVQA(MomentumPairs, nn.Module):
         cand_mask = answer_mask[topk_ids.view(-1)]
         targets = cand_ids.masked_fill(cand_ids == self.cfg.text.pad_token_id, -100)
         index = torch.arange(b, device=states.device).repeat_interleave(k)  # each candidate's question
-        hidden = self.decode(self.text_decoder, cand_ids, cand_mask, states, q_mask, index, head=False)
-        if self.cfg.share_cross_kv:  # the vocabulary head only where a token is predicted
-            nll = target_nll(self.text_decoder.cls, hidden, targets).view(-1, 1)
-        else:  # before: logits at every position
+        if prefix is not None and bool((cand_ids[:, 0] == start[0, 0]).all()):
+            # each candidate continues its question's [CLS]: the first token's NLL is known from the start pass,
+            # the decoder runs on the tokens that predict another (keys/values once per question)
+            n = int(cand_mask.sum(1).max())
+            hidden = self.text_decoder.bert(cand_ids[:, 1:n - 1], cand_mask[:, 1:n - 1], encoder_hidden_states=states,
+                                            encoder_attention_mask=q_mask, causal=True, shared=Shared(index),
+                                            prefix=Prefix(prefix.kv, index))
+            rest = token_nll(self.text_decoder.cls, hidden, targets[:, 2:n])
+            first_nll = -F.log_softmax(start_logits, dim=1)[index, cand_ids[:, 1]]
+            nll = (first_nll + rest).view(-1, 1)
+        else:  # before: every candidate decoded from [CLS], logits at every position
+            hidden = self.decode(self.text_decoder, cand_ids, cand_mask, states, q_mask, index, head=False)
             nll = answer_nll(self.text_decoder.cls(hidden), targets).view(-1, 1)
         first_term = torch.zeros_like(nll) if fix_double_count else topk_probs.reshape(-1, 1).log()
         log_probs = torch.cat([first_term, -nll], dim=1)
         log_probs_sum = log_probs.sum(1).view(b, k)
         probs, rerank = F.softmax(log_probs_sum, dim=-1).topk(k, dim=1)
-        if is_recording():
-            record(question_states=states[index], question_atts=q_mask[index],
-                   cand_decoder_logits=self.text_decoder.cls(hidden))
+        if is_recording():  # the full candidate logits, for comparison with the original's
+            full = self.decode(self.text_decoder, cand_ids, cand_mask, states, q_mask, index)
+            record(question_states=states[index], question_atts=q_mask[index], cand_decoder_logits=full)
         record(start_logits=start_logits,
                prob_first_token=prob_first, first_topk_probs=topk_probs, first_topk_ids=topk_ids,
                cand_input_ids=cand_ids, cand_targets_ids=targets,

@@ -26,8 +26,12 @@ def answer_nll(logits: Tensor, targets: Tensor, soft_labels: Tensor | None = Non
 def target_nll(head: Callable[[Tensor], Tensor], hidden: Tensor, targets: Tensor) -> Tensor:
     """`answer_nll` from the decoder's hidden states [A, L, D], with the vocabulary head applied only where a
     token is predicted (not at padding, not after the last token): the same sums, a fraction of the work."""
-    keep = targets[:, 1:] != -100
-    logits = head(hidden[:, :-1][keep])
-    token_nll = F.cross_entropy(logits, targets[:, 1:][keep], reduction="none")
+    return token_nll(head, hidden[:, :-1], targets[:, 1:])
+
+
+def token_nll(head: Callable[[Tensor], Tensor], hidden: Tensor, labels: Tensor) -> Tensor:
+    """Per-row NLL sums [A] where `hidden[:, t]` predicts `labels[:, t]` (-100: nothing to predict, no head)."""
+    keep = labels != -100
+    token = F.cross_entropy(head(hidden[keep]), labels[keep], reduction="none")
     rows = keep.nonzero()[:, 0]
-    return torch.zeros(hidden.shape[0], dtype=token_nll.dtype, device=hidden.device).index_add(0, rows, token_nll)
+    return torch.zeros(hidden.shape[0], dtype=token.dtype, device=hidden.device).index_add(0, rows, token)
