@@ -62,6 +62,19 @@ class SavedActivations:
         self.ctx.__exit__(*exc)
 
 
+def setup(name: str, batch: int, text_len: int) -> tuple[ALBEF, tuple[torch.Tensor, ...]]:
+    """A fresh model of preset `name` (queue a multiple of the batch) and one random batch."""
+    cfg = preset(name).model
+    cfg.queue_size = max(cfg.queue_size // batch, 1) * batch
+    torch.manual_seed(0)
+    model = ALBEF(cfg)
+    res = cfg.vision.image_res
+    images = torch.randn(batch, 3, res, res)
+    ids = torch.randint(1000 if cfg.text.vocab_size > 2000 else 104, cfg.text.vocab_size, (batch, text_len))
+    ids[:, 0] = cfg.cls_token_id
+    return model, (images, ids, torch.ones_like(ids))
+
+
 def run_variant(base: ALBEF, batch: tuple, device: torch.device, steps: int, keep_attention: bool,
                 dtype, ckpt: bool, share: bool, warmup: int = 2) -> tuple[float, float, float]:
     model = copy.deepcopy(base).to(device)
@@ -112,15 +125,7 @@ def main() -> None:
     if args.isolate:
         return isolated(args)
     device = torch.device(args.device)
-    cfg = preset(args.preset).model
-    cfg.queue_size = max(cfg.queue_size // args.batch, 1) * args.batch
-    torch.manual_seed(0)
-    base = ALBEF(cfg)
-    res = cfg.vision.image_res
-    images = torch.randn(args.batch, 3, res, res)
-    ids = torch.randint(1000 if cfg.text.vocab_size > 2000 else 104, cfg.text.vocab_size, (args.batch, args.text_len))
-    ids[:, 0] = cfg.cls_token_id
-    mask = torch.ones_like(ids)
+    base, (images, ids, mask) = setup(args.preset, args.batch, args.text_len)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     print(f"# preset {args.preset}, batch {args.batch}, text length {args.text_len}, {args.steps} timed steps, {name}")
     print(f"# torch {torch.__version__}; saved = activations kept for backward; peak = CUDA max allocated")

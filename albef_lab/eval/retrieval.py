@@ -90,14 +90,15 @@ def itm_negatives(sims: Tensor, img2txt: dict[int, list[int]], truth: Tensor | N
     for i, texts in img2txt.items():
         own[i, texts] = True
     ruled_out = own if truth is None else own | truth.to(sims.device)
+    if n_img < 2:
+        raise ValueError("held-out ITM accuracy needs at least 2 images (a negative comes from another image)")
     first = torch.tensor([img2txt[i][0] for i in range(n_img)], device=sims.device)
-    random_neg = torch.empty(n_img, dtype=torch.long, device=sims.device)
-    for i in range(n_img):
-        for step in range(1, n_img):  # the next image whose first caption is false of image i
-            t = int(first[(i + step) % n_img])
-            if not ruled_out[i, t]:
-                break
-        random_neg[i] = t
+    # candidates of image i: the first captions of images i+1, i+2, ... (wrapping); the first that is false of i
+    ahead = torch.arange(n_img, device=sims.device)[:, None] + torch.arange(1, n_img, device=sims.device)
+    cand = first[ahead % n_img]
+    ok = ~ruled_out.gather(1, cand)
+    pick = torch.where(ok.any(1), ok.int().argmax(1), n_img - 2)  # none false: the last candidate, as a loop would
+    random_neg = cand.gather(1, pick[:, None])[:, 0]
     hard_neg = sims.masked_fill(ruled_out, float("-inf")).argmax(dim=1)
     return random_neg, hard_neg
 

@@ -18,7 +18,7 @@ from albef_lab.config import ModelConfig
 from albef_lab.distributed import all_gather_nograd
 from albef_lab.models.base import MomentumPairs
 from albef_lab.models.bert import BertForMaskedLM, Shared
-from albef_lab.models.record import record
+from albef_lab.models.record import is_recording, record
 from albef_lab.models.vit import VisionTransformer
 from albef_lab.objectives.distill import momentum_update
 from albef_lab.objectives.itc import diagonal_targets, enqueue, itc_loss, same_image_targets
@@ -184,8 +184,8 @@ class ALBEF(MomentumPairs, nn.Module):
             momentum_update(self.model_pairs, self.cfg.momentum)
             image_states_m, image_feat_m = self.encode_image(image, momentum=True)
             text_states_m, text_feat_m = self.encode_text(input_ids, attention_mask, momentum=True)
-            image_feat_all = torch.cat([image_feat_m.t(), self.image_queue.clone().detach()], dim=1)
-            text_feat_all = torch.cat([text_feat_m.t(), self.text_queue.clone().detach()], dim=1)
+            image_feat_all = torch.cat([image_feat_m.t(), self.image_queue], dim=1)  # cat copies: no clone needed
+            text_feat_all = torch.cat([text_feat_m.t(), self.text_queue], dim=1)
             sim_i2t_m = image_feat_m @ text_feat_all / self.temp
             sim_t2i_m = text_feat_m @ image_feat_all / self.temp
         itc = itc_loss(image_feat, text_feat, image_feat_all, text_feat_all, self.temp, targets,
@@ -200,7 +200,7 @@ class ALBEF(MomentumPairs, nn.Module):
                     image_ids: Tensor | None = None) -> Tensor:
         """[B, B + queue] ITC targets: the diagonal, or every column of the same image."""
         if self.queue_image_ids:
-            image_ids_all = torch.cat([image_ids.view(1, -1), self.idx_queue.clone().detach()], dim=1)
+            image_ids_all = torch.cat([image_ids.view(1, -1), self.idx_queue], dim=1)
             record(idx_all=image_ids_all)
             return same_image_targets(image_ids, image_ids_all)
         targets = diagonal_targets(batch, batch + self.cfg.queue_size, device)
@@ -231,7 +231,10 @@ class ALBEF(MomentumPairs, nn.Module):
         atts_all = torch.cat([attention_mask, attention_mask, attention_mask[neg_txt]], dim=0)
         rows = torch.arange(b, device=device)
         image_index = torch.cat([rows, neg_img, rows])  # each row's image: the batch images, gathered
-        fused = self.fusion(text_all, atts_all, image_states, image_index=image_index, kv_cache=kv_cache)
+        # the loss reads [CLS] only: the last layer computes nothing else (unless recording for a comparison)
+        first_only = self.cfg.share_cross_kv and not is_recording()
+        fused = self.fusion(text_all, atts_all, image_states, image_index=image_index, kv_cache=kv_cache,
+                            first_only=first_only)
         vl_output = self.itm_head(fused[:, 0])
         loss_itm, itm_labels = itm_loss(vl_output, b)
         record(neg_image_idx=neg_img, neg_text_idx=neg_txt, output_pos=fused[:b], output_neg=fused[b:],

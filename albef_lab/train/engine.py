@@ -405,17 +405,21 @@ class Meter:
         self.reset()
 
     def reset(self) -> None:
-        self.sums: dict[str, float] = {}
+        self.sums: dict[str, Tensor] = {}
         self.n, self.images, self.t0 = 0, 0, time.perf_counter()
 
     def add(self, out: dict[str, Tensor], images: int) -> None:
-        for k, v in out.items():
-            self.sums[k] = self.sums.get(k, 0.0) + v.item()
+        for k, v in out.items():  # summed where they live: no device sync per step, one per log line
+            self.sums[k] = self.sums[k] + v.detach().float() if k in self.sums else v.detach().float()
         self.n += 1
         self.images += images
 
     def means(self) -> dict[str, float]:
-        return {k: v / self.n for k, v in self.sums.items()}
+        if not self.sums:
+            return {}
+        keys = sorted(self.sums)
+        values = (torch.stack([self.sums[k] for k in keys]) / self.n).tolist()
+        return dict(zip(keys, values, strict=True))
 
     def images_per_s(self) -> float:
         return self.images / (time.perf_counter() - self.t0)
