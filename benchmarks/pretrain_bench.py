@@ -29,9 +29,11 @@ VARIANTS = [
     ("per-pair K/V fp32 (before)", dict(keep_attention=False, dtype=None, ckpt=False, share=False)),
     ("shared K/V fp32", dict(keep_attention=False, dtype=None, ckpt=False, share=True)),
     ("explicit-attention fp32", dict(keep_attention=True, dtype=None, ckpt=False, share=True)),
+    ("per-pair K/V bf16 autocast", dict(keep_attention=False, dtype=torch.bfloat16, ckpt=False, share=False)),
     ("shared K/V bf16 autocast", dict(keep_attention=False, dtype=torch.bfloat16, ckpt=False, share=True)),
     ("per-pair K/V fp32 + act. ckpt", dict(keep_attention=False, dtype=None, ckpt=True, share=False)),
     ("shared K/V fp32 + act. ckpt", dict(keep_attention=False, dtype=None, ckpt=True, share=True)),
+    ("per-pair K/V bf16 + act. ckpt", dict(keep_attention=False, dtype=torch.bfloat16, ckpt=True, share=False)),
     ("shared K/V bf16 + act. ckpt", dict(keep_attention=False, dtype=torch.bfloat16, ckpt=True, share=True)),
     ("per-pair K/V fp32 (again)", dict(keep_attention=False, dtype=None, ckpt=False, share=False)),
     ("shared K/V fp32 (again)", dict(keep_attention=False, dtype=None, ckpt=False, share=True)),
@@ -76,8 +78,9 @@ def setup(name: str, batch: int, text_len: int) -> tuple[ALBEF, tuple[torch.Tens
 
 
 def run_variant(base: ALBEF, batch: tuple, device: torch.device, steps: int, keep_attention: bool,
-                dtype, ckpt: bool, share: bool, warmup: int = 2) -> tuple[float, float, float]:
-    model = copy.deepcopy(base).to(device)
+                dtype, ckpt: bool, share: bool, warmup: int = 2, in_place: bool = False) -> tuple[float, float, float]:
+    """`in_place`: train `base` itself (one copy of the weights in memory, for a process's peak RSS)."""
+    model = (base if in_place else copy.deepcopy(base)).to(device)
     model.cfg.share_cross_kv = share
     set_keep_attention(model, keep_attention)
     model.set_grad_checkpointing(ckpt)
@@ -120,6 +123,7 @@ def main() -> None:
     ap.add_argument("--isolate", action="store_true",
                     help="each variant in a fresh process, to report its peak RSS (process memory) too")
     ap.add_argument("--only", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--skip", nargs="*", default=[], help="variants to leave out (their names)")
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps before the timed ones")
     args = ap.parse_args()
     if args.isolate:
@@ -134,11 +138,12 @@ def main() -> None:
     base_dt = base_mem = None
     times = {}
     for name, kw in VARIANTS:
-        if args.only and name != args.only:
+        if (args.only and name != args.only) or name in args.skip:
             continue
         if kw["dtype"] is torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
             continue
-        dt, mem, peak = run_variant(base, (images, ids, mask), device, args.steps, warmup=args.warmup, **kw)
+        dt, mem, peak = run_variant(base, (images, ids, mask), device, args.steps, warmup=args.warmup,
+                                    in_place=bool(args.only), **kw)
         times[name] = dt
         base_dt, base_mem = base_dt or dt, base_mem or max(mem, 1e-9)
         print(f"{name:<30} {dt:>7.3f} {1 / dt:>8.2f} {args.batch / dt:>9.1f} {mem:>10.1f} {peak:>9.0f} "
@@ -155,6 +160,8 @@ def isolated(args) -> None:
     """Every variant in its own process: the only way to read one variant's peak process memory on a CPU."""
     rows = []
     for name, _ in VARIANTS[:-2]:
+        if name in args.skip:
+            continue
         cmd = [sys.executable, __file__, "--preset", args.preset, "--batch", str(args.batch), "--steps",
                str(args.steps), "--device", args.device, "--text-len", str(args.text_len), "--only", name,
                "--warmup", str(args.warmup)]

@@ -1,0 +1,54 @@
+"""The benchmark scripts run end to end on tiny inputs and print what scripts read from them (their figures
+are never asserted: timing belongs to the benchmarks, not to tests)."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def run(script: str, *args: str) -> str:
+    out = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout
+
+
+def speedup(stdout: str) -> float:
+    last = stdout.strip().splitlines()[-1]
+    assert re.fullmatch(r"speedup: \d+\.\d\d", last), last
+    return float(last.split()[1])
+
+
+def test_retrieval_bench_checks_identical_rankings():
+    out = run("retrieval_bench.py", "--size", "tiny", "--images", "8", "--texts", "24", "--k", "4", "--repeats", "1")
+    assert "identical top-4 rankings: True" in out
+    assert speedup(out) > 0
+
+
+def test_vqa_bench_checks_identical_rankings():
+    out = run("vqa_bench.py", "--size", "tiny", "--res", "32", "--questions", "2", "--k", "8", "--answers", "40",
+              "--repeats", "1")
+    assert "identical answer rankings: True" in out
+    assert speedup(out) > 0
+
+
+@pytest.mark.parametrize("isolate", [False, True])
+def test_pretrain_bench_reports_every_variant(isolate):
+    args = ["--preset", "tiny", "--batch", "4", "--steps", "1", "--warmup", "0", "--text-len", "8"]
+    if isolate:
+        args += ["--isolate", "--skip", "explicit-attention fp32", "per-pair K/V bf16 autocast",
+                 "shared K/V bf16 autocast", "per-pair K/V bf16 + act. ckpt", "shared K/V bf16 + act. ckpt"]
+    out = run("pretrain_bench.py", *args)
+    rows = [ln for ln in out.splitlines() if ln.startswith(("per-pair", "shared", "explicit"))]
+    assert len(rows) == (4 if isolate else 11)
+    assert speedup(out) > 0
+
+
+def test_profile_step_groups_the_ops():
+    out = run("profile_step.py", "--preset", "tiny", "--batch", "4", "--steps", "1", "--top", "5")
+    assert "matrix products" in out
+    assert re.search(r"^outside ops: \d+\.\d%$", out.strip().splitlines()[-1])
