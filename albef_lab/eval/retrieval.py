@@ -120,14 +120,13 @@ def zero_shot_eval(model: nn.Module, dataset, tokenizer: Tokenizer, device: torc
         n = image_states.shape[0]
         first = torch.tensor([dataset.img2txt[i][0] for i in range(n)], device=device)
         random_neg, hard_neg = itm_negatives(sims, dataset.img2txt, truth)
-        for key, neg in (("itm_acc", random_neg), ("itm_acc_hard", hard_neg)):
-            correct = 0
-            for a in range(0, n, batch_size):
-                img = image_states[a:a + batch_size]
-                pos, other = first[a:a + batch_size], neg[a:a + batch_size]
-                correct += (itm_margin(model, text_states[pos], text_atts[pos], img) > 0).sum().item()
-                correct += (itm_margin(model, text_states[other], text_atts[other], img) <= 0).sum().item()
-            out[key] = 100.0 * correct / (2 * n)
+        margins = {}  # each image with its own caption (scored once, shared by both accuracies) and the negatives
+        for key, texts in (("pos", first), ("random", random_neg), ("hard", hard_neg)):
+            margins[key] = torch.cat([itm_margin(model, text_states[t], text_atts[t], image_states[a:a + batch_size])
+                                      for a, t in zip(range(0, n, batch_size), texts.split(batch_size), strict=True)])
+        pos_ok = (margins["pos"] > 0).sum().item()
+        for key, neg in (("itm_acc", "random"), ("itm_acc_hard", "hard")):
+            out[key] = 100.0 * (pos_ok + (margins[neg] <= 0).sum().item()) / (2 * n)
     out["n_images"] = n
     return out
 

@@ -111,11 +111,12 @@ class Task:
         return zero_shot_eval(model, val, self.tok, device, truth=self.truth(val))
 
     def truth(self, val: DS.RetrievalEvalDataset) -> Tensor | None:
-        """[images, texts] bool: caption true of image, where ShapesWorld's scene graphs know it."""
-        scenes = train_scenes(Path(self.cfg.data.root) / "scenes.json", [e["image"] for e in val.entries])
-        if scenes is None:
-            return None
-        return torch.tensor(known_matches(val.text, scenes)).t()
+        """[images, texts] bool: caption true of image, where ShapesWorld's scene graphs know it (worked out at
+        the first evaluation, kept for the others: the split does not change during a run)."""
+        if getattr(self, "_truth", None) is None:
+            scenes = train_scenes(Path(self.cfg.data.root) / "scenes.json", [e["image"] for e in val.entries])
+            self._truth = (None if scenes is None else torch.tensor(known_matches(val.text, scenes)).t(),)
+        return self._truth[0]
 
     def retrieval_val(self) -> DS.RetrievalEvalDataset:
         """The held-out images with all their captions (COCO val/test layout)."""
