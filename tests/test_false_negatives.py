@@ -192,3 +192,52 @@ def test_itm_weight_scales_itm_in_the_loss():
     out = model(image, ids, mask, 0.0, generator=torch.Generator().manual_seed(0))
     total = out["loss_ita"] + 3.0 * out["loss_itm"] + out["loss_mlm"]
     assert torch.allclose(out["loss"], total) and out["loss_itm"] > 0
+
+
+class OracleITM(torch.nn.Module):
+    """Knows which image each caption describes: image states and text states carry the image's number.
+    `fooled`: calls a hard negative (the most ITC-similar other caption) a match too."""
+
+    def __init__(self, n_img: int, fooled: bool):
+        super().__init__()
+        self.n_img, self.fooled = n_img, fooled
+
+    def encode_image(self, images):
+        ids = images[:, 0, 0, 0]
+        return ids.view(-1, 1, 1), torch.nn.functional.one_hot(ids.long(), self.n_img).float()
+
+    def encode_text(self, ids, mask):
+        img = (ids[:, 1] - 1000).float()  # the tokenizer below writes 1000 + image number
+        feat = torch.nn.functional.one_hot(img.long(), self.n_img).float()
+        feat = feat + 0.5 * torch.nn.functional.one_hot((img.long() + 1) % self.n_img, self.n_img)  # next = hardest
+        return img.view(-1, 1, 1), torch.nn.functional.normalize(feat, dim=-1)
+
+    def itm_logits(self, text_states, text_atts, image_states):
+        text, image = text_states[:, 0, 0], image_states[:, 0, 0]
+        match = (text == image) | (self.fooled & ((text + 1) % self.n_img == image))
+        return torch.stack([torch.zeros_like(text), torch.where(match, 1.0, -1.0)], dim=1)
+
+
+def test_held_out_itm_accuracy_counts_positives_and_each_kind_of_negative():
+    from albef_lab.eval.retrieval import zero_shot_eval
+
+    class Split(torch.utils.data.Dataset):
+        text = [f"caption of {i} {k}" for i in range(6) for k in range(2)]
+        img2txt = {i: [2 * i, 2 * i + 1] for i in range(6)}
+        txt2img = {t: t // 2 for t in range(12)}
+
+        def __len__(self):
+            return 6
+
+        def __getitem__(self, i):
+            return torch.full((3, 2, 2), float(i)), i
+
+    def tokenizer(texts, max_length, padding):
+        ids = torch.tensor([[101, 1000 + int(t.split()[2])] for t in texts])
+        return ids, torch.ones_like(ids)
+
+    sharp = zero_shot_eval(OracleITM(6, fooled=False), Split(), tokenizer, torch.device("cpu"), batch_size=4)
+    fooled = zero_shot_eval(OracleITM(6, fooled=True), Split(), tokenizer, torch.device("cpu"), batch_size=4)
+    assert sharp["itm_acc"] == sharp["itm_acc_hard"] == 100.0
+    assert fooled["itm_acc"] == 100.0 and fooled["itm_acc_hard"] == 50.0  # every hard negative called a match
+    assert sharp["img_r1"] == 100.0
