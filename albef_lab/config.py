@@ -144,6 +144,7 @@ class TrainConfig:
     warmup_steps: int = 1000
     weight_decay: float = 0.02
     clip_grad: float = 0.0  # 0 = off
+    fused_adamw: bool = True  # one vectorised AdamW kernel; false = torch's per-parameter loop (same update)
     precision: str = "fp32"  # fp32 | bf16 | fp16
     seed: int = 42
     log_every: int = 10

@@ -22,7 +22,7 @@ import torch
 from albef_lab.config import preset
 from albef_lab.models.albef import ALBEF
 from albef_lab.models.attention import set_keep_attention
-from albef_lab.train.schedule import param_groups
+from albef_lab.train.schedule import adamw
 
 # The first row is the baseline: the per-pair cross-attention keys/values of before (model.share_cross_kv=false).
 VARIANTS = [
@@ -84,7 +84,7 @@ def run_variant(base: ALBEF, batch: tuple, device: torch.device, steps: int, kee
     model.cfg.share_cross_kv = share
     set_keep_attention(model, keep_attention)
     model.set_grad_checkpointing(ckpt)
-    opt = torch.optim.AdamW(param_groups(model, 0.02), lr=1e-4)
+    opt = adamw(model, 1e-4, 0.02)  # as the training engine
     images, ids, mask = (x.to(device) for x in batch)
     gen = torch.Generator(device=device).manual_seed(0)
     cast = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()

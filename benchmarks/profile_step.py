@@ -20,7 +20,7 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pretrain_bench import setup  # noqa: E402
 
-from albef_lab.train.schedule import param_groups  # noqa: E402
+from albef_lab.train.schedule import adamw  # noqa: E402
 
 GROUPS = {  # first match wins; names are aten op names
     "matrix products": ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::linear",
@@ -47,7 +47,7 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=15)
     args = ap.parse_args()
     model, (images, ids, mask) = setup(args.preset, args.batch, args.text_len)
-    opt = torch.optim.AdamW(param_groups(model, 0.02), lr=1e-4)
+    opt = adamw(model, 1e-4, 0.02)  # as the training engine
     gen = torch.Generator().manual_seed(0)
 
     def step() -> None:

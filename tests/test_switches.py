@@ -49,6 +49,21 @@ def test_clip_grad_clips_with_the_given_norm(world, tmp_path, monkeypatch):
     assert calls == []
 
 
+def test_fused_adamw_switch_picks_the_kernel_and_gives_the_same_update(world, tmp_path):
+    runs = {}
+    for fused in (True, False):
+        trainer = E.Trainer(small_cfg(world, tmp_path / str(fused), "train.max_steps=2", "train.batch_size=4",
+                                      f"train.fused_adamw={str(fused).lower()}"))
+        assert trainer.optimizer.defaults["fused"] is fused
+        start = trainer.model.itm_head.weight.detach().clone()
+        trainer.run()
+        runs[fused] = trainer.model.state_dict()
+    assert not torch.equal(runs[True]["itm_head.weight"], start)  # the steps moved the weights compared below
+    for k, v in runs[True].items():
+        if v.is_floating_point():
+            assert torch.allclose(v, runs[False][k], atol=1e-6), k
+
+
 def test_max_minutes_stops_the_run_and_saves(world, tmp_path, capsys):
     result = E.pretrain(small_cfg(world, tmp_path / "m", "train.max_steps=50", "train.max_minutes=0.00001"))
     assert result["step"] == 1

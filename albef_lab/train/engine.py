@@ -32,7 +32,7 @@ from albef_lab.models.checkpoint import load_bert, load_deit, load_for_task, rea
 from albef_lab.models.factory import create_model, save_model
 from albef_lab.models.registry import task_spec
 from albef_lab.train.data import ResumableSampler, SeededDataset
-from albef_lab.train.schedule import alpha_at, lr_at, param_groups, set_lr
+from albef_lab.train.schedule import adamw, alpha_at, lr_at, set_lr
 from albef_lab.train.tasks import task_class
 
 CKPT = re.compile(r"checkpoint_(\d+)\.pth$")
@@ -129,7 +129,7 @@ class Trainer:
                                  f"({t.batch_size} x {self.world} processes = {global_batch})")
         if not resume:
             self.initialise(init)
-        self.optimizer = torch.optim.AdamW(param_groups(self.model, t.weight_decay), lr=t.lr)
+        self.optimizer = adamw(self.model, t.lr, t.weight_decay, fused=t.fused_adamw)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.precision == "fp16")
         self.state = RunState()
         if resume:

@@ -32,6 +32,13 @@ def alpha_at(step: int, steps_per_epoch: int, alpha: float) -> float:
     return alpha * min(1.0, step / max(1, steps_per_epoch))
 
 
+def adamw(model: nn.Module, lr: float, weight_decay: float, fused: bool = True) -> torch.optim.AdamW:
+    """AdamW over `param_groups`. `fused`: one vectorised kernel for every parameter (CPU and CUDA) instead of the
+    per-parameter Python loop torch runs on a CPU by default — ~10x less optimiser time at base size
+    (`benchmarks/profile_step.py`), the same update up to float rounding."""
+    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, fused=fused)
+
+
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for g in optimizer.param_groups:
         g["lr"] = lr
