@@ -175,3 +175,6 @@ def test_vqa_ranking_with_answers_of_mixed_lengths_matches_the_full_decoding():
         ra, rb = (m.rank_answers(image, ids[:2], mask[:2], answers, a_mask, 6, fix_double_count=fix)
                   for m in (shared, per_pair))
         assert torch.equal(ra[0], rb[0]) and torch.allclose(ra[1], rb[1], atol=1e-6)
+    one = answers[[3, 3]], a_mask[[3, 3]]  # a list whose every answer is empty: nothing after the first token
+    ra, rb = (m.rank_answers(image, ids[:2], mask[:2], *one, 2) for m in (shared, per_pair))
+    assert torch.allclose(ra[1], rb[1], atol=1e-6)

@@ -140,10 +140,12 @@ class ALBEFVQA(MomentumPairs, nn.Module):
             # each candidate continues its question's [CLS]: the first token's NLL is known from the start pass,
             # the decoder runs on the tokens that predict another (keys/values once per question)
             n = int(cand_mask.sum(1).max())
-            hidden = self.text_decoder.bert(cand_ids[:, 1:n - 1], cand_mask[:, 1:n - 1], encoder_hidden_states=states,
-                                            encoder_attention_mask=q_mask, causal=True, shared=Shared(index),
-                                            prefix=Prefix(prefix.kv, index))
-            rest = token_nll(self.text_decoder.cls, hidden, targets[:, 2:n])
+            rest = torch.zeros(len(cand_ids), dtype=states.dtype, device=states.device)
+            if n > 2:  # some candidate has a token after the first that predicts another
+                hidden = self.text_decoder.bert(cand_ids[:, 1:n - 1], cand_mask[:, 1:n - 1],
+                                                encoder_hidden_states=states, encoder_attention_mask=q_mask,
+                                                causal=True, shared=Shared(index), prefix=Prefix(prefix.kv, index))
+                rest = token_nll(self.text_decoder.cls, hidden, targets[:, 2:n])
             first_nll = -F.log_softmax(start_logits, dim=1)[index, cand_ids[:, 1]]
             nll = (first_nll + rest).view(-1, 1)
         else:  # before: every candidate decoded from [CLS], logits at every position
