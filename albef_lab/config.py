@@ -94,6 +94,9 @@ class ModelConfig:
     # After it: this fraction of ITM's negatives stay uniform, the rest mined (0 = the original: all mined).
     itm_random_fraction: float = 0.0
     itm_weight: float = 1.0  # ITM's weight in the pre-training loss (the original: 1, as ITC's and MLM's)
+    # Mined negatives are drawn from softmax(similarity / temp / this): above 1, medium-hard negatives more often
+    # than the hardest (1 = the original, ITC's own temperature).
+    itm_mining_softness: float = 1.0
     grad_checkpointing: bool = False
     # Cross-attention keys/values computed once per image (or question) and shared by every text row and pass
     # that attends to it (plus: retrieval re-ranks without trailing padding, VQA ranking applies the vocabulary

@@ -185,6 +185,20 @@ def test_easy_negative_share_mixes_uniform_draws_into_the_mined_ones(fraction, e
     assert hits / 300 == pytest.approx(expected, abs=0.04)
 
 
+@pytest.mark.parametrize("softness,expected", [(1.0, 0.999), (4.0, 0.613)])
+def test_mining_softness_draws_the_hardest_negative_less_often(softness, expected):
+    """Similarity 9 to the next pair, 0 to the six others: the hardest is drawn with probability
+    e^(9/s) / (e^(9/s) + 6)."""
+    model = ALBEF(small_config(itm_mining_softness=softness))
+    b = 8
+    sim = torch.zeros(b, b)
+    sim[torch.arange(b), (torch.arange(b) + 1) % b] = 9.0
+    gen = torch.Generator().manual_seed(0)
+    hits = sum((model.draw_negatives(sim, sim, None, None, True, gen)[0] == (torch.arange(b) + 1) % b).float().mean()
+               for _ in range(300)) / 300
+    assert float(hits) == pytest.approx(expected, abs=0.04)
+
+
 def test_itm_weight_scales_itm_in_the_loss():
     torch.manual_seed(0)
     image, ids, mask = batch(4)

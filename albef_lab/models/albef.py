@@ -254,6 +254,9 @@ class ALBEF(MomentumPairs, nn.Module):
                 return given_img, given_txt
             easy_img, easy_txt = self._uniform_negatives(b, same, known, generator, device)
             return (easy_img if given_img is None else given_img), (easy_txt if given_txt is None else given_txt)
+        soft = self.cfg.itm_mining_softness
+        if soft != 1.0:
+            sim_i2t, sim_t2i = sim_i2t / soft, sim_t2i / soft
         w_t2i = negative_weights(sim_t2i, same, known)
         w_i2t = negative_weights(sim_i2t, same, None if known is None else known.t())
         record(weights_i2t=w_i2t, weights_t2i=w_t2i)
