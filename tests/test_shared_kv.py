@@ -87,14 +87,15 @@ def test_vqa_ranking_and_training_match_the_per_question_copies():
     assert torch.allclose(la, lb, rtol=1e-5)
 
 
-def test_target_nll_equals_the_full_head_nll_with_padding():
-    from albef_lab.objectives.lm import answer_nll, target_nll
+def test_token_nll_equals_the_full_head_nll_with_padding():
+    from albef_lab.objectives.lm import answer_nll, token_nll
 
     g = torch.Generator().manual_seed(0)
     head = torch.nn.Linear(8, 110)
     hidden = torch.randn(3, 5, 8, generator=g)
     targets = torch.tensor([[101, 4, 102, -100, -100], [101, 3, 7, 2, 102], [101, 102, -100, -100, -100]])
-    assert torch.allclose(target_nll(head, hidden, targets), answer_nll(head(hidden), targets), atol=1e-6)
+    assert torch.allclose(token_nll(head, hidden[:, :-1], targets[:, 1:]), answer_nll(head(hidden), targets),
+                          atol=1e-6)
 
 
 def test_retrieval_chunks_compute_keys_values_once_per_image_and_layer(monkeypatch):

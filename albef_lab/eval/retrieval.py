@@ -178,16 +178,14 @@ def match_logits(model: nn.Module, pairs: Tensor, image_states: Tensor, text_sta
                           for b in pairs.split(batch_size)]) if len(pairs) else image_states.new_zeros(0)
     out = image_states.new_zeros(len(pairs))
     lengths = text_atts.sum(1)
-    chunk_of = torch.unique(pairs[:, 0], return_inverse=True)[1] // images_per_chunk
-    for c in range(int(chunk_of.max()) + 1 if len(pairs) else 0):
-        rows = (chunk_of == c).nonzero()[:, 0]
-        images, index = torch.unique(pairs[rows, 0], return_inverse=True)
-        states, cache = image_states[images], {}
-        order = lengths[pairs[rows, 1]].argsort(stable=True)  # similar lengths share a batch
-        rows, index = rows[order], index[order]
-        for r, i in zip(rows.split(batch_size), index.split(batch_size), strict=True):
+    images, rank = torch.unique(pairs[:, 0], return_inverse=True)  # the distinct images; each pair's among them
+    for a in range(0, len(images), images_per_chunk):
+        rows = ((rank >= a) & (rank < a + images_per_chunk)).nonzero()[:, 0]
+        rows = rows[lengths[pairs[rows, 1]].argsort(stable=True)]  # similar lengths share a batch
+        states, cache = image_states[images[a:a + images_per_chunk]], {}
+        for r in rows.split(batch_size):
             t = pairs[r, 1]
             n = max(int(lengths[t].max()), 1)
-            out[r] = model.itm_logits(text_states[t, :n], text_atts[t, :n], states, image_index=i,
+            out[r] = model.itm_logits(text_states[t, :n], text_atts[t, :n], states, image_index=rank[r] - a,
                                       kv_cache=cache)[:, 1].to(out.dtype)
     return out

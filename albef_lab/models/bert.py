@@ -252,6 +252,7 @@ class BertModel(nn.Module):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         n_layers, fusion = self.cfg.num_hidden_layers, self.cfg.fusion_layer
+        offset = prefix.length if prefix is not None else 0  # positions decoded before these tokens
         if mode == "fusion":
             if encoder_embeds is None:
                 raise ValueError("mode 'fusion' takes the text encoder's output as encoder_embeds")
@@ -259,10 +260,10 @@ class BertModel(nn.Module):
         else:
             if input_ids is None:
                 raise ValueError(f"mode {mode!r} needs input_ids")
-            x = self.embeddings(input_ids, prefix.length if prefix is not None else 0)
+            x = self.embeddings(input_ids, offset)
         if attention_mask is None:
             attention_mask = torch.ones(x.shape[:2], dtype=torch.long, device=x.device)
-        mask = self_attention_mask(attention_mask, x.dtype, causal, prefix.length if prefix is not None else 0)
+        mask = self_attention_mask(attention_mask, x.dtype, causal, offset)
         states_mask = None
         if encoder_hidden_states is not None:
             def make(s: Tensor, m: Tensor | None) -> Tensor:

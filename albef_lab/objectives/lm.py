@@ -23,14 +23,9 @@ def answer_nll(logits: Tensor, targets: Tensor, soft_labels: Tensor | None = Non
     return (1.0 - alpha) * nll + alpha * distill
 
 
-def target_nll(head: Callable[[Tensor], Tensor], hidden: Tensor, targets: Tensor) -> Tensor:
-    """`answer_nll` from the decoder's hidden states [A, L, D], with the vocabulary head applied only where a
-    token is predicted (not at padding, not after the last token): the same sums, a fraction of the work."""
-    return token_nll(head, hidden[:, :-1], targets[:, 1:])
-
-
 def token_nll(head: Callable[[Tensor], Tensor], hidden: Tensor, labels: Tensor) -> Tensor:
-    """Per-row NLL sums [A] where `hidden[:, t]` predicts `labels[:, t]` (-100: nothing to predict, no head)."""
+    """Per-row NLL sums [A] where `hidden[:, t]` predicts `labels[:, t]` (-100: nothing to predict), the
+    vocabulary head applied only where a token is predicted: `answer_nll`'s sums for a fraction of the work."""
     keep = labels != -100
     token = F.cross_entropy(head(hidden[keep]), labels[keep], reduction="none")
     rows = keep.nonzero()[:, 0]

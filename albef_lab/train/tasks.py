@@ -61,6 +61,7 @@ class Task:
 
     def __init__(self, cfg: Config, tokenizer: Tokenizer, out_dir: str | Path | None = None):
         self.cfg, self.tok = cfg, tokenizer
+        self._truth: tuple[Tensor | None] | None = None  # the validation split's ground truth, once worked out
         self.out_dir = Path(out_dir) if out_dir else None  # where evaluations write their result files
         d = cfg.data
         train_file, val_file = self.spec.files
@@ -113,7 +114,7 @@ class Task:
     def truth(self, val: DS.RetrievalEvalDataset) -> Tensor | None:
         """[images, texts] bool: caption true of image, where ShapesWorld's scene graphs know it (worked out at
         the first evaluation, kept for the others: the split does not change during a run)."""
-        if getattr(self, "_truth", None) is None:
+        if self._truth is None:
             scenes = train_scenes(Path(self.cfg.data.root) / "scenes.json", [e["image"] for e in val.entries])
             self._truth = (None if scenes is None else torch.tensor(known_matches(val.text, scenes)).t(),)
         return self._truth[0]
