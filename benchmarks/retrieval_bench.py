@@ -76,12 +76,13 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--checkpoint", default=None, help="one of our checkpoints (its size) for random weights")
     args = ap.parse_args()
-    cfg = model_config(args.size, args.res)
-    torch.manual_seed(0)
-    model = create_model("retrieval", cfg).eval()
     if args.checkpoint:  # trained weights: scores spread out as in a real evaluation
         model, cfg, _ = load_model(args.checkpoint, "retrieval")
-        model.eval()
+    else:
+        cfg = model_config(args.size, args.res)
+        torch.manual_seed(0)
+        model = create_model("retrieval", cfg)
+    model.eval()
     images, ids, mask = inputs(cfg, args.images, args.texts, args.world)
     t = time.perf_counter()
     image_states, image_feat = model.encode_image(images)

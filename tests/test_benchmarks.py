@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 
@@ -27,6 +28,20 @@ def test_retrieval_bench_checks_identical_rankings():
     out = run("retrieval_bench.py", "--size", "tiny", "--images", "8", "--texts", "24", "--k", "4", "--repeats", "1")
     assert "identical top-4 rankings: True" in out
     assert speedup(out) > 0
+
+
+def test_ranks_agree_up_to_accepts_swapped_ties_only():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("retrieval_bench", BENCH / "retrieval_bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    ref = torch.tensor([[5.0, 4.0, 4.0 + 1e-7, 1.0]])
+    tie_swapped = torch.tensor([[5.0, 4.0 + 1e-7, 4.0, 1.0]])
+    real_swap = torch.tensor([[4.0, 5.0, 3.9, 1.0]])
+    assert bench.ranks_agree_up_to(ref, tie_swapped, 3, 1e-5)
+    assert not bench.ranks_agree_up_to(ref, real_swap, 3, 1e-5)
+    assert not bench.ranks_agree_up_to(ref, torch.tensor([[5.0, 4.0, 0.0, 3.0]]), 3, 1e-5)  # in order, wrong set
 
 
 def test_vqa_bench_checks_identical_rankings():
