@@ -85,6 +85,10 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
               f"text->image R@1 {result['img_r1']:.1f}% R@5 {result['img_r5']:.1f}%, image->text R@1 "
               f"{result['txt_r1']:.1f}%, ITM accuracy {result['itm_acc']:.1f}% "
               f"(chance: R@1 {chance_recall(result.get('n_images', 0)):.2f}%, ITM 50%)")
+        if "itm_pair_hard" in result:
+            print(f"against each image's most ITC-similar false caption: ITM accuracy {result['itm_acc_hard']:.1f}%; "
+                  f"the own caption scored above it by ITM for {result['itm_pair_hard']:.1f}% of images, by ITC for "
+                  f"{result['itc_pair_hard']:.1f}%")
         print(f"checkpoint: {cfg.train.output_dir}/model.pth; curves: albef-lab plot {cfg.train.output_dir}")
     return 0
 

@@ -97,6 +97,11 @@ class ModelConfig:
     # Mined negatives are drawn from softmax(similarity / temp / this): above 1, medium-hard negatives more often
     # than the hardest (1 = the original, ITC's own temperature).
     itm_mining_softness: float = 1.0
+    # This share of the images take as ITM negative a one-word edit of their own caption that the scene graph
+    # says is false ('a red circle' -> 'a blue circle', 'left' -> 'right'; `world.caption_edits`), in place of a
+    # negative from the batch: the fine distinctions the most similar held-out captions test. Needs the data's
+    # scene graphs (ShapesWorld); 0 = the original.
+    itm_edited_fraction: float = 0.0
     grad_checkpointing: bool = False
     # Cross-attention keys/values computed once per image (or question) and shared by every text row and pass
     # that attends to it (plus: retrieval re-ranks without trailing padding, VQA ranking applies the vocabulary

@@ -87,8 +87,8 @@ def test_task_passes_scene_matches_and_the_curriculum_flag(tmp_path):
     ds = task.train_set()
     seen = {}
 
-    def net(images, ids, mask, alpha, generator=None, image_ids=None, matches=None, hard=True):
-        seen.update(matches=matches, hard=hard)
+    def net(images, ids, mask, alpha, generator=None, image_ids=None, matches=None, hard=True, edited=None):
+        seen.update(matches=matches, hard=hard, edited=edited)
         return {}
 
     items = [ds[i] for i in range(6)]
@@ -104,6 +104,45 @@ def test_task_passes_scene_matches_and_the_curriculum_flag(tmp_path):
         for j, sc in enumerate(scenes):
             either = W.caption_holds(sc, c) or W.caption_holds(sc.mirrored(), c)  # the flip swaps left/right
             assert bool(seen["matches"][i, j]) == either
+    assert seen["edited"] is None  # the tiny preset's recipe makes no edits unless asked
+
+
+def test_task_makes_edited_negatives_false_of_their_image(tmp_path):
+    """With `model.itm_edited_fraction`, the task passes each caption's edit, tokenised to the captions' length,
+    false of its image whether or not the image was flipped; the same generator state gives the same edits."""
+    from albef_lab.config import load_config
+    from albef_lab.data.tokenizer import load_tokenizer
+    from albef_lab.train.tasks import Task
+    from tests.helpers import make_world
+
+    world = make_world(tmp_path / "w", images=40, seed=3)
+    cfg = load_config(None, [f"data.root={world}", "model.itm_edited_fraction=0.5"], "tiny")
+    tok = load_tokenizer(world / "vocab")
+    task = Task(cfg, tok)
+    ds = task.train_set()
+    items = [ds[i] for i in range(32)]
+    captions = [c for _, c, _ in items]
+    index = torch.tensor([k for _, _, k in items])
+    runs = []
+
+    def net(images, ids, mask, alpha, generator=None, edited=None, **kw):
+        runs.append({"ids": ids, "edited": edited})
+        return {}
+
+    for _ in range(2):
+        task.forward(net, (torch.zeros(32, 3, 64, 64), captions, index), 0.0, torch.Generator().manual_seed(5),
+                     torch.device("cpu"))
+    e = runs[0]["edited"]
+    assert e.input_ids.shape == runs[0]["ids"].shape and torch.equal(e.input_ids, runs[1]["edited"].input_ids)
+    assert e.valid.sum() >= 24  # almost every caption has an edit ('one shape' has none)
+    for i, c in enumerate(captions):
+        edit = tok.decode(e.input_ids[i]).replace(" [SEP]", "").strip()
+        sc = task.scenes[int(index[i])]
+        if e.valid[i]:  # false of what the image may show: the scene or its mirror, whichever the caption fits
+            shown = [s for s in (sc, sc.mirrored()) if W.caption_holds(s, c)]
+            assert edit != c and shown and not any(W.caption_holds(s, edit) for s in shown)
+        else:
+            assert edit == c
 
 
 def test_mirrored_scene_swaps_left_and_right():
@@ -254,4 +293,53 @@ def test_held_out_itm_accuracy_counts_positives_and_each_kind_of_negative():
     fooled = zero_shot_eval(OracleITM(6, fooled=True), Split(), tokenizer, torch.device("cpu"), batch_size=4)
     assert sharp["itm_acc"] == sharp["itm_acc_hard"] == 100.0
     assert fooled["itm_acc"] == 100.0 and fooled["itm_acc_hard"] == 50.0  # every hard negative called a match
+    # ranked without a threshold: the sharp ITM prefers the own caption always, the fooled one scores both alike
+    assert sharp["itm_pair_hard"] == 100.0 and fooled["itm_pair_hard"] == 0.0
+    assert sharp["itc_pair_hard"] == fooled["itc_pair_hard"] == 100.0  # ITC here ranks the own caption first
     assert sharp["img_r1"] == 100.0
+
+
+def edited_like_the_batch(ids, mask, valid):
+    from albef_lab.models.albef import EditedNegatives
+
+    return EditedNegatives(ids.clone(), mask.clone(), torch.tensor(valid))
+
+
+@pytest.mark.parametrize("fraction", [1.0, 0.0])
+def test_edited_negatives_take_the_place_of_the_drawn_negative_texts(fraction):
+    """With `itm_edited_fraction` 1, image i's negative text is its edited caption wherever one is valid. Here the
+    'edit' of caption i is caption i itself, so a replaced row fuses exactly the positive pair (same ITM output);
+    a row without a valid edit keeps the drawn negative. With the fraction at 0 nothing is replaced."""
+    torch.manual_seed(0)
+    b = 8
+    image, ids, mask = batch(b)
+    valid = [True, True, False, True, True, False, True, False]
+    model = ALBEF(small_config(itm_edited_fraction=fraction))
+    with recording() as rec:
+        out = model(image, ids, mask, 0.0, generator=torch.Generator().manual_seed(2),
+                    edited=edited_like_the_batch(ids, mask, valid), matches=torch.eye(b, dtype=torch.bool))
+    pos, neg_txt = rec["vl_output"][:b], rec["vl_output"][2 * b:]
+    same = [torch.allclose(pos[i], neg_txt[i], atol=1e-5) for i in range(b)]
+    if fraction == 1.0:
+        assert same == valid and out["itm_edited"].item() == pytest.approx(5 / 8)
+    else:
+        assert not any(same) and "itm_edited" not in out
+    assert out["itm_false_neg"].item() == 0.0  # the 'edits' are not counted as drawn matches
+
+
+def test_edited_negatives_share_and_gradient():
+    """Half the images take their edit (over many draws); the edited captions are encoded with gradients (they
+    train the text encoder as every negative does); a wrong length is refused."""
+    torch.manual_seed(0)
+    b = 8
+    image, ids, mask = batch(b)
+    model = ALBEF(small_config(itm_edited_fraction=0.5))
+    gen = torch.Generator().manual_seed(0)
+    shares = [model(image, ids, mask, 0.0, generator=gen, edited=edited_like_the_batch(ids, mask, [True] * b)
+                    )["itm_edited"].item() for _ in range(40)]
+    assert sum(shares) / len(shares) == pytest.approx(0.5, abs=0.08)
+    out = model(image, ids, mask, 0.0, generator=gen, edited=edited_like_the_batch(ids, mask, [True] * b))
+    out["loss_itm"].backward()
+    assert model.bert.embeddings.word_embeddings.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="tokenised like the batch"):
+        model(image, ids, mask, 0.0, generator=gen, edited=edited_like_the_batch(ids[:, :5], mask[:, :5], [True] * b))

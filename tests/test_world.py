@@ -66,7 +66,7 @@ def caption_true(scene, cap: str) -> bool:
         shape = PLURALS.get(m.group(2), m.group(2))
         k = sum(o["shape"] == shape for o in objs)
         return NUM[m.group(1)] == k and NUM[m.group(3)] == len(objs) - k
-    phrases = re.split(r", | and ", cap)
+    phrases = re.split(r", | and | (?=an? )", cap)  # the commas are gone after `pre_caption`
     return all(find(scene, p) for p in phrases)
 
 
@@ -286,3 +286,52 @@ def test_a_world_of_an_older_generator_is_made_again(tmp_path, capsys):
     assert "generator version 1" in capsys.readouterr().out
     assert world_version(out) == VERSION and load(out, "ve_train.json")
     assert world_version(tmp_path) is None  # not a ShapesWorld: never touched
+
+
+def test_caption_edits_are_one_word_false_and_plausible(world):
+    """`world.caption_edits` (ITM's edited negatives): each edit changes one word (or swaps two of one kind), is
+    false of the scene by the test's own parser, and names distinct objects, as any generated caption does."""
+    from albef_lab.data import world as W
+
+    scenes = {s["index"]: s for s in load(world, "scenes.json")}
+    kinds = Counter()
+    for p in load(world, "pretrain.json")[:300]:
+        sc = scenes[int(re.search(r"(\d+)", p["image"]).group(1))]
+        cap = p["caption"].replace(",", "")
+        if not caption_true(sc, cap):  # a noisy caption: nothing is known of its edits
+            continue
+        edits = W.caption_edits(cap, [W.Scene.from_dict(sc)])
+        for kind, texts in edits.items():
+            kinds[kind] += 1
+            for e in texts:
+                assert not caption_true(sc, e), (cap, e)
+                a = [w for w in cap.split() if w not in ("a", "an")]
+                b = [w for w in e.split() if w not in ("a", "an")]
+                assert len(a) == len(b) and 1 <= sum(x != y for x, y in zip(a, b, strict=True)) <= 2, (cap, e)
+                named = re.findall(r"(red|green|blue|yellow|purple|orange|cyan|white) (\w+)", e)
+                assert len(named) == len(set(named)), e
+                assert all(f" {art} {w}" not in f" {e}" for art, w in (("a", "o"), ("a", "a"), ("an", "r"))), e
+        assert W.choose_edit(edits, 0.0) in sum(edits.values(), []) if edits else W.choose_edit(edits, 0.5) is None
+    assert set(kinds) == {"colour", "shape", "size", "direction", "count", "binding"}, kinds
+
+
+def test_choose_edit_draws_each_kind_equally_often():
+    from albef_lab.data import world as W
+
+    edits = {"colour": [f"c{i}" for i in range(14)], "direction": ["d"]}
+    picks = Counter(W.choose_edit(edits, (i + 0.5) / 1000) for i in range(1000))
+    assert picks["d"] == 500 and len(picks) == 15
+
+
+def test_caption_edits_respect_a_possible_flip():
+    """Of an image that may show the scene or its mirror, 'left' -> 'right' is no negative: it holds of the
+    mirror. Given both, the direction edit is left out; given the scene alone, it is kept."""
+    from albef_lab.data import world as W
+
+    a = W.Obj("circle", "red", "small", (0.05, 0.4, 0.25, 0.6))
+    b = W.Obj("square", "blue", "small", (0.7, 0.4, 0.9, 0.6))
+    sc = W.Scene(0, 0, [a, b])
+    cap = "a red circle to the left of a blue square"
+    assert "a red circle to the right of a blue square" in W.caption_edits(cap, [sc])["direction"]
+    both = W.caption_edits(cap, [sc, sc.mirrored()])
+    assert "direction" not in both and "a blue circle to the left of a red square" in both["binding"]

@@ -289,6 +289,72 @@ def _caption_test(text: str) -> Callable[[Scene], bool]:
     return lambda sc: all(_objects_matching(sc, p) for p in parts)
 
 
+def _fix_articles(words: list[str]) -> list[str]:
+    return [("an" if nxt[0] in "aeiou" else "a") if w in ("a", "an") else w
+            for w, nxt in zip(words, words[1:] + ["x"], strict=True)]
+
+
+def _plausible(words: list[str]) -> bool:
+    """A caption the generator could have written of some scene: the objects it names are distinct
+    (colour+shape pairs are unique in a scene) and a count adds up to at most 5 objects, each part at least 1."""
+    pairs = [(a, b) for a, b in zip(words, words[1:], strict=False) if a in COLOURS and b in SHAPES]
+    if len(pairs) != len(set(pairs)):
+        return False
+    counts = [NUMBERS.index(w) for w in words if w in NUMBERS]
+    return all(c >= 1 for c in counts) and sum(counts) <= 5
+
+
+EDIT_KINDS = {"colour": list(COLOURS), "shape": SHAPES + [PLURAL[s] for s in SHAPES], "size": list(SIZES),
+              "direction": ["left", "right", "above", "below"], "count": NUMBERS[2:]}
+_SWAPS = {"left": "right", "right": "left", "above": "below", "below": "above"}
+
+
+def caption_edits(text: str, shown: list[Scene]) -> dict[str, list[str]]:
+    """One-word edits of `text` that are false of each scene in `shown`, by kind: hard ITM negatives.
+
+    An edit puts another colour, shape, size, direction ('left' for 'right') or count in place of one, or swaps
+    two colours (or two shapes) of the caption between their objects ('binding': which object has which colour,
+    what a bag of words cannot tell). Every edit stays a caption the generator could have written
+    (`_plausible`), so its words alone do not mark it false. `shown`: the scenes the image may show (the scene,
+    and its mirror image when a flip may have happened and the caption holds of both). Deterministic order.
+    """
+    words = text.lower().replace(",", " ").split()
+    edits: dict[str, dict[str, None]] = {k: {} for k in [*EDIT_KINDS, "binding"]}  # ordered sets
+    for i, w in enumerate(words):
+        for kind, pool in EDIT_KINDS.items():
+            if w not in pool or w == "one":  # 'one' keeps its noun singular: no other count fits it
+                continue
+            if kind == "direction":
+                pool = [_SWAPS[w]]
+            elif kind == "shape":  # a plural stays plural
+                pool = [PLURAL[s] for s in SHAPES] if w in PLURAL.values() else SHAPES
+            for o in pool:
+                if o != w:
+                    edits[kind][" ".join(_fix_articles(words[:i] + [o] + words[i + 1:]))] = None
+    for pool in (list(COLOURS), SHAPES, list(PLURAL.values())):
+        at = [i for i, w in enumerate(words) if w in pool]
+        for a, i in enumerate(at):
+            for j in at[a + 1:]:
+                if words[i] != words[j]:
+                    swapped = list(words)
+                    swapped[i], swapped[j] = words[j], words[i]
+                    edits["binding"][" ".join(_fix_articles(swapped))] = None
+    keep = {k: [e for e in v if _plausible(e.split()) and not any(caption_holds(sc, e) for sc in shown)]
+            for k, v in edits.items()}
+    return {k: v for k, v in keep.items() if v}
+
+
+def choose_edit(edits: dict[str, list[str]], u: float) -> str | None:
+    """One edit for a uniform draw `u` in [0, 1): a kind uniformly, then an edit of that kind uniformly (colour
+    edits outnumber the others sevenfold; the rarer kinds are the harder ones)."""
+    if not edits:
+        return None
+    kinds = list(edits)
+    k = min(int(u * len(kinds)), len(kinds) - 1)
+    options = edits[kinds[k]]
+    return options[min(int((u * len(kinds) - k) * len(options)), len(options) - 1)]
+
+
 def corrupt_caption(scene: Scene, other: Scene, rng: random.Random, kind: str | None = None) -> tuple[str, str]:
     """A caption that is wrong the way web alt-text is: an absent object, a swapped attribute, unrelated."""
     kind = kind or rng.choice(NOISE_KINDS)

@@ -108,7 +108,8 @@ def zero_shot_eval(model: nn.Module, dataset, tokenizer: Tokenizer, device: torc
                    batch_size: int = 128, num_workers: int = 0, truth: Tensor | None = None) -> dict[str, float]:
     """ITC retrieval recall@k over the whole split, and ITM accuracy on balanced (image, own caption) vs
     (image, another image's caption) pairs: `itm_acc` with a random negative, `itm_acc_hard` with the most
-    ITC-similar one (`itm_negatives`; `truth` keeps captions true of the image out). `dataset` is a
+    ITC-similar one (`itm_negatives`; `truth` keeps captions true of the image out); `itm_pair_hard` /
+    `itc_pair_hard`: % of images whose own caption ITM / ITC score above that hard negative. `dataset` is a
     RetrievalEvalDataset."""
     with eval_mode(model):
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
@@ -127,6 +128,12 @@ def zero_shot_eval(model: nn.Module, dataset, tokenizer: Tokenizer, device: torc
         pos_ok = (margins["pos"] > 0).sum().item()
         for key, neg in (("itm_acc", "random"), ("itm_acc_hard", "hard")):
             out[key] = 100.0 * (pos_ok + (margins[neg] <= 0).sum().item()) / (2 * n)
+        # the same hard pairs ranked, no threshold: which of the two captions each score prefers. The hard negative
+        # is ITC's own favourite false caption, so ITC's share is low by construction; ITM's above it is what the
+        # fused half knows that ITC does not
+        rows = torch.arange(n, device=device)
+        out["itm_pair_hard"] = 100.0 * (margins["pos"] > margins["hard"]).float().mean().item()
+        out["itc_pair_hard"] = 100.0 * (sims[rows, first] > sims[rows, hard_neg]).float().mean().item()
     out["n_images"] = n
     return out
 

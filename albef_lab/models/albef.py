@@ -9,6 +9,7 @@ for the step-by-step account it was checked against).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +34,15 @@ class PretrainDraws:
     neg_image_idx: Tensor | None = None  # [B] hard-negative image for each text
     neg_text_idx: Tensor | None = None  # [B] hard-negative text for each image
     mask: MaskDraws | None = None
+
+
+class EditedNegatives(NamedTuple):
+    """For each image of a batch, a caption known to be false of it (a one-word edit of its own caption), tokenised
+    to the batch's text length; `valid` [B] bool is False where the image has none."""
+
+    input_ids: Tensor
+    attention_mask: Tensor
+    valid: Tensor
 
 
 def same_image(image_ids: Tensor) -> Tensor:
@@ -123,14 +133,15 @@ class ALBEF(MomentumPairs, nn.Module):
     def forward(self, image: Tensor, input_ids: Tensor, attention_mask: Tensor, alpha: float = 0.0, *,
                 draws: PretrainDraws | None = None, generator: torch.Generator | None = None,
                 image_ids: Tensor | None = None, matches: Tensor | None = None,
-                hard: bool = True) -> dict[str, Tensor]:
+                hard: bool = True, edited: EditedNegatives | None = None) -> dict[str, Tensor]:
         """Returns {'loss', 'loss_ita', 'loss_itm', 'loss_mlm'}, plus 'itm_false_neg' when `matches` is given.
 
         `image_ids` [B] (optional) marks captions of the same image: they are then positives for ITC
         and never hard negatives (the original treats them as negatives). `matches` [B, B] bool (optional):
         text i is known to be true of image j; it measures how many drawn ITM negatives are in fact matches
         and, with `cfg.fix_false_negatives`, keeps them from being drawn. `hard=False`: uniform ITM negatives
-        this step (the curriculum of `cfg.itm_random_steps`).
+        this step (the curriculum of `cfg.itm_random_steps`). `edited`: captions false of each image, taken as
+        its ITM negative text with probability `cfg.itm_edited_fraction`.
         """
         cfg = self.cfg
         draws = draws or PretrainDraws()
@@ -154,7 +165,7 @@ class ALBEF(MomentumPairs, nn.Module):
         if cfg.use_itm:
             loss_itm, stats = self.itm(image_states, text_states, attention_mask, sim_i2t, sim_t2i, same=same,
                                        draws=draws, generator=generator, kv_cache=kv_cache, matches=matches,
-                                       hard=hard)
+                                       hard=hard, edited=edited)
         loss_mlm = zero
         if cfg.use_mlm:
             loss_mlm = self.mlm(image, input_ids, attention_mask, image_states, image_states_m, alpha,
@@ -212,24 +223,31 @@ class ALBEF(MomentumPairs, nn.Module):
     def itm(self, image_states: Tensor, text_states: Tensor, attention_mask: Tensor, sim_i2t: Tensor,
             sim_t2i: Tensor, *, same: Tensor | None = None, draws: PretrainDraws | None = None,
             generator: torch.Generator | None = None, kv_cache: dict | None = None,
-            matches: Tensor | None = None, hard: bool = True) -> tuple[Tensor, dict[str, Tensor]]:
+            matches: Tensor | None = None, hard: bool = True,
+            edited: EditedNegatives | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         """ITM on [positives; text + hard-negative image; hard-negative text + image] in one fusion pass.
 
-        Returns (loss, {'itm_false_neg': fraction of the drawn negatives that `matches` marks true}).
+        Returns (loss, {'itm_false_neg': fraction of the drawn negatives that `matches` marks true,
+        'itm_edited': fraction of the images whose negative text is an edit of their caption}).
         """
         b, device = image_states.shape[0], image_states.device
         draws = draws or PretrainDraws()
         known = matches if (matches is not None and self.cfg.fix_false_negatives) else None
         neg_img, neg_txt = self.draw_negatives(sim_i2t, sim_t2i, same, known, hard, generator, draws)
         neg_img, neg_txt = neg_img.to(device), neg_txt.to(device)
+        rows = torch.arange(b, device=device)
+        text_neg, atts_neg, use = self.edited_negative_texts(text_states[neg_txt], attention_mask[neg_txt], edited,
+                                                             generator)
         stats = {}
         if matches is not None:
-            rows = torch.arange(b, device=device)
-            false = torch.cat([matches[rows, neg_img], matches[neg_txt, rows]]).float()
-            stats["itm_false_neg"] = false.mean()
-        text_all = torch.cat([text_states, text_states, text_states[neg_txt]], dim=0)
-        atts_all = torch.cat([attention_mask, attention_mask, attention_mask[neg_txt]], dim=0)
-        rows = torch.arange(b, device=device)
+            false_txt = matches[neg_txt, rows]
+            if use is not None:
+                false_txt = false_txt.index_fill(0, use, False)  # an edit is false of its image by construction
+            stats["itm_false_neg"] = torch.cat([matches[rows, neg_img], false_txt]).float().mean()
+        if use is not None:
+            stats["itm_edited"] = torch.tensor(len(use) / b, device=device)
+        text_all = torch.cat([text_states, text_states, text_neg], dim=0)
+        atts_all = torch.cat([attention_mask, attention_mask, atts_neg], dim=0)
         image_index = torch.cat([rows, neg_img, rows])  # each row's image: the batch images, gathered
         # the loss reads [CLS] only: the last layer computes nothing else (unless recording for a comparison)
         first_only = self.cfg.share_cross_kv and not is_recording()
@@ -240,6 +258,23 @@ class ALBEF(MomentumPairs, nn.Module):
         record(neg_image_idx=neg_img, neg_text_idx=neg_txt, output_pos=fused[:b], output_neg=fused[b:],
                vl_embeddings=fused[:, 0], vl_output=vl_output, itm_labels=itm_labels, loss_itm=loss_itm)
         return loss_itm, stats
+
+    def edited_negative_texts(self, text_neg: Tensor, atts_neg: Tensor, edited: EditedNegatives | None,
+                              generator: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor | None]:
+        """The negative texts with a share (`cfg.itm_edited_fraction`) replaced by each image's edited caption,
+        encoded here; returns (states, mask, rows replaced or None)."""
+        frac = self.cfg.itm_edited_fraction
+        if edited is None or frac <= 0:
+            return text_neg, atts_neg, None
+        if edited.input_ids.shape != atts_neg.shape:
+            raise ValueError(f"edited negatives {tuple(edited.input_ids.shape)} must be tokenised like the batch's "
+                             f"captions {tuple(atts_neg.shape)}")
+        coin = torch.rand(len(text_neg), generator=generator, device=text_neg.device) < frac
+        use = (coin & edited.valid.to(coin.device)).nonzero()[:, 0]
+        if len(use) == 0:
+            return text_neg, atts_neg, use
+        states = self.bert(edited.input_ids[use], edited.attention_mask[use], mode="text")
+        return text_neg.index_put((use,), states), atts_neg.index_put((use,), edited.attention_mask[use]), use
 
     def draw_negatives(self, sim_i2t: Tensor, sim_t2i: Tensor, same: Tensor | None, known: Tensor | None,
                        hard: bool, generator: torch.Generator | None,

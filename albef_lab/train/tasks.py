@@ -22,6 +22,7 @@ from albef_lab.data.tokenizer import Tokenizer
 from albef_lab.data.transforms import ImageTextTransform, eval_transform
 from albef_lab.eval.retrieval import encode_images, encode_texts, recall_metrics, rerank_scores, zero_shot_eval
 from albef_lab.eval.vqa import majority_answer_accuracy, vqa_accuracy
+from albef_lab.models.albef import EditedNegatives
 from albef_lab.models.base import eval_mode
 from albef_lab.models.registry import TaskSpec, task_spec
 from albef_lab.models.tasks import RandomSource
@@ -98,12 +99,29 @@ class Task:
         ids, mask = self.text(captions, device)
         m = self.cfg.model
         same = image_ids.to(device) if m.fix_duplicate_negatives else None
-        matches = None
+        matches = edited = None
         if self.scenes is not None:
             scenes = [self.scenes[i] for i in image_ids.tolist()]
             matches = torch.tensor(known_matches(captions, scenes, flips=True), device=device)  # images may be flipped
+            if m.itm_edited_fraction > 0:
+                ids, mask, edited = self.edited_negatives(captions, scenes, gen, device)
         return net(images.to(device, non_blocking=True), ids, mask, alpha, generator=gen, image_ids=same,
-                   matches=matches, hard=self.step >= m.itm_random_steps)
+                   matches=matches, hard=self.step >= m.itm_random_steps, edited=edited)
+
+    def edited_negatives(self, captions: list[str], scenes: list, gen: torch.Generator,
+                         device: torch.device) -> tuple[Tensor, Tensor, EditedNegatives]:
+        """A one-word edit of each caption that is false of its image (`world.caption_edits`), tokenised with the
+        captions to one length: returns (caption ids, caption mask, the edits)."""
+        draws = torch.rand(len(captions), generator=gen, device=gen.device).tolist()
+        texts, valid = [], []
+        for c, sc, u in zip(captions, scenes, draws, strict=True):
+            shown = [s for s in (sc, sc.mirrored()) if W.caption_holds(s, c)]  # the image may have been flipped
+            edit = W.choose_edit(W.caption_edits(c, shown), u) if shown else None  # a noisy caption: no edit
+            texts.append(edit or c)
+            valid.append(edit is not None)
+        ids, mask = self.text(list(captions) + texts, device)
+        b = len(captions)
+        return ids[:b], mask[:b], EditedNegatives(ids[b:], mask[b:], torch.tensor(valid, device=device))
 
     def evaluate(self, model: nn.Module, device: torch.device) -> dict:
         if not self.val_file.is_file():
