@@ -343,3 +343,50 @@ def test_edited_negatives_share_and_gradient():
     assert model.bert.embeddings.word_embeddings.weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="tokenised like the batch"):
         model(image, ids, mask, 0.0, generator=gen, edited=edited_like_the_batch(ids[:, :5], mask[:, :5], [True] * b))
+
+
+def test_truth_rerank_is_a_ceiling_of_itc_and_moves_true_pairs_first():
+    """`truth_rerank_scores`: inside each query's top k, true pairs come first (ITC's order within each group);
+    since an image's own captions are true, R@1 can only rise over ITC's, in both directions."""
+    from albef_lab.eval.retrieval import recall_metrics, truth_rerank_scores
+
+    g = torch.Generator().manual_seed(0)
+    n_img, per = 20, 2
+    txt2img = torch.arange(n_img).repeat_interleave(per)
+    sims = torch.nn.functional.normalize(torch.randn(n_img, 8, generator=g), dim=1) @ \
+        torch.nn.functional.normalize(torch.randn(n_img * per, 8, generator=g), dim=1).t()
+    truth = torch.rand(n_img, n_img * per, generator=g) < 0.2
+    truth[txt2img, torch.arange(n_img * per)] = True
+    itc = recall_metrics(sims, txt2img)
+    i2t, t2i = truth_rerank_scores(sims, truth, k=5)
+    ceiling = recall_metrics(i2t, txt2img, scores_t2i=t2i)
+    assert ceiling["img_r1"] >= itc["img_r1"] and ceiling["txt_r1"] >= itc["txt_r1"]
+    assert ceiling["img_r1"] > itc["img_r1"] and ceiling["txt_r1"] > itc["txt_r1"]  # and here it does rise
+    assert (i2t == -100).sum(1).tolist() == [n_img * per - 5] * n_img  # outside the top 5: -100
+    row = i2t[0]  # image 0: its top-5 texts, the true ones above the false ones
+    inside = row > -100
+    true_in, false_in = row[inside & truth[0]], row[inside & ~truth[0]]
+    if len(true_in) and len(false_in):
+        assert true_in.min() > false_in.max()
+
+
+def test_itm_diagnosis_script_runs_on_a_small_checkpoint(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    from albef_lab.cli import main as cli
+    from tests.helpers import SMALL, make_world
+
+    world = make_world(tmp_path / "w", images=40, seed=1)
+    assert cli(["pretrain", *SMALL, f"data.root={world}", f"train.output_dir={tmp_path / 'run'}",
+                "train.max_steps=3"]) == 0
+    path = Path(__file__).resolve().parent.parent / "scripts" / "itm_diagnosis.py"
+    spec = importlib.util.spec_from_file_location("itm_diagnosis", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    r = mod.main([str(tmp_path / "run" / "model.pth"), "--data", str(world), "--k", "3"])
+    assert set(r["said_match_by_kind"]) <= {"count", "single", "relation", "listing"}
+    assert sum(r["hard_negative_kinds"].values()) == 4  # one hard negative per held-out image (10 % of 40)
+    for d in (0, 1):
+        assert r["r1"]["truth_rerank_k3"][d] >= r["r1"]["itc"][d]
+    assert 0 <= r["itc_pair_hard"] <= 100 and 0 <= r["itm_pair_hard"] <= 100

@@ -335,3 +335,14 @@ def test_caption_edits_respect_a_possible_flip():
     assert "a red circle to the right of a blue square" in W.caption_edits(cap, [sc])["direction"]
     both = W.caption_edits(cap, [sc, sc.mirrored()])
     assert "direction" not in both and "a blue circle to the left of a red square" in both["binding"]
+
+
+def test_caption_kind_names_the_form_the_generator_chose():
+    from albef_lab.data import world as W
+
+    assert W.caption_kind("there is a red circle") == "single"
+    assert W.caption_kind("three shapes") == W.caption_kind("two circles and one other shape") == "count"
+    assert W.caption_kind("a red circle to the left of a blue square") == "relation"
+    assert W.caption_kind("a red circle above a blue square") == "relation"
+    assert W.caption_kind("a red circle, a blue square and a green star") == "listing"
+    assert W.caption_kind("a small red circle") == "listing"

@@ -289,6 +289,17 @@ def _caption_test(text: str) -> Callable[[Scene], bool]:
     return lambda sc: all(_objects_matching(sc, p) for p in parts)
 
 
+def caption_kind(text: str) -> str:
+    """The form of a caption of ShapesWorld's language: 'count', 'single', 'relation' or 'listing'."""
+    words = text.lower().replace(",", " ").split()
+    if words and words[0] in NUMBERS:
+        return "count"
+    if words[:2] == ["there", "is"]:
+        return "single"
+    joined = f" {' '.join(words)} "
+    return "relation" if any(f" {rel} " in joined for rel in RELATIONS) else "listing"
+
+
 def _fix_articles(words: list[str]) -> list[str]:
     return [("an" if nxt[0] in "aeiou" else "a") if w in ("a", "an") else w
             for w, nxt in zip(words, words[1:] + ["x"], strict=True)]

@@ -171,6 +171,21 @@ def rerank_scores(model: nn.Module, image_states: Tensor, image_feat: Tensor, te
     return score_i2t, score_t2i
 
 
+def truth_rerank_scores(sims: Tensor, truth: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The ceiling of ITM re-ranking: each query's ITC top-k re-ranked by the ground truth (true pairs first, ITC's
+    order within each group), -100 outside the top-k as in `rerank_scores`. `sims` [images, texts] cosine
+    similarities, `truth` [images, texts] bool. Returns (score_i2t [images, texts], score_t2i [texts, images])."""
+    n_img, n_txt = sims.shape
+    ranked = sims + 10.0 * truth.to(sims.device, sims.dtype)  # cosines lie in [-1, 1]: truth decides first
+    i2t = torch.full_like(sims, -100.0)
+    top = sims.topk(min(k, n_txt), dim=1).indices
+    i2t.scatter_(1, top, ranked.gather(1, top))
+    t2i = torch.full_like(sims.t(), -100.0)
+    top = sims.t().topk(min(k, n_img), dim=1).indices
+    t2i.scatter_(1, top, ranked.t().gather(1, top))
+    return i2t, t2i
+
+
 def match_logits(model: nn.Module, pairs: Tensor, image_states: Tensor, text_states: Tensor, text_atts: Tensor,
                  batch_size: int = 256, images_per_chunk: int = 32) -> Tensor:
     """ITM 'match' logits of (image, text) `pairs` [P, 2], sorted by image.

@@ -1,0 +1,97 @@
+"""What a pre-trained checkpoint's ITM head knows, on the held-out split of a ShapesWorld folder.
+
+    python scripts/itm_diagnosis.py runs/pretrain_tiny/model.pth [--data data/shapesworld] [--k 16]
+
+Beside the held-out ITM accuracies of training's evaluation: how often each score (ITM, ITC) prefers an image's
+own caption to its hard negative, how often ITM says "match" to the own caption by the caption's form, and
+retrieval R@1 three ways: ITC alone, ITC's top k re-ranked by ITM, and re-ranked by the ground truth (the ceiling
+of any re-ranker). docs/itm_recipe.md reads these numbers. The last line is JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import Counter
+
+import torch
+from torch.utils.data import DataLoader
+
+from albef_lab.config import load_config
+from albef_lab.data import world as W
+from albef_lab.data.tokenizer import load_tokenizer
+from albef_lab.eval.retrieval import (
+    encode_images,
+    encode_texts,
+    itm_margin,
+    itm_negatives,
+    recall_metrics,
+    rerank_scores,
+    truth_rerank_scores,
+    zero_shot_eval,
+)
+from albef_lab.models.base import eval_mode
+from albef_lab.models.factory import load_model
+from albef_lab.train.tasks import Task
+
+
+@torch.no_grad()
+def diagnose(checkpoint: str, data: str, k: int) -> dict:
+    cfg = load_config(None, [f"data.root={data}"], "tiny")
+    model, cfg.model, _ = load_model(checkpoint, "pretrain")
+    tok = load_tokenizer(f"{data}/vocab")
+    task = Task(cfg, tok)
+    val = task.retrieval_val()
+    truth = task.truth(val)
+    if truth is None:
+        raise SystemExit(f"{data} has no scenes.json naming the held-out images: the diagnosis needs ShapesWorld")
+    device = torch.device("cpu")
+    out = zero_shot_eval(model, val, tok, device, truth=truth)
+    with eval_mode(model):
+        image_states, image_feat = encode_images(model, DataLoader(val, batch_size=128), device)
+        text_states, text_atts, text_feat = encode_texts(model, tok, val.text, device)
+        sims = image_feat @ text_feat.t()
+        n = len(val)
+        first = torch.tensor([val.img2txt[i][0] for i in range(n)])
+        said = itm_margin(model, text_states[first], text_atts[first], image_states) > 0  # own caption: "match"?
+        txt2img = torch.tensor([val.txt2img[t] for t in range(len(val.text))])
+        s_i2t, s_t2i = rerank_scores(model, image_states, image_feat, text_states, text_atts, text_feat, k)
+    reranked = recall_metrics(s_i2t, txt2img, scores_t2i=s_t2i)
+    i2t, t2i = truth_rerank_scores(sims, truth, k)
+    ceiling = recall_metrics(i2t, txt2img, scores_t2i=t2i)
+    kinds, accepted = Counter(), Counter()
+    for i in range(n):
+        kind = W.caption_kind(val.text[first[i]])
+        kinds[kind] += 1
+        accepted[kind] += int(said[i])
+    _, hard = itm_negatives(sims, val.img2txt, truth)
+    return {"itm_acc": out["itm_acc"], "itm_acc_hard": out["itm_acc_hard"],
+            "own_caption_said_match": 100.0 * said.float().mean().item(),
+            "itm_pair_hard": out["itm_pair_hard"], "itc_pair_hard": out["itc_pair_hard"],
+            "said_match_by_kind": {kk: round(100.0 * accepted[kk] / kinds[kk], 1) for kk in sorted(kinds)},
+            "hard_negative_kinds": dict(sorted(Counter(W.caption_kind(val.text[t]) for t in hard.tolist()).items())),
+            "r1": {"itc": [out["img_r1"], out["txt_r1"]], f"itm_rerank_k{k}": [reranked["img_r1"], reranked["txt_r1"]],
+                   f"truth_rerank_k{k}": [ceiling["img_r1"], ceiling["txt_r1"]]}}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("checkpoint")
+    p.add_argument("--data", default="data/shapesworld")
+    p.add_argument("--k", type=int, default=16, help="ITC candidates each query re-ranks")
+    args = p.parse_args(argv)
+    r = diagnose(args.checkpoint, args.data, args.k)
+    print(f"held-out ITM accuracy: {r['itm_acc']:.1f}% against a random false caption, {r['itm_acc_hard']:.1f}% "
+          f"against the most ITC-similar one; own caption called a match for {r['own_caption_said_match']:.1f}%")
+    print(f"own caption preferred to that hard negative: by ITM for {r['itm_pair_hard']:.1f}% of images, by ITC for "
+          f"{r['itc_pair_hard']:.1f}%")
+    print("own caption called a match, by its form: " + ", ".join(f"{kk} {v}%" for kk, v in
+                                                                  r["said_match_by_kind"].items()))
+    for name, (ti, it) in r["r1"].items():
+        print(f"R@1 {name:16s} text->image {ti:5.1f}  image->text {it:5.1f}")
+    print(json.dumps(r))
+    return r
+
+
+if __name__ == "__main__":
+    main()
