@@ -1,28 +1,31 @@
 """What a pre-trained checkpoint's ITM head knows, on the held-out split of a ShapesWorld folder.
 
-    python scripts/itm_diagnosis.py runs/pretrain_tiny/model.pth [--data data/shapesworld] [--k 16]
+    python scripts/itm_diagnosis.py runs/pretrain_tiny/model.pth [--data data/shapesworld] [--k 16] [--split train]
 
 Beside the held-out ITM accuracies of training's evaluation: how often each score (ITM, ITC) prefers an image's
 own caption to its hard negative, how often ITM says "match" to the own caption by the caption's form, and
 retrieval R@1 three ways: ITC alone, ITC's top k re-ranked by ITM, and re-ranked by the ground truth (the ceiling
-of any re-ranker). docs/itm_recipe.md reads these numbers. The last line is JSON.
+of any re-ranker); and a fixed hard set no model chose (`edit_probe`: one-word edits of the own caption, by kind).
+`--split train` measures the same on training images. docs/itm_recipe.md reads these numbers. The last line is JSON.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 from collections import Counter
+from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 
 from albef_lab.config import load_config
 from albef_lab.data import world as W
+from albef_lab.data.formats import PRETRAIN, read_entries
 from albef_lab.data.tokenizer import load_tokenizer
 from albef_lab.eval.retrieval import (
-    encode_images,
-    encode_texts,
+    edit_probe,
+    encode_split,
     itm_margin,
     itm_negatives,
     recall_metrics,
@@ -32,24 +35,40 @@ from albef_lab.eval.retrieval import (
 )
 from albef_lab.models.base import eval_mode
 from albef_lab.models.factory import load_model
-from albef_lab.train.tasks import Task
+from albef_lab.train.tasks import Task, train_scenes
+
+
+def train_split_file(task: Task, n_images: int, out: Path) -> Path:
+    """The first `n_images` training images with their captions, in the held-out split's layout: the same
+    measurements on images the model was trained on tell learning from generalising."""
+    by_image: dict[str, list[str]] = {}
+    for e in read_entries(task.train_file, PRETRAIN):
+        if e["image"] in by_image or len(by_image) < n_images:
+            caps = e["caption"] if isinstance(e["caption"], list) else [e["caption"]]
+            by_image.setdefault(e["image"], []).extend(caps)
+    out.write_text(json.dumps([{"image": im, "caption": caps} for im, caps in by_image.items()]))
+    return out
 
 
 @torch.no_grad()
-def diagnose(checkpoint: str, data: str, k: int) -> dict:
+def diagnose(checkpoint: str, data: str, k: int, split: str = "test") -> dict:
     cfg = load_config(None, [f"data.root={data}"], "tiny")
     model, cfg.model, _ = load_model(checkpoint, "pretrain")
     tok = load_tokenizer(f"{data}/vocab")
     task = Task(cfg, tok)
-    val = task.retrieval_val()
-    truth = task.truth(val)
+    with tempfile.TemporaryDirectory() as tmp:
+        if split == "train":
+            task.val_file = train_split_file(task, len(task.retrieval_val()), Path(tmp) / "train_split.json")
+        val = task.retrieval_val()
+        truth = task.truth(val)
     if truth is None:
-        raise SystemExit(f"{data} has no scenes.json naming the held-out images: the diagnosis needs ShapesWorld")
+        raise SystemExit(f"{data} has no scenes.json naming the {split} images: the diagnosis needs ShapesWorld")
+    scenes = train_scenes(Path(data) / "scenes.json", [e["image"] for e in val.entries])
     device = torch.device("cpu")
-    out = zero_shot_eval(model, val, tok, device, truth=truth)
+    enc = encode_split(model, val, tok, device)
+    out = zero_shot_eval(model, val, tok, device, truth=truth, encoded=enc)
+    image_states, image_feat, text_states, text_atts, text_feat = enc
     with eval_mode(model):
-        image_states, image_feat = encode_images(model, DataLoader(val, batch_size=128), device)
-        text_states, text_atts, text_feat = encode_texts(model, tok, val.text, device)
         sims = image_feat @ text_feat.t()
         n = len(val)
         first = torch.tensor([val.img2txt[i][0] for i in range(n)])
@@ -65,7 +84,8 @@ def diagnose(checkpoint: str, data: str, k: int) -> dict:
         kinds[kind] += 1
         accepted[kind] += int(said[i])
     _, hard = itm_negatives(sims, val.img2txt, truth)
-    return {"itm_acc": out["itm_acc"], "itm_acc_hard": out["itm_acc_hard"],
+    return {"split": split, "edit_probe": edit_probe(model, tok, val, enc, scenes, device),
+            "itm_acc": out["itm_acc"], "itm_acc_hard": out["itm_acc_hard"],
             "own_caption_said_match": 100.0 * said.float().mean().item(),
             "itm_pair_hard": out["itm_pair_hard"], "itc_pair_hard": out["itc_pair_hard"],
             "said_match_by_kind": {kk: round(100.0 * accepted[kk] / kinds[kk], 1) for kk in sorted(kinds)},
@@ -79,14 +99,21 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("checkpoint")
     p.add_argument("--data", default="data/shapesworld")
     p.add_argument("--k", type=int, default=16, help="ITC candidates each query re-ranks")
+    p.add_argument("--split", choices=["test", "train"], default="test",
+                   help="train: as many training images as the held-out split has (learned, or generalised?)")
     args = p.parse_args(argv)
-    r = diagnose(args.checkpoint, args.data, args.k)
+    r = diagnose(args.checkpoint, args.data, args.k, args.split)
+    print(f"split: {r['split']}")
     print(f"held-out ITM accuracy: {r['itm_acc']:.1f}% against a random false caption, {r['itm_acc_hard']:.1f}% "
           f"against the most ITC-similar one; own caption called a match for {r['own_caption_said_match']:.1f}%")
     print(f"own caption preferred to that hard negative: by ITM for {r['itm_pair_hard']:.1f}% of images, by ITC for "
           f"{r['itc_pair_hard']:.1f}%")
     print("own caption called a match, by its form: " + ", ".join(f"{kk} {v}%" for kk, v in
                                                                   r["said_match_by_kind"].items()))
+    print("fixed one-word edits of the own caption, false of the image (pairs: ITM acc. / ITM prefers own / ITC "
+          "prefers own):")
+    for kind, v in r["edit_probe"].items():
+        print(f"  {kind:9s} {v['n']:4d} pairs  {v['itm_acc']:5.1f}  {v['itm_pair']:5.1f}  {v['itc_pair']:5.1f}")
     for name, (ti, it) in r["r1"].items():
         print(f"R@1 {name:16s} text->image {ti:5.1f}  image->text {it:5.1f}")
     print(json.dumps(r))

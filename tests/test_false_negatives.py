@@ -390,3 +390,52 @@ def test_itm_diagnosis_script_runs_on_a_small_checkpoint(tmp_path):
     for d in (0, 1):
         assert r["r1"]["truth_rerank_k3"][d] >= r["r1"]["itc"][d]
     assert 0 <= r["itc_pair_hard"] <= 100 and 0 <= r["itm_pair_hard"] <= 100
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_edit_probe_scores_each_own_caption_against_edits_false_of_its_image(tmp_path, sign):
+    """An oracle ITM (the scene graph's truth) gets every fixed edit right, and its inverse every one wrong: the
+    edits are false of their image, paired with the right image, and counted per kind and over all."""
+    from types import SimpleNamespace
+
+    from albef_lab.config import load_config
+    from albef_lab.data.tokenizer import load_tokenizer
+    from albef_lab.eval.retrieval import EncodedSplit, edit_probe
+    from albef_lab.train.tasks import Task, train_scenes
+    from tests.helpers import make_world
+
+    world = make_world(tmp_path / "w", images=40, seed=2)
+    tok = load_tokenizer(world / "vocab")
+    val = Task(load_config(None, [f"data.root={world}"], "tiny"), tok).retrieval_val()
+    scenes = train_scenes(world / "scenes.json", [e["image"] for e in val.entries])
+
+    class Oracle(torch.nn.Module):
+        seen: list[tuple[int, str]] = []  # every (image, text) pair the probe scored
+
+        def encode_text(self, ids, mask):  # the ids themselves, so that the ITM head can read the text back
+            return ids[..., None].float(), torch.zeros(len(ids), 4)
+
+        def itm_logits(self, text_states, text_atts, image_states):
+            out = []
+            for ids, im in zip(text_states[..., 0].long(), image_states[:, 0, 0].long(), strict=True):
+                text = tok.decode(ids).replace("[SEP]", "").replace("[PAD]", "").strip()
+                self.seen.append((int(im), text))
+                out.append([0.0, sign] if W.caption_holds(scenes[int(im)], text) else [0.0, -sign])
+            return torch.tensor(out)
+
+    model = Oracle()
+    n = len(val)
+    ids, mask = tok(val.text, max_length=30, padding="max_length")
+    states, feat = model.encode_text(ids, mask)
+    enc = EncodedSplit(torch.arange(n).float().view(n, 1, 1), torch.zeros(n, 4), states, mask, feat)
+    r = edit_probe(model, tok, SimpleNamespace(img2txt=val.img2txt, text=val.text), enc, scenes, torch.device("cpu"))
+    kinds = set(r) - {"all"}
+    assert kinds and kinds <= {*W.EDIT_KINDS, "binding"} and len(kinds) >= 3
+    assert sum(r[k]["n"] for k in kinds) == r["all"]["n"] >= n
+    for v in r.values():
+        assert v["itm_acc"] == v["itm_pair"] == (100.0 if sign > 0 else 0.0)
+        assert v["itc_pair"] == 0.0  # equal ITC scores: a tie prefers nothing
+    for im, text in model.seen:  # each edit was scored with the image whose caption it edits
+        own = val.text[val.img2txt[im][0]]
+        assert text == own or any(text in v for v in W.caption_edits(own, [scenes[im]]).values())
+    assert len(model.seen) == n + r["all"]["n"]  # every own caption once, every edit once

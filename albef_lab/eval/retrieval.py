@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from albef_lab.data import world as W
 from albef_lab.data.tokenizer import Tokenizer
 from albef_lab.models.base import eval_mode
 
@@ -78,6 +80,13 @@ def itm_margin(model: nn.Module, text_states: Tensor, text_atts: Tensor, image_s
     return logits[:, 1] - logits[:, 0]
 
 
+def itm_margins(model: nn.Module, text_states: Tensor, text_atts: Tensor, image_states: Tensor,
+                batch_size: int = 128) -> Tensor:
+    """`itm_margin` of aligned rows, `batch_size` rows at a time."""
+    return torch.cat([itm_margin(model, text_states[a:a + batch_size], text_atts[a:a + batch_size],
+                                 image_states[a:a + batch_size]) for a in range(0, len(text_states), batch_size)])
+
+
 def itm_negatives(sims: Tensor, img2txt: dict[int, list[int]], truth: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """One negative caption per image for the held-out ITM accuracy: (random, hard) text indices [images].
 
@@ -103,28 +112,47 @@ def itm_negatives(sims: Tensor, img2txt: dict[int, list[int]], truth: Tensor | N
     return random_neg, hard_neg
 
 
-@torch.no_grad()
-def zero_shot_eval(model: nn.Module, dataset, tokenizer: Tokenizer, device: torch.device,
-                   batch_size: int = 128, num_workers: int = 0, truth: Tensor | None = None) -> dict[str, float]:
-    """ITC retrieval recall@k over the whole split, and ITM accuracy on balanced (image, own caption) vs
-    (image, another image's caption) pairs: `itm_acc` with a random negative, `itm_acc_hard` with the most
-    ITC-similar one (`itm_negatives`; `truth` keeps captions true of the image out); `itm_pair_hard` /
-    `itc_pair_hard`: % of images whose own caption ITM / ITC score above that hard negative. `dataset` is a
-    RetrievalEvalDataset."""
+class EncodedSplit(NamedTuple):
+    """A retrieval split through the unimodal encoders: what every retrieval metric starts from."""
+
+    image_states: Tensor  # ViT states [images, tokens, D]
+    image_feat: Tensor  # normalised ITC features [images, E]
+    text_states: Tensor  # text-mode states [texts, L, D]
+    text_atts: Tensor  # [texts, L]
+    text_feat: Tensor  # [texts, E]
+
+
+def encode_split(model: nn.Module, dataset, tokenizer: Tokenizer, device: torch.device, batch_size: int = 128,
+                 num_workers: int = 0) -> EncodedSplit:
+    """Every image and caption of a RetrievalEvalDataset, encoded once (in eval mode)."""
     with eval_mode(model):
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
         image_states, image_feat = encode_images(model, loader, device)
         text_states, text_atts, text_feat = encode_texts(model, tokenizer, dataset.text, device)
+    return EncodedSplit(image_states, image_feat, text_states, text_atts, text_feat)
+
+
+@torch.no_grad()
+def zero_shot_eval(model: nn.Module, dataset, tokenizer: Tokenizer, device: torch.device,
+                   batch_size: int = 128, num_workers: int = 0, truth: Tensor | None = None,
+                   encoded: EncodedSplit | None = None) -> dict[str, float]:
+    """ITC retrieval recall@k over the whole split, and ITM accuracy on balanced (image, own caption) vs
+    (image, another image's caption) pairs: `itm_acc` with a random negative, `itm_acc_hard` with the most
+    ITC-similar one (`itm_negatives`; `truth` keeps captions true of the image out); `itm_pair_hard` /
+    `itc_pair_hard`: % of images whose own caption ITM / ITC score above that hard negative. `dataset` is a
+    RetrievalEvalDataset; `encoded`: the split already encoded (`encode_split`), to reuse."""
+    image_states, image_feat, text_states, text_atts, text_feat = (
+        encoded or encode_split(model, dataset, tokenizer, device, batch_size, num_workers))
+    with eval_mode(model):
         txt2img = torch.tensor([dataset.txt2img[t] for t in range(len(dataset.text))], device=device)
         sims = image_feat @ text_feat.t()
         out = recall_metrics(sims, txt2img)
         n = image_states.shape[0]
         first = torch.tensor([dataset.img2txt[i][0] for i in range(n)], device=device)
         random_neg, hard_neg = itm_negatives(sims, dataset.img2txt, truth)
-        margins = {}  # each image with its own caption (scored once, shared by both accuracies) and the negatives
-        for key, texts in (("pos", first), ("random", random_neg), ("hard", hard_neg)):
-            margins[key] = torch.cat([itm_margin(model, text_states[t], text_atts[t], image_states[a:a + batch_size])
-                                      for a, t in zip(range(0, n, batch_size), texts.split(batch_size), strict=True)])
+        # each image with its own caption (scored once, shared by both accuracies) and the negatives
+        margins = {key: itm_margins(model, text_states[t], text_atts[t], image_states, batch_size)
+                   for key, t in (("pos", first), ("random", random_neg), ("hard", hard_neg))}
         pos_ok = (margins["pos"] > 0).sum().item()
         for key, neg in (("itm_acc", "random"), ("itm_acc_hard", "hard")):
             out[key] = 100.0 * (pos_ok + (margins[neg] <= 0).sum().item()) / (2 * n)
@@ -175,15 +203,13 @@ def truth_rerank_scores(sims: Tensor, truth: Tensor, k: int) -> tuple[Tensor, Te
     """The ceiling of ITM re-ranking: each query's ITC top-k re-ranked by the ground truth (true pairs first, ITC's
     order within each group), -100 outside the top-k as in `rerank_scores`. `sims` [images, texts] cosine
     similarities, `truth` [images, texts] bool. Returns (score_i2t [images, texts], score_t2i [texts, images])."""
-    n_img, n_txt = sims.shape
     ranked = sims + 10.0 * truth.to(sims.device, sims.dtype)  # cosines lie in [-1, 1]: truth decides first
-    i2t = torch.full_like(sims, -100.0)
-    top = sims.topk(min(k, n_txt), dim=1).indices
-    i2t.scatter_(1, top, ranked.gather(1, top))
-    t2i = torch.full_like(sims.t(), -100.0)
-    top = sims.t().topk(min(k, n_img), dim=1).indices
-    t2i.scatter_(1, top, ranked.t().gather(1, top))
-    return i2t, t2i
+
+    def top_k_only(scores: Tensor, values: Tensor) -> Tensor:  # `values` at each row's top-k of `scores`, else -100
+        top = scores.topk(min(k, scores.shape[1]), dim=1).indices
+        return torch.full_like(scores, -100.0).scatter_(1, top, values.gather(1, top))
+
+    return top_k_only(sims, ranked), top_k_only(sims.t(), ranked.t())
 
 
 def match_logits(model: nn.Module, pairs: Tensor, image_states: Tensor, text_states: Tensor, text_atts: Tensor,
@@ -210,4 +236,41 @@ def match_logits(model: nn.Module, pairs: Tensor, image_states: Tensor, text_sta
             n = max(int(lengths[t].max()), 1)
             out[r] = model.itm_logits(text_states[t, :n], text_atts[t, :n], states, image_index=rank[r] - a,
                                       kv_cache=cache)[:, 1].to(out.dtype)
+    return out
+
+
+@torch.no_grad()
+def edit_probe(model: nn.Module, tokenizer: Tokenizer, dataset, encoded: EncodedSplit, scenes: list,
+               device: torch.device, batch_size: int = 128) -> dict[str, dict[str, float]]:
+    """Held-out ITM against hard negatives that no model chose: each image's first caption against one one-word
+    edit of each kind that its scene graph says is false (`world.caption_edits`: colour, shape, size, direction,
+    count, binding; the edit taken is the image index modulo the options, so the set is fixed). Unlike the
+    ITC-mined hard negative of `zero_shot_eval`, it does not harden as ITC learns, and it tells which distinction
+    the fused half lacks. Per kind and over all pairs: `n`; `itm_acc` on the balanced (own caption, edit) pairs;
+    `itm_pair` / `itc_pair`: % of pairs whose own caption ITM / ITC score above the edit."""
+    n = encoded.image_states.shape[0]
+    first = [dataset.img2txt[i][0] for i in range(n)]
+    rows, kinds, texts = [], [], []
+    for i in range(n):
+        for kind, options in W.caption_edits(dataset.text[first[i]], [scenes[i]]).items():
+            rows.append(i)
+            kinds.append(kind)
+            texts.append(options[i % len(options)])
+    if not texts:
+        return {}
+    rows_t, first_t = torch.tensor(rows, device=device), torch.tensor(first, device=device)
+    with eval_mode(model):
+        e_states, e_atts, e_feat = encode_texts(model, tokenizer, texts, device)
+        pos = itm_margins(model, encoded.text_states[first_t], encoded.text_atts[first_t], encoded.image_states,
+                          batch_size)[rows_t]
+        neg = itm_margins(model, e_states, e_atts, encoded.image_states[rows_t], batch_size)
+    itc_pos = (encoded.image_feat[rows_t] * encoded.text_feat[first_t[rows_t]]).sum(1)
+    itc_neg = (encoded.image_feat[rows_t] * e_feat).sum(1)
+    out = {}
+    for kind in [*sorted(set(kinds)), "all"]:
+        sel = torch.tensor([kind in ("all", k) for k in kinds], device=device)
+        pos_ok, neg_ok, itm_pair, itc_pair = (100.0 * b[sel].float().mean().item()
+                                              for b in (pos > 0, neg <= 0, pos > neg, itc_pos > itc_neg))
+        out[kind] = {"n": int(sel.sum()), "itm_acc": (pos_ok + neg_ok) / 2, "itm_pair": itm_pair,
+                     "itc_pair": itc_pair}
     return out

@@ -96,32 +96,35 @@ class Task:
 
     def forward(self, net: nn.Module, batch, alpha: float, gen: torch.Generator, device: torch.device) -> dict:
         images, captions, image_ids = batch
-        ids, mask = self.text(captions, device)
         m = self.cfg.model
         same = image_ids.to(device) if m.fix_duplicate_negatives else None
-        matches = edited = None
+        matches, edits = None, []
         if self.scenes is not None:
             scenes = [self.scenes[i] for i in image_ids.tolist()]
             matches = torch.tensor(known_matches(captions, scenes, flips=True), device=device)  # images may be flipped
             if m.itm_edited_fraction > 0:
-                ids, mask, edited = self.edited_negatives(captions, scenes, gen, device)
+                edits = self.edited_negatives(captions, scenes, gen)
+        # captions and their edits are tokenised together, to one length (the ITM pass stacks them)
+        stand_ins = [e or c for e, c in zip(edits, captions, strict=True)] if edits else []
+        ids, mask = self.text(list(captions) + stand_ins, device)
+        edited = None
+        if edits:
+            b = len(captions)
+            valid = torch.tensor([e is not None for e in edits], device=device)
+            ids, mask, edited = ids[:b], mask[:b], EditedNegatives(ids[b:], mask[b:], valid)
         return net(images.to(device, non_blocking=True), ids, mask, alpha, generator=gen, image_ids=same,
                    matches=matches, hard=self.step >= m.itm_random_steps, edited=edited)
 
-    def edited_negatives(self, captions: list[str], scenes: list, gen: torch.Generator,
-                         device: torch.device) -> tuple[Tensor, Tensor, EditedNegatives]:
-        """A one-word edit of each caption that is false of its image (`world.caption_edits`), tokenised with the
-        captions to one length: returns (caption ids, caption mask, the edits)."""
+    def edited_negatives(self, captions: list[str], scenes: list, gen: torch.Generator) -> list[str | None]:
+        """A one-word edit of each caption that is false of its image (`world.caption_edits`), or None where the
+        caption has none (or is itself false of the image: a noisy caption)."""
         draws = torch.rand(len(captions), generator=gen, device=gen.device).tolist()
-        texts, valid = [], []
+        edits = []
         for c, sc, u in zip(captions, scenes, draws, strict=True):
-            shown = [s for s in (sc, sc.mirrored()) if W.caption_holds(s, c)]  # the image may have been flipped
-            edit = W.choose_edit(W.caption_edits(c, shown), u) if shown else None  # a noisy caption: no edit
-            texts.append(edit or c)
-            valid.append(edit is not None)
-        ids, mask = self.text(list(captions) + texts, device)
-        b = len(captions)
-        return ids[:b], mask[:b], EditedNegatives(ids[b:], mask[b:], torch.tensor(valid, device=device))
+            # which of the scene and its mirror image the caption is true of: the image may have been flipped
+            shown = [s for s in (sc, sc.mirrored()) if W.caption_holds(s, c)]
+            edits.append(W.choose_edit(W.caption_edits(c, shown), u) if shown else None)
+        return edits
 
     def evaluate(self, model: nn.Module, device: torch.device) -> dict:
         if not self.val_file.is_file():
