@@ -32,6 +32,7 @@ class VisionConfig:
     qkv_bias: bool = True
     layer_norm_eps: float = 1e-6
     init_std: float = 0.02  # truncated-normal std of weights trained from scratch
+    conv_stem: bool = False  # 3x3 stride-2 convolutions in place of the patch projection (False: ViT, the paper)
 
 
 @dataclass

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -23,6 +24,7 @@ from albef_lab.config import load_config
 from albef_lab.data import world as W
 from albef_lab.data.formats import PRETRAIN, read_entries
 from albef_lab.data.tokenizer import load_tokenizer
+from albef_lab.eval.inspect import linear_probe, patch_at
 from albef_lab.eval.retrieval import (
     edit_probe,
     encode_split,
@@ -34,7 +36,7 @@ from albef_lab.eval.retrieval import (
     zero_shot_eval,
 )
 from albef_lab.models.base import eval_mode
-from albef_lab.models.factory import load_model
+from albef_lab.models.factory import create_model, load_model
 from albef_lab.train.tasks import Task, train_scenes
 
 
@@ -47,6 +49,27 @@ def train_split_file(task: Task, n_images: int, out: Path) -> Path:
             caps = e["caption"] if isinstance(e["caption"], list) else [e["caption"]]
             by_image.setdefault(e["image"], []).extend(caps)
     out.write_text(json.dumps([{"image": im, "caption": caps} for im, caps in by_image.items()]))
+    return out
+
+
+def probe_objects(image_states: torch.Tensor, scenes: list) -> dict[str, float]:
+    """What the ViT's token at each object's centre holds of the object's shape, colour and size: the accuracy
+    of a linear probe fit on the objects of even-numbered images and scored on the others."""
+    grid = math.isqrt(image_states.shape[1] - 1)
+    feats, labels = [], {"shape": [], "colour": [], "size": []}
+    for i, sc in enumerate(scenes):
+        for o in sc.objects:
+            feats.append(image_states[i, patch_at(o.centre, grid)])
+            labels["shape"].append(W.SHAPES.index(o.shape))
+            labels["colour"].append(list(W.COLOURS).index(o.colour))
+            labels["size"].append(list(W.SIZES).index(o.size))
+    image = torch.tensor([i for i, sc in enumerate(scenes) for _ in sc.objects])
+    train, x = image % 2 == 0, torch.stack(feats).double()
+    out = {}
+    for name, y in labels.items():
+        y = torch.tensor(y)
+        out[name] = round(linear_probe(x, y, train), 1)
+        out[name + "_majority"] = round(100.0 * (y[~train] == y[train].mode().values).float().mean().item(), 1)
     return out
 
 
@@ -84,7 +107,11 @@ def diagnose(checkpoint: str, data: str, k: int, split: str = "test") -> dict:
         kinds[kind] += 1
         accepted[kind] += int(said[i])
     _, hard = itm_negatives(sims, val.img2txt, truth)
-    return {"split": split, "edit_probe": edit_probe(model, tok, val, enc, scenes, device),
+    torch.manual_seed(0)  # the control: the same probe on the tokens of an untrained model of the same shape
+    untrained = encode_split(create_model("pretrain", cfg.model), val, tok, device).image_states
+    return {"split": split, "object_probe": probe_objects(image_states, scenes),
+            "object_probe_untrained": probe_objects(untrained, scenes),
+            "edit_probe": edit_probe(model, tok, val, enc, scenes, device),
             "itm_acc": out["itm_acc"], "itm_acc_hard": out["itm_acc_hard"],
             "own_caption_said_match": 100.0 * said.float().mean().item(),
             "itm_pair_hard": out["itm_pair_hard"], "itc_pair_hard": out["itc_pair_hard"],
@@ -114,6 +141,10 @@ def main(argv: list[str] | None = None) -> dict:
           "prefers own):")
     for kind, v in r["edit_probe"].items():
         print(f"  {kind:9s} {v['n']:4d} pairs  {v['itm_acc']:5.1f}  {v['itm_pair']:5.1f}  {v['itc_pair']:5.1f}")
+    for key, name in (("object_probe", "trained"), ("object_probe_untrained", "untrained (control)")):
+        v = r[key]
+        print(f"linear probe of the ViT token at each object's centre, {name}: " + ", ".join(
+            f"{a} {v[a]}% (majority {v[a + '_majority']}%)" for a in ("shape", "colour", "size")))
     for name, (ti, it) in r["r1"].items():
         print(f"R@1 {name:16s} text->image {ti:5.1f}  image->text {it:5.1f}")
     print(json.dumps(r))

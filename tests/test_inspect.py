@@ -116,3 +116,29 @@ def test_draw_boxes_on_an_enlarged_copy():
     assert out.size == (64, 64) and image.getpixel((4, 4)) == (0, 0, 0)  # the original is untouched
     assert out.getpixel((16, 16)) == (255, 0, 0) and out.getpixel((48, 48)) == (255, 0, 0)  # corners, scaled
     assert out.getpixel((32, 32)) == (0, 0, 0)  # the inside stays visible
+
+
+def test_linear_probe_reads_a_label_the_features_hold_and_not_one_they_lack():
+    """Features that hold the label (a noisy one-hot, scaled and shifted per column) are read almost perfectly on
+    rows it was not fit on; features unrelated to the label stay near chance (7 classes: 14 %)."""
+    from albef_lab.eval.inspect import linear_probe
+
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 7, (700,), generator=g)
+    train = torch.arange(700) % 2 == 0
+    noise = torch.randn(700, 32, generator=g, dtype=torch.float64)
+    holds = noise.clone()
+    holds[:, :7] = 5.0 * torch.nn.functional.one_hot(labels, 7) + 0.3 * noise[:, :7] + 10.0
+    assert linear_probe(holds, labels, train) > 95.0
+    assert linear_probe(noise, labels, train) < 25.0
+    shuffled = labels[torch.randperm(700, generator=g)]  # the probe scores rows it was not fit on
+    assert linear_probe(holds, shuffled, train) < 25.0
+
+
+def test_patch_at_finds_the_token_under_a_point():
+    from albef_lab.eval.inspect import patch_at
+
+    assert patch_at((0.0, 0.0), 8) == 1  # the first patch, after [CLS]
+    assert patch_at((0.99, 0.0), 8) == 8  # end of the first row
+    assert patch_at((0.0, 0.13), 8) == 9  # start of the second row: (x, y), row-major
+    assert patch_at((1.0, 1.0), 8) == 64  # the edge belongs to the last patch

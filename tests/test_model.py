@@ -175,3 +175,32 @@ def test_bad_inputs_give_clear_errors():
     with pytest.raises(ValueError, match="max_position_embeddings"):
         long = torch.full((4, 40), 105)
         model(image, long, torch.ones_like(long))
+
+
+def test_conv_stem_sees_across_patch_borders_and_the_default_keeps_vit_keys():
+    """The conv stem gives the same tokens as the patch projection, but a pixel on a patch's border moves the
+    neighbouring patch's token too (its 3x3 convolutions overlap); ViT's patch projection keeps patches apart.
+    The default adds no key, so official checkpoints still load."""
+    import dataclasses
+
+    from albef_lab.models.vit import VisionTransformer
+
+    base = small_config().vision
+    vit = VisionTransformer(base)
+    assert not any("stem" in k for k in vit.state_dict())
+    assert vit.patch_embed.proj.kernel_size == (16, 16)
+    stem = VisionTransformer(dataclasses.replace(base, conv_stem=True))
+    assert any(k.startswith("patch_embed.stem.") for k in stem.state_dict())
+    image = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    nudged = image.clone()
+    nudged[0, :, 0, 15] += 1.0  # the last column of patch (0, 0), next to patch (0, 1)
+    for encoder, crosses in ((vit, False), (stem, True)):
+        tokens = encoder.patch_embed(image), encoder.patch_embed(nudged)
+        assert tokens[0].shape == (1, 4, 32)
+        assert not torch.equal(tokens[0][0, 0], tokens[1][0, 0])  # the patch itself
+        assert (not torch.allclose(tokens[0][0, 1], tokens[1][0, 1])) == crosses  # its right neighbour
+    model = make(vision=dataclasses.replace(base, conv_stem=True))  # the whole model trains through the stem
+    run(model)["loss"].backward()
+    assert model.visual_encoder.patch_embed.stem[0].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="power of 2"):
+        VisionTransformer(dataclasses.replace(base, patch_size=12, image_res=36, conv_stem=True))

@@ -53,3 +53,20 @@ def itm_scores(model: nn.Module, image: Tensor, ids: Tensor, mask: Tensor,
 
         return {"positive": prob(torch.arange(len(sim), device=sim.device)), "hard_negative": prob(hard),
                 "random_negative": prob(rand)}
+
+
+def linear_probe(features: Tensor, labels: Tensor, train: Tensor, ridge: float = 1.0) -> float:
+    """Accuracy (%) on the rows outside `train` of a ridge-regression classifier fit on the `train` rows: how much
+    of a label the features hold linearly. Features are standardised with the training rows' statistics."""
+    mean, std = features[train].mean(0), features[train].std(0).clamp_min(1e-6)
+    x = torch.cat([(features - mean) / std, torch.ones(len(features), 1, dtype=features.dtype)], dim=1)
+    y = torch.nn.functional.one_hot(labels, int(labels.max()) + 1).to(features.dtype)
+    xt = x[train]
+    w = torch.linalg.solve(xt.T @ xt + ridge * torch.eye(x.shape[1], dtype=x.dtype), xt.T @ y[train])
+    return 100.0 * ((x[~train] @ w).argmax(1) == labels[~train]).float().mean().item()
+
+
+def patch_at(point: tuple[float, float], grid: int) -> int:
+    """The token index (after [CLS]) of the patch holding a point given as (x, y) fractions of the image."""
+    col, row = (min(int(v * grid), grid - 1) for v in point)
+    return 1 + row * grid + col

@@ -12,11 +12,28 @@ from albef_lab.models.attention import attend, merge_heads
 
 
 class PatchEmbed(nn.Module):
+    """One token per patch: a strided convolution (ViT), or with `cfg.conv_stem` a stack of 3x3 stride-2
+    convolutions and a 1x1 one (the same tokens; shapes that straddle patches are seen whole)."""
+
     def __init__(self, cfg: VisionConfig):
         super().__init__()
-        self.proj = nn.Conv2d(3, cfg.width, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+        self.stem = None
+        if cfg.conv_stem:
+            n = cfg.patch_size.bit_length() - 1
+            if cfg.patch_size != 1 << n or n == 0:
+                raise ValueError(f"a conv stem needs a patch_size that is a power of 2 above 1, not {cfg.patch_size}")
+            widths = [3] + [max(cfg.width >> (n - 1 - i), 8) for i in range(n)]  # ..., width / 2, width
+            layers: list[nn.Module] = []
+            for c_in, c_out in zip(widths, widths[1:], strict=False):
+                layers += [nn.Conv2d(c_in, c_out, kernel_size=3, stride=2, padding=1), nn.GELU()]
+            self.stem = nn.Sequential(*layers)
+            self.proj = nn.Conv2d(widths[-1], cfg.width, kernel_size=1)
+        else:
+            self.proj = nn.Conv2d(3, cfg.width, kernel_size=cfg.patch_size, stride=cfg.patch_size)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.stem is not None:
+            x = self.stem(x)
         return self.proj(x).flatten(2).transpose(1, 2)  # [B, patches (row-major), width]
 
 
