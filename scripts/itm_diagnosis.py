@@ -19,12 +19,14 @@ from collections import Counter
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
 
 from albef_lab.config import load_config
 from albef_lab.data import world as W
 from albef_lab.data.formats import PRETRAIN, read_entries
 from albef_lab.data.tokenizer import load_tokenizer
-from albef_lab.eval.inspect import linear_probe, patch_at
+from albef_lab.eval.inspect import linear_probe, patches_under
 from albef_lab.eval.retrieval import (
     edit_probe,
     encode_split,
@@ -52,14 +54,21 @@ def train_split_file(task: Task, n_images: int, out: Path) -> Path:
     return out
 
 
-def probe_objects(image_states: torch.Tensor, scenes: list) -> dict[str, float]:
-    """What the ViT's token at each object's centre holds of the object's shape, colour and size: the accuracy
-    of a linear probe fit on the objects of even-numbered images and scored on the others."""
-    grid = math.isqrt(image_states.shape[1] - 1)
+def probe_objects(scenes: list, image_states: torch.Tensor | None = None,
+                  images: torch.Tensor | None = None) -> dict[str, float]:
+    """What the ViT's tokens under each object (their mean) hold of its shape, colour and size: the accuracy of a
+    linear probe fit on the objects of even-numbered images and scored on the others. With `images` instead: the
+    same probe on the object's pixels (its box resized to 8 x 8), what the image itself offers a linear read."""
     feats, labels = [], {"shape": [], "colour": [], "size": []}
     for i, sc in enumerate(scenes):
         for o in sc.objects:
-            feats.append(image_states[i, patch_at(o.centre, grid)])
+            if image_states is not None:
+                feats.append(image_states[i, patches_under(o.box, math.isqrt(image_states.shape[1] - 1))].mean(0))
+            else:
+                res = images.shape[-1]
+                x0, y0, x1, y1 = (int(v * res) for v in o.box)
+                feats.append(F.interpolate(images[None, i, :, y0:y1 + 1, x0:x1 + 1], size=(8, 8), mode="bilinear",
+                                           align_corners=False).flatten())
             labels["shape"].append(W.SHAPES.index(o.shape))
             labels["colour"].append(list(W.COLOURS).index(o.colour))
             labels["size"].append(list(W.SIZES).index(o.size))
@@ -109,8 +118,10 @@ def diagnose(checkpoint: str, data: str, k: int, split: str = "test") -> dict:
     _, hard = itm_negatives(sims, val.img2txt, truth)
     torch.manual_seed(0)  # the control: the same probe on the tokens of an untrained model of the same shape
     untrained = encode_split(create_model("pretrain", cfg.model), val, tok, device).image_states
-    return {"split": split, "object_probe": probe_objects(image_states, scenes),
-            "object_probe_untrained": probe_objects(untrained, scenes),
+    pixels = torch.cat([b[0] for b in DataLoader(val, batch_size=128)])
+    return {"split": split, "object_probe": probe_objects(scenes, image_states),
+            "object_probe_untrained": probe_objects(scenes, untrained),
+            "object_probe_pixels": probe_objects(scenes, images=pixels),
             "edit_probe": edit_probe(model, tok, val, enc, scenes, device),
             "itm_acc": out["itm_acc"], "itm_acc_hard": out["itm_acc_hard"],
             "own_caption_said_match": 100.0 * said.float().mean().item(),
@@ -141,9 +152,10 @@ def main(argv: list[str] | None = None) -> dict:
           "prefers own):")
     for kind, v in r["edit_probe"].items():
         print(f"  {kind:9s} {v['n']:4d} pairs  {v['itm_acc']:5.1f}  {v['itm_pair']:5.1f}  {v['itc_pair']:5.1f}")
-    for key, name in (("object_probe", "trained"), ("object_probe_untrained", "untrained (control)")):
+    for key, name in (("object_probe", "trained ViT"), ("object_probe_untrained", "untrained ViT (control)"),
+                      ("object_probe_pixels", "the object's pixels")):
         v = r[key]
-        print(f"linear probe of the ViT token at each object's centre, {name}: " + ", ".join(
+        print(f"linear probe of each object, {name}: " + ", ".join(
             f"{a} {v[a]}% (majority {v[a + '_majority']}%)" for a in ("shape", "colour", "size")))
     for name, (ti, it) in r["r1"].items():
         print(f"R@1 {name:16s} text->image {ti:5.1f}  image->text {it:5.1f}")

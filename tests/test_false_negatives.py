@@ -391,7 +391,7 @@ def test_itm_diagnosis_script_runs_on_a_small_checkpoint(tmp_path):
         assert r["r1"]["truth_rerank_k3"][d] >= r["r1"]["itc"][d]
     assert 0 <= r["itc_pair_hard"] <= 100 and 0 <= r["itm_pair_hard"] <= 100
     assert r["edit_probe"]["all"]["n"] >= 4  # every held-out image has at least one one-word edit
-    for probe in (r["object_probe"], r["object_probe_untrained"]):
+    for probe in (r["object_probe"], r["object_probe_untrained"], r["object_probe_pixels"]):
         assert set(probe) == {f"{a}{m}" for a in ("shape", "colour", "size") for m in ("", "_majority")}
     t = mod.main([str(tmp_path / "run" / "model.pth"), "--data", str(world), "--k", "3", "--split", "train"])
     assert t["split"] == "train" and sum(t["hard_negative_kinds"].values()) == 4  # as many training images

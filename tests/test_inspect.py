@@ -135,10 +135,10 @@ def test_linear_probe_reads_a_label_the_features_hold_and_not_one_they_lack():
     assert linear_probe(holds, shuffled, train) < 25.0
 
 
-def test_patch_at_finds_the_token_under_a_point():
-    from albef_lab.eval.inspect import patch_at
+def test_patches_under_a_box_are_the_tokens_it_overlaps():
+    from albef_lab.eval.inspect import patches_under
 
-    assert patch_at((0.0, 0.0), 8) == 1  # the first patch, after [CLS]
-    assert patch_at((0.99, 0.0), 8) == 8  # end of the first row
-    assert patch_at((0.0, 0.13), 8) == 9  # start of the second row: (x, y), row-major
-    assert patch_at((1.0, 1.0), 8) == 64  # the edge belongs to the last patch
+    assert patches_under((0.0, 0.0, 0.1, 0.1), 8) == [1]  # the first patch, after [CLS]
+    assert patches_under((0.9, 0.0, 1.0, 0.1), 8) == [8]  # end of the first row: (x, y), row-major
+    assert patches_under((0.15, 0.15, 0.4, 0.3), 8) == [10, 11, 12, 18, 19, 20]  # two rows of three
+    assert patches_under((0.9, 0.9, 1.0, 1.0), 8) == [64]  # the edge belongs to the last patch

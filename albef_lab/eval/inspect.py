@@ -66,7 +66,8 @@ def linear_probe(features: Tensor, labels: Tensor, train: Tensor, ridge: float =
     return 100.0 * ((x[~train] @ w).argmax(1) == labels[~train]).float().mean().item()
 
 
-def patch_at(point: tuple[float, float], grid: int) -> int:
-    """The token index (after [CLS]) of the patch holding a point given as (x, y) fractions of the image."""
-    col, row = (min(int(v * grid), grid - 1) for v in point)
-    return 1 + row * grid + col
+def patches_under(box: tuple[float, float, float, float], grid: int) -> list[int]:
+    """Token indices (after [CLS], row-major) of the patches a box (x0, y0, x1, y1 as fractions of the image)
+    overlaps."""
+    x0, y0, x1, y1 = (min(int(v * grid), grid - 1) for v in box)
+    return [1 + row * grid + col for row in range(y0, y1 + 1) for col in range(x0, x1 + 1)]
