@@ -54,29 +54,33 @@ def train_split_file(task: Task, n_images: int, out: Path) -> Path:
     return out
 
 
-def probe_objects(scenes: list, image_states: torch.Tensor | None = None,
-                  images: torch.Tensor | None = None) -> dict[str, float]:
-    """What the ViT's tokens under each object (their mean) hold of its shape, colour and size: the accuracy of a
-    linear probe fit on the objects of even-numbered images and scored on the others. With `images` instead: the
-    same probe on the object's pixels (its box resized to 8 x 8), what the image itself offers a linear read."""
-    feats, labels = [], {"shape": [], "colour": [], "size": []}
+def token_features(image_states: torch.Tensor, scenes: list) -> torch.Tensor:
+    """Each object's feature: the mean of the ViT's output tokens over its box (objects in scene order)."""
+    grid = math.isqrt(image_states.shape[1] - 1)
+    return torch.stack([image_states[i, patches_under(o.box, grid)].mean(0)
+                        for i, sc in enumerate(scenes) for o in sc.objects])
+
+
+def pixel_features(images: torch.Tensor, scenes: list) -> torch.Tensor:
+    """Each object's feature: its own pixels, the box resized to 8 x 8 (what the image offers a linear read)."""
+    res = images.shape[-1]
+    feats = []
     for i, sc in enumerate(scenes):
         for o in sc.objects:
-            if image_states is not None:
-                feats.append(image_states[i, patches_under(o.box, math.isqrt(image_states.shape[1] - 1))].mean(0))
-            else:
-                res = images.shape[-1]
-                x0, y0, x1, y1 = (int(v * res) for v in o.box)
-                feats.append(F.interpolate(images[None, i, :, y0:y1 + 1, x0:x1 + 1], size=(8, 8), mode="bilinear",
-                                           align_corners=False).flatten())
-            labels["shape"].append(W.SHAPES.index(o.shape))
-            labels["colour"].append(list(W.COLOURS).index(o.colour))
-            labels["size"].append(list(W.SIZES).index(o.size))
-    image = torch.tensor([i for i, sc in enumerate(scenes) for _ in sc.objects])
-    train, x = image % 2 == 0, torch.stack(feats).double()
+            x0, y0, x1, y1 = (int(v * res) for v in o.box)
+            feats.append(F.interpolate(images[None, i, :, y0:y1 + 1, x0:x1 + 1], size=(8, 8), mode="bilinear",
+                                       align_corners=False).flatten())
+    return torch.stack(feats)
+
+
+def probe_objects(scenes: list, features: torch.Tensor) -> dict[str, float]:
+    """What per-object `features` hold of each object's shape, colour and size: the accuracy of a linear probe fit
+    on the objects of even-numbered images and scored on the others, beside the majority class's."""
+    objects = [(i, o) for i, sc in enumerate(scenes) for o in sc.objects]
+    train, x = torch.tensor([i % 2 == 0 for i, _ in objects]), features.double()
     out = {}
-    for name, y in labels.items():
-        y = torch.tensor(y)
+    for name, values in (("shape", W.SHAPES), ("colour", list(W.COLOURS)), ("size", list(W.SIZES))):
+        y = torch.tensor([values.index(getattr(o, name)) for _, o in objects])
         out[name] = round(linear_probe(x, y, train), 1)
         out[name + "_majority"] = round(100.0 * (y[~train] == y[train].mode().values).float().mean().item(), 1)
     return out
@@ -119,9 +123,9 @@ def diagnose(checkpoint: str, data: str, k: int, split: str = "test") -> dict:
     torch.manual_seed(0)  # the control: the same probe on the tokens of an untrained model of the same shape
     untrained = encode_split(create_model("pretrain", cfg.model), val, tok, device).image_states
     pixels = torch.cat([b[0] for b in DataLoader(val, batch_size=128)])
-    return {"split": split, "object_probe": probe_objects(scenes, image_states),
-            "object_probe_untrained": probe_objects(scenes, untrained),
-            "object_probe_pixels": probe_objects(scenes, images=pixels),
+    return {"split": split, "object_probe": probe_objects(scenes, token_features(image_states, scenes)),
+            "object_probe_untrained": probe_objects(scenes, token_features(untrained, scenes)),
+            "object_probe_pixels": probe_objects(scenes, pixel_features(pixels, scenes)),
             "edit_probe": edit_probe(model, tok, val, enc, scenes, device),
             "itm_acc": out["itm_acc"], "itm_acc_hard": out["itm_acc_hard"],
             "own_caption_said_match": 100.0 * said.float().mean().item(),

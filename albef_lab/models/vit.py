@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -24,7 +26,7 @@ class PatchEmbed(nn.Module):
                 raise ValueError(f"a conv stem needs a patch_size that is a power of 2 above 1, not {cfg.patch_size}")
             widths = [3] + [max(cfg.width >> (n - 1 - i), 8) for i in range(n)]  # ..., width / 2, width
             layers: list[nn.Module] = []
-            for c_in, c_out in zip(widths, widths[1:], strict=False):
+            for c_in, c_out in itertools.pairwise(widths):
                 layers += [nn.Conv2d(c_in, c_out, kernel_size=3, stride=2, padding=1), nn.GELU()]
             self.stem = nn.Sequential(*layers)
             self.proj = nn.Conv2d(widths[-1], cfg.width, kernel_size=1)
