@@ -20,7 +20,7 @@ from albef_lab.data import world as W
 from albef_lab.data.formats import read_json, resolve
 from albef_lab.data.tokenizer import Tokenizer
 from albef_lab.data.transforms import ImageTextTransform, eval_transform
-from albef_lab.eval.retrieval import encode_images, encode_texts, recall_metrics, rerank_scores, zero_shot_eval
+from albef_lab.eval.retrieval import encode_split, recall_metrics, rerank_scores, zero_shot_eval
 from albef_lab.eval.vqa import majority_answer_accuracy, vqa_accuracy
 from albef_lab.models.albef import EditedNegatives
 from albef_lab.models.base import eval_mode
@@ -165,10 +165,8 @@ class RetrievalTask(Task):
     @torch.no_grad()
     def evaluate(self, model, device):
         val = self.retrieval_val()
+        image_states, image_feat, text_states, text_atts, text_feat = encode_split(model, val, self.tok, device)
         with eval_mode(model):
-            loader = DataLoader(val, batch_size=128, shuffle=False)
-            image_states, image_feat = encode_images(model, loader, device)
-            text_states, text_atts, text_feat = encode_texts(model, self.tok, val.text, device)
             s_i2t, s_t2i = rerank_scores(model, image_states, image_feat, text_states, text_atts, text_feat,
                                          self.cfg.data.k_test)
         txt2img = torch.tensor([val.txt2img[t] for t in range(len(val.text))], device=device)
