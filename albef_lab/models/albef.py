@@ -115,7 +115,7 @@ class ALBEF(MomentumPairs, nn.Module):
         """
         bert = self.bert_m if momentum else self.bert
         if image_index is not None and not self.cfg.share_cross_kv:  # the per-pair path, for A/B comparisons
-            image_states, image_index = image_states[image_index], None
+            image_states, image_index = image_states.index_select(0, image_index), None
         shared = Shared(image_index, kv_cache) if self.cfg.share_cross_kv else None
         return bert(encoder_embeds=text_states, attention_mask=text_mask, encoder_hidden_states=image_states,
                     mode="fusion", shared=shared, first_only=first_only)
@@ -236,8 +236,8 @@ class ALBEF(MomentumPairs, nn.Module):
         neg_img, neg_txt = self.draw_negatives(sim_i2t, sim_t2i, same, known, hard, generator, draws)
         neg_img, neg_txt = neg_img.to(device), neg_txt.to(device)
         rows = torch.arange(b, device=device)
-        text_neg, atts_neg, use = self.edited_negative_texts(text_states[neg_txt], attention_mask[neg_txt], edited,
-                                                             generator)
+        text_neg, atts_neg, use = self.edited_negative_texts(text_states.index_select(0, neg_txt),
+                                                             attention_mask[neg_txt], edited, generator)
         stats = {}
         if matches is not None:
             false_txt = matches[neg_txt, rows]

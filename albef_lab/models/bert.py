@@ -110,9 +110,12 @@ class BertSelfAttention(nn.Module):
                 prefix.kv[self] = (k, v)
             else:
                 pk, pv = prefix.kv[self]
-                k, v = torch.cat([pk[prefix.index], k], dim=2), torch.cat([pv[prefix.index], v], dim=2)
+                k = torch.cat([pk.index_select(0, prefix.index), k], dim=2)
+                v = torch.cat([pv.index_select(0, prefix.index), v], dim=2)
         if shared is not None and shared.index is not None:
-            k, v = k[shared.index], v[shared.index]
+            # index_select, not k[index]: the backward of advanced indexing adds repeated rows in a thread-dependent
+            # order on the CPU (runs of one seed drift apart); index_select's backward adds them in a fixed order
+            k, v = k.index_select(0, shared.index), v.index_select(0, shared.index)
             if mask is not None and mask.shape[0] > 1:
                 mask = mask[shared.index]
         p = self.dropout_p if self.training else 0.0

@@ -107,7 +107,8 @@ class ALBEFVQA(MomentumPairs, nn.Module):
         if self.cfg.share_cross_kv:
             return run(a_ids, a_mask, encoder_hidden_states=states, encoder_attention_mask=q_mask,
                        shared=Shared(index))
-        return run(a_ids, a_mask, encoder_hidden_states=states[index], encoder_attention_mask=q_mask[index])
+        return run(a_ids, a_mask, encoder_hidden_states=states.index_select(0, index),
+                   encoder_attention_mask=q_mask[index])
 
     @torch.no_grad()
     def rank_answers(self, image: Tensor, q_ids: Tensor, q_mask: Tensor, answer_ids: Tensor, answer_mask: Tensor,
