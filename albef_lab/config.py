@@ -163,6 +163,9 @@ class TrainConfig:
     tensorboard: bool = False
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # torch CPU threads; 0 = torch's default
+    # the image encoder keeps its initial weights (model.init_vision): minutes of ALBEF erase the shape a
+    # ShapesWorld-supervised encoder knows (docs/itm_recipe.md); false = the paper (everything trains)
+    freeze_vision: bool = False
     progress: bool = True
 
 

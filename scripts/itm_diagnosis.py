@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -26,7 +25,7 @@ from albef_lab.config import load_config
 from albef_lab.data import world as W
 from albef_lab.data.formats import PRETRAIN, read_entries
 from albef_lab.data.tokenizer import load_tokenizer
-from albef_lab.eval.inspect import linear_probe, patches_under
+from albef_lab.eval.inspect import linear_probe, object_features
 from albef_lab.eval.retrieval import (
     edit_probe,
     encode_split,
@@ -52,13 +51,6 @@ def train_split_file(task: Task, n_images: int, out: Path) -> Path:
             by_image.setdefault(e["image"], []).extend(caps)
     out.write_text(json.dumps([{"image": im, "caption": caps} for im, caps in by_image.items()]))
     return out
-
-
-def token_features(image_states: torch.Tensor, scenes: list) -> torch.Tensor:
-    """Each object's feature: the mean of the ViT's output tokens over its box (objects in scene order)."""
-    grid = math.isqrt(image_states.shape[1] - 1)
-    return torch.stack([image_states[i, patches_under(o.box, grid)].mean(0)
-                        for i, sc in enumerate(scenes) for o in sc.objects])
 
 
 def pixel_features(images: torch.Tensor, scenes: list) -> torch.Tensor:
@@ -123,8 +115,8 @@ def diagnose(checkpoint: str, data: str, k: int, split: str = "test") -> dict:
     torch.manual_seed(0)  # the control: the same probe on the tokens of an untrained model of the same shape
     untrained = encode_split(create_model("pretrain", cfg.model), val, tok, device).image_states
     pixels = torch.cat([b[0] for b in DataLoader(val, batch_size=128)])
-    return {"split": split, "object_probe": probe_objects(scenes, token_features(image_states, scenes)),
-            "object_probe_untrained": probe_objects(scenes, token_features(untrained, scenes)),
+    return {"split": split, "object_probe": probe_objects(scenes, object_features(image_states, scenes)),
+            "object_probe_untrained": probe_objects(scenes, object_features(untrained, scenes)),
             "object_probe_pixels": probe_objects(scenes, pixel_features(pixels, scenes)),
             "edit_probe": edit_probe(model, tok, val, enc, scenes, device),
             "itm_acc": out["itm_acc"], "itm_acc_hard": out["itm_acc_hard"],

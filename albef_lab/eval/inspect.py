@@ -6,6 +6,8 @@ own sampling, so what is drawn is what training does.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -71,3 +73,11 @@ def patches_under(box: tuple[float, float, float, float], grid: int) -> list[int
     overlaps."""
     x0, y0, x1, y1 = (min(int(v * grid), grid - 1) for v in box)
     return [1 + row * grid + col for row in range(y0, y1 + 1) for col in range(x0, x1 + 1)]
+
+
+def object_features(image_states: Tensor, scenes: list) -> Tensor:
+    """Each object's feature: the mean of the image encoder's output tokens over its box, objects in scene order
+    ([objects, width]; differentiable, so a probe or a supervised warm-up can use it)."""
+    grid = math.isqrt(image_states.shape[1] - 1)
+    return torch.stack([image_states[i, patches_under(o.box, grid)].mean(0)
+                        for i, sc in enumerate(scenes) for o in sc.objects])

@@ -129,6 +129,8 @@ class Trainer:
                                  f"({t.batch_size} x {self.world} processes = {global_batch})")
         if not resume:
             self.initialise(init)
+        if t.freeze_vision:  # left out of the optimiser; its momentum copy then stays equal to it
+            self.model.visual_encoder.requires_grad_(False)
         self.optimizer = adamw(self.model, t.lr, t.weight_decay, fused=t.fused_adamw)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.precision == "fp16")
         self.state = RunState()
