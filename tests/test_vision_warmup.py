@@ -14,6 +14,7 @@ from albef_lab.models.vit import VisionTransformer
 from tests.helpers import SMALL, make_world
 
 ROOT = Path(__file__).resolve().parents[1]
+CFG = [*SMALL, "model.vision.patch_size=8"]  # a 4 x 4 grid of tokens: objects of their own
 
 
 def load_script(name: str):
@@ -31,13 +32,17 @@ def weights(path: Path, prefix: str = "") -> dict[str, torch.Tensor]:
 def test_warmup_learns_the_objects_and_only_freeze_vision_keeps_it_through_pretraining(tmp_path):
     world = make_world(tmp_path / "w", images=200, seed=4)
     warm = tmp_path / "vit.pth"
-    result = load_script("vision_warmup").main(["--out", str(warm), "--data", str(world), "--steps", "150",
-                                                "--quiet", *SMALL])
+    result = load_script("vision_warmup").main(["--out", str(warm), "--data", str(world), "--steps", "300",
+                                                "--quiet", *CFG])
     held_out = result["held_out"]
-    assert result["steps"] == 150
+    assert result["steps"] == 300
     assert held_out["colour"] > held_out["colour_majority"] + 30, held_out  # learned, on images it never saw
+    assert not {"column", "row"} & set(held_out)
+    placed = load_script("vision_warmup").main(["--out", str(tmp_path / "placed.pth"), "--data", str(world),
+                                                "--steps", "300", "--quiet", "--place", *CFG])["held_out"]
+    assert placed["column"] > placed["column_majority"] + 10, placed  # --place: where each object is, too
     # the ViT itself trained (a head over a fixed random encoder would also read some colour)
-    cfg = load_config(None, SMALL, "tiny")
+    cfg = load_config(None, CFG, "tiny")
     torch.manual_seed(cfg.train.seed)
     fresh = VisionTransformer(cfg.model.vision).state_dict()
     vit = weights(warm)
@@ -47,7 +52,7 @@ def test_warmup_learns_the_objects_and_only_freeze_vision_keeps_it_through_pretr
     runs = {}
     for freeze in ("true", "false"):
         out = tmp_path / f"freeze_{freeze}"
-        assert cli(["pretrain", *SMALL, f"data.root={world}", f"train.output_dir={out}", "train.max_steps=3",
+        assert cli(["pretrain", *CFG, f"data.root={world}", f"train.output_dir={out}", "train.max_steps=3",
                     f"model.init_vision={warm}", f"train.freeze_vision={freeze}"]) == 0
         runs[freeze] = out / "model.pth"
     kept = weights(runs["true"], "visual_encoder.")
@@ -61,7 +66,7 @@ def test_warmup_learns_the_objects_and_only_freeze_vision_keeps_it_through_pretr
     # the control: without the switch both move (the momentum copy by 1 % of the encoder's steps)
     assert drift("visual_encoder.", "false") > 1e-4 and drift("visual_encoder_m.", "false") > 1e-6
     # the rest of the model did train under the switch: a text weight left its initial value
-    cfg = load_config(None, [*SMALL, f"data.root={world}"], "tiny")
+    cfg = load_config(None, [*CFG, f"data.root={world}"], "tiny")
     torch.manual_seed(cfg.train.seed)  # as the engine seeds before it builds the model
     init = create_model("pretrain", cfg.model).state_dict()
     text = "text_encoder.bert.encoder.layer.0.attention.self.query.weight"
