@@ -19,7 +19,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
@@ -28,6 +27,8 @@ from albef_lab.data import world as W
 from albef_lab.data.formats import read_json
 from albef_lab.data.transforms import eval_transform
 from albef_lab.eval.inspect import object_features
+from albef_lab.inference import read_image
+from albef_lab.models.base import eval_mode
 from albef_lab.models.checkpoint import save_atomic
 from albef_lab.models.vit import VisionTransformer
 
@@ -50,7 +51,8 @@ def load_split(data: Path, split: str, res: int) -> tuple[torch.Tensor, list]:
     if not entries:
         raise SystemExit(f"{data / 'scenes.json'} has no {split} images")
     transform = eval_transform(res)
-    images = torch.stack([transform(Image.open(data / e["image"]))[0] for e in entries])
+    # read_image names a missing or unreadable file
+    images = torch.stack([transform(read_image(data / e["image"]))[0] for e in entries])
     return images, [W.Scene.from_dict(e) for e in entries]
 
 
@@ -68,9 +70,9 @@ def attribute_logits(head: nn.Linear, feats: torch.Tensor, attrs: tuple) -> list
 @torch.no_grad()
 def held_out_accuracy(vit: nn.Module, head: nn.Linear, images: torch.Tensor, scenes: list,
                       attrs: tuple) -> dict[str, float]:
-    vit.eval()
-    feats = torch.cat([object_features(vit(images[i:i + 100]), scenes[i:i + 100]) for i in range(0, len(scenes), 100)])
-    vit.train()
+    with eval_mode(vit):
+        feats = torch.cat([object_features(vit(images[i:i + 100]), scenes[i:i + 100])
+                           for i in range(0, len(scenes), 100)])
     y, out = object_labels(scenes, attrs), {}
     for k, ((name, _), logits) in enumerate(zip(attrs, attribute_logits(head, feats, attrs), strict=True)):
         out[name] = round(100.0 * (logits.argmax(1) == y[:, k]).float().mean().item(), 1)
@@ -92,8 +94,12 @@ def warmup(data: Path, out: Path, minutes: float, max_steps: int, overrides: lis
     opt = torch.optim.AdamW([*vit.parameters(), *head.parameters()], lr=t.lr, weight_decay=t.weight_decay)
     gen = torch.Generator().manual_seed(t.seed)
     start, step = time.perf_counter(), 0
+
+    def budget_left() -> bool:  # --steps, when given, else --minutes
+        return step < max_steps if max_steps else time.perf_counter() - start < 60 * minutes
+
     bar = tqdm(total=max_steps or None, disable=not progress, desc="vision warm-up")
-    while (not max_steps or step < max_steps) and (max_steps or time.perf_counter() - start < 60 * minutes):
+    while budget_left():
         # one batch of training images; every object in it is a labelled example
         idx = torch.randint(0, len(scenes), (t.batch_size,), generator=gen)
         batch = [scenes[i] for i in idx.tolist()]

@@ -1,3 +1,6 @@
+import importlib.util
+from pathlib import Path
+
 import torch
 
 from albef_lab.config import ModelConfig, TextConfig, VisionConfig
@@ -91,3 +94,11 @@ def serve_demo(root):
     app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, max_file_size="50mb",
                allowed_paths=[str(world)])
     return wb, app, f"http://127.0.0.1:{port}/"
+
+
+def load_module(path: Path):
+    """A script or benchmark of the repository (not a package) imported from its file, to call its functions."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.helpers import load_module
+
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
@@ -31,11 +33,7 @@ def test_retrieval_bench_checks_identical_rankings():
 
 
 def test_ranks_agree_up_to_accepts_swapped_ties_only():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("retrieval_bench", BENCH / "retrieval_bench.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_module(BENCH / "retrieval_bench.py")
     ref = torch.tensor([[5.0, 4.0, 4.0 + 1e-7, 1.0]])
     tie_swapped = torch.tensor([[5.0, 4.0 + 1e-7, 4.0, 1.0]])
     real_swap = torch.tensor([[4.0, 5.0, 3.9, 1.0]])

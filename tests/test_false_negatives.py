@@ -371,19 +371,15 @@ def test_truth_rerank_is_a_ceiling_of_itc_and_moves_true_pairs_first():
 
 
 def test_itm_diagnosis_script_runs_on_a_small_checkpoint(tmp_path):
-    import importlib.util
     from pathlib import Path
 
     from albef_lab.cli import main as cli
-    from tests.helpers import SMALL, make_world
+    from tests.helpers import SMALL, load_module, make_world
 
     world = make_world(tmp_path / "w", images=40, seed=1)
     assert cli(["pretrain", *SMALL, f"data.root={world}", f"train.output_dir={tmp_path / 'run'}",
                 "train.max_steps=3"]) == 0
-    path = Path(__file__).resolve().parent.parent / "scripts" / "itm_diagnosis.py"
-    spec = importlib.util.spec_from_file_location("itm_diagnosis", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_module(Path(__file__).resolve().parent.parent / "scripts" / "itm_diagnosis.py")
     r = mod.main([str(tmp_path / "run" / "model.pth"), "--data", str(world), "--k", "3"])
     assert set(r["said_match_by_kind"]) <= {"count", "single", "relation", "listing"}
     assert sum(r["hard_negative_kinds"].values()) == 4  # one hard negative per held-out image (10 % of 40)

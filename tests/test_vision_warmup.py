@@ -2,7 +2,6 @@
 learns the objects from the scene graphs, pre-training loads it through `model.init_vision`, and only the switch
 keeps it as it was."""
 
-import importlib.util
 from pathlib import Path
 
 import torch
@@ -11,17 +10,10 @@ from albef_lab.cli import main as cli
 from albef_lab.config import load_config
 from albef_lab.models.factory import create_model
 from albef_lab.models.vit import VisionTransformer
-from tests.helpers import SMALL, make_world
+from tests.helpers import SMALL, load_module, make_world
 
 ROOT = Path(__file__).resolve().parents[1]
 CFG = [*SMALL, "model.vision.patch_size=8"]  # a 4 x 4 grid of tokens: objects of their own
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def weights(path: Path, prefix: str = "") -> dict[str, torch.Tensor]:
@@ -31,14 +23,15 @@ def weights(path: Path, prefix: str = "") -> dict[str, torch.Tensor]:
 
 def test_warmup_learns_the_objects_and_only_freeze_vision_keeps_it_through_pretraining(tmp_path):
     world = make_world(tmp_path / "w", images=200, seed=4)
+    warmup_script = load_module(ROOT / "scripts" / "vision_warmup.py").main
     warm = tmp_path / "vit.pth"
-    result = load_script("vision_warmup").main(["--out", str(warm), "--data", str(world), "--steps", "300",
+    result = warmup_script(["--out", str(warm), "--data", str(world), "--steps", "300",
                                                 "--quiet", *CFG])
     held_out = result["held_out"]
     assert result["steps"] == 300
     assert held_out["colour"] > held_out["colour_majority"] + 30, held_out  # learned, on images it never saw
     assert not {"column", "row"} & set(held_out)
-    placed = load_script("vision_warmup").main(["--out", str(tmp_path / "placed.pth"), "--data", str(world),
+    placed = warmup_script(["--out", str(tmp_path / "placed.pth"), "--data", str(world),
                                                 "--steps", "300", "--quiet", "--place", *CFG])["held_out"]
     assert placed["column"] > placed["column_majority"] + 10, placed  # --place: where each object is, too
     # the ViT itself trained (a head over a fixed random encoder would also read some colour)
