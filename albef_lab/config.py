@@ -121,7 +121,7 @@ class DataConfig:
     refer_dir: str = "refcoco+"  # RefCOCO+ refs / instances / dets
     k_test: int = 256  # retrieval: candidates re-ranked by ITM (COCO 256, Flickr 128); VQA: answers rescored
     gradcam_mode: str = "itm"  # grounding: "itm" (ITM score on a cross-attention layer) or "itc" (ViT block)
-    gradcam_block: int = -1  # -1 = the third fusion layer (itm) or the last ViT block (itc)
+    gradcam_block: int = -1  # -1: the paper's 3rd fusion layer, else the last but one (itm); the last ViT block (itc)
     image_root: str = ""  # default: root
     tokenizer: str = ""  # a directory with vocab.txt or a cached model name; default: root/vocab
     make_world: bool = True
@@ -166,6 +166,11 @@ class TrainConfig:
     # the image encoder keeps its initial weights (model.init_vision): minutes of ALBEF erase the shape a
     # ShapesWorld-supervised encoder knows (docs/itm_recipe.md); false = the paper (everything trains)
     freeze_vision: bool = False
+    # pre-training only: first train the image encoder to name ShapesWorld's objects (shape, colour, size) from
+    # the scene graphs (`train/vision_warmup.py`, our DeiT), inside `max_minutes`; it then stays frozen for the
+    # pre-training (as with `freeze_vision`; fine-tuning trains it). 0 = off (the paper)
+    vision_warmup_minutes: float = 0.0
+    vision_warmup_steps: int = 0  # steps instead of minutes (0: minutes decide)
     progress: bool = True
 
 
@@ -187,7 +192,11 @@ def _tiny() -> Config:
     """A few MB of weights: trains on ShapesWorld on a laptop CPU in minutes."""
     # From scratch, BERT's 0.02 init leaves every [CLS] nearly the same vector and ITC has nothing to pull on;
     # std ~ 1/sqrt(width) makes features distinct from the first step (the paper starts from DeiT and BERT).
-    vision = VisionConfig(image_res=64, patch_size=8, width=128, depth=4, num_heads=4, init_std=0.1)
+    # The image encoder is ShapesWorld's stand-in for DeiT (docs/itm_recipe.md): a conv stem, trained for 3 of the
+    # 9 minutes to name each object's shape, colour and size from the scene graphs, then frozen for the rest of the
+    # pre-training; ALBEF's objectives would wash shape out of it, and without shape the fused half cannot learn
+    # the fine distinctions.
+    vision = VisionConfig(image_res=64, patch_size=8, width=128, depth=4, num_heads=4, init_std=0.1, conv_stem=True)
     text = TextConfig(
         vocab_size=512,
         hidden_size=128,
@@ -208,8 +217,9 @@ def _tiny() -> Config:
     model = ModelConfig(vision=vision, text=text, embed_dim=64, queue_size=256, momentum=0.99,
                         decoder_layers=2,  # the VQA decoder starts from the 2 fusion layers
                         itm_random_fraction=0.5, itm_weight=3.0, fix_false_negatives=True)
-    train = TrainConfig(output_dir="runs/pretrain_tiny", epochs=10, batch_size=64, lr=1e-3, min_lr=1e-5,
-                        warmup_lr=1e-5, warmup_steps=50, max_minutes=9.0, log_every=5)
+    train = TrainConfig(output_dir="runs/pretrain_tiny", epochs=6, batch_size=64, lr=1e-3, min_lr=1e-5,
+                        warmup_lr=1e-5, warmup_steps=50, max_minutes=9.0, log_every=5,
+                        vision_warmup_minutes=3.0)
     # Small synthetic scenes: a crop may cut objects that the caption names, so crop gently, no RandAugment.
     data = DataConfig(randaugment=False, crop_min_scale=0.8)
     return Config(preset="tiny", model=model, data=data, train=train)

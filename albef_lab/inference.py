@@ -34,7 +34,7 @@ from albef_lab.models.checkpoint import (
     state_dict_of,
 )
 from albef_lab.models.factory import create_model, has_config, load_model
-from albef_lab.viz.gradcam import cross_attention_layers, itc_gradcam, itm_gradcam, upsample, word_map_layer
+from albef_lab.viz.gradcam import cross_attention_layers, default_itm_layer, itc_gradcam, itm_gradcam, upsample
 
 MAX_PIXELS = 120_000_000  # larger uploads are refused (a 40-megapixel photo is fine)
 WORK_SIDE = 2048  # big images are shrunk to this longer side before anything else
@@ -341,8 +341,8 @@ class Workbench:
         return cross_attention_layers(self.model)
 
     def default_layer(self) -> int:
-        """The 3rd fusion layer at base size (the paper's); never the last one, whose word maps are empty."""
-        return word_map_layer(self.model)
+        """`default_itm_layer`: the 3rd fusion layer at base size (the paper's); never the last one."""
+        return default_itm_layer(self.model)
 
     def explain(self, image: Image.Image, text: str, mode: str = "itm", layer: int | None = None) -> dict:
         """ITM probability, ITC similarity, the sentence map and one map per word ([s, s] each, patch grid)."""
@@ -356,7 +356,7 @@ class Workbench:
             itc = float(image_feat[0] @ text_feat[0])
         with eval_mode(model):
             if mode == "itm":
-                layer = word_map_layer(model) if layer is None else int(layer)
+                layer = default_itm_layer(model) if layer is None else int(layer)
                 per_word = itm_gradcam(model, x, t.ids, t.mask, layer, per_token=True)[0]  # [L, s, s]
                 sentence = per_word.mean(0)
                 words = [(tok, per_word[i]) for i, tok in enumerate(t.tokens) if i > 0]

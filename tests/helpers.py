@@ -39,6 +39,8 @@ SMALL = [
     "model.text.encoder_width=32", "model.embed_dim=8", "model.queue_size=32", "train.batch_size=8",
     "data.num_workers=0", "train.progress=false", "train.log_every=1", "train.warmup_steps=2",
     "train.max_minutes=0", "model.text.hidden_dropout_prob=0.1",
+    # the mechanics tests train everything from scratch (the tiny recipe's warm-up: test_vision_warmup)
+    "model.vision.conv_stem=false", "train.vision_warmup_minutes=0",
 ]
 
 

@@ -16,6 +16,7 @@ from tests.helpers import metric_rows
 
 pytestmark = pytest.mark.slow
 STEPS = 560
+WARMUP_STEPS = 600  # the tiny recipe's image-encoder warm-up (about 3 minutes), then frozen
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +27,7 @@ def pretrained(tmp_path_factory):
     run = root / "pretrain"
     cfg = load_config(None, [f"data.root={world}", f"train.output_dir={run}", f"train.max_steps={STEPS}",
                              "train.progress=false", f"train.eval_every={STEPS}", f"train.save_every={STEPS}",
-                             "train.max_minutes=0"], "tiny")
+                             "train.max_minutes=0", f"train.vision_warmup_steps={WARMUP_STEPS}"], "tiny")
     return world, run, E.pretrain(cfg)
 
 
@@ -48,20 +49,23 @@ def test_pretraining_lifts_zero_shot_retrieval_to_ten_times_chance(pretrained):
 
 def test_the_itm_head_learns_to_tell_held_out_pairs(pretrained):
     """The fused half learns: held-out ITM accuracy clearly above the 50 % of a constant answer (the original
-    recipe sat at 50 % here), and the ITM loss below the constant guess for one positive and two negatives."""
+    recipe sat at 50 % here), against the most ITC-similar false caption too (43-53 % before the warmed-up,
+    frozen encoder: the fine distinctions need an encoder that sees shape), and the ITM loss below the constant
+    guess for one positive and two negatives."""
     world, run, result = pretrained
-    assert result["itm_acc"] >= 60.0, result
+    assert result["vision_warmup"]["held_out"]["shape"] > 50.0, result["vision_warmup"]
+    assert result["itm_acc"] >= 60.0 and result["itm_acc_hard"] >= 58.0, result
     itm = [r["loss_itm"] for r in metric_rows(run) if "loss_itm" in r]
     assert sum(itm[-5:]) / 5 < 0.60, itm[-5:]  # 0.6365 = the constant guess
 
 
 def test_itm_reranking_does_not_lower_retrieval(pretrained):
-    """As in the paper, ITM re-ranks ITC's top-k: after a short retrieval fine-tuning, R@1 re-ranked is not
-    below ITC's own in either direction."""
+    """As in the paper, ITM re-ranks ITC's top-k: after a short retrieval fine-tuning, R@1 re-ranked is above
+    ITC's own in both directions (by at least three of the 300 images)."""
     world, run, _ = pretrained
     result, _ = finetune(world, run, run.parent / "retrieval", "retrieval", 60, "data.k_test=16")
     for d in ("img", "txt"):
-        assert result[f"{d}_r1"] >= result[f"itc_{d}_r1"] - 1.0, result
+        assert result[f"{d}_r1"] >= result[f"itc_{d}_r1"] + 1.0, result
 
 
 @pytest.mark.parametrize("task,metric,baseline_key,margin", [
@@ -81,9 +85,10 @@ def test_finetuning_beats_the_baseline_and_the_image_blind_control(pretrained, t
 
 
 def test_itm_gradcam_grounds_above_the_random_proposal(pretrained, tmp_path):
-    """The paper's grounding: Grad-CAM of the ITM score on a cross-attention layer (the third fusion layer,
-    or the last when there are fewer), after weakly-supervised fine-tuning on (image, expression) pairs."""
+    """The paper's grounding: Grad-CAM of the ITM score on a cross-attention layer (the paper's third fusion layer;
+    with fewer, the last but one), after weakly-supervised fine-tuning on (image, expression) pairs: at least
+    twice the random proposal's accuracy."""
     world, run, _ = pretrained
     result, _ = finetune(world, run, tmp_path / "grounding", "grounding", 120, "data.gradcam_mode=itm")
     baseline = random_proposal_baseline(world / "grounding_test.json", world / "refcoco+")["acc_all"]
-    assert result["acc_all"] > baseline + 8.0, (result, baseline)
+    assert result["acc_all"] >= 2 * baseline, (result, baseline)

@@ -2,14 +2,17 @@
 learns the objects from the scene graphs, pre-training loads it through `model.init_vision`, and only the switch
 keeps it as it was."""
 
+import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from albef_lab.cli import main as cli
 from albef_lab.config import load_config
 from albef_lab.models.factory import create_model
 from albef_lab.models.vit import VisionTransformer
+from albef_lab.train import engine as E
 from tests.helpers import SMALL, load_module, make_world
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,3 +67,37 @@ def test_warmup_learns_the_objects_and_only_freeze_vision_keeps_it_through_pretr
     init = create_model("pretrain", cfg.model).state_dict()
     text = "text_encoder.bert.encoder.layer.0.attention.self.query.weight"
     assert not torch.equal(weights(runs["true"])[text], init[text])
+
+
+def test_pretrain_warms_up_its_own_encoder_inside_the_time_budget(tmp_path):
+    """`train.vision_warmup_steps` / `_minutes`: `albef-lab pretrain` trains the image encoder on the scene graphs
+    first (the tiny recipe), copies it to the momentum encoder, keeps it frozen (no `freeze_vision` needed) and
+    counts its minutes against `max_minutes`."""
+    world = make_world(tmp_path / "w", images=200, seed=4)
+    out = tmp_path / "run"
+    assert cli(["pretrain", *CFG, f"data.root={world}", f"train.output_dir={out}", "train.max_steps=3",
+                "train.vision_warmup_steps=300"]) == 0
+    held_out = json.loads((out / "vision_warmup.json").read_text())["held_out"]
+    assert held_out["colour"] > held_out["colour_majority"] + 30, held_out
+    cfg = load_config(None, [*CFG, f"data.root={world}"], "tiny")
+    torch.manual_seed(cfg.train.seed)  # as the engine seeds before it builds the model
+    fresh = create_model("pretrain", cfg.model).state_dict()
+    vit, vit_m = weights(out / "model.pth", "visual_encoder."), weights(out / "model.pth", "visual_encoder_m.")
+    key = "blocks.0.attn.qkv.weight"
+    assert not torch.equal(vit[key], fresh["visual_encoder." + key])  # frozen, so only the warm-up moved it
+    assert max((vit[k] - vit_m[k]).abs().max().item() for k in vit) < 1e-6  # the momentum copy starts from it
+
+    # the warm-up's minutes come out of train.max_minutes: a budget it used up leaves pre-training one step
+    timed = tmp_path / "timed"
+    result = E.pretrain(load_config(None, [*CFG, f"data.root={world}", f"train.output_dir={timed}",
+                                           "train.vision_warmup_minutes=0.05", "train.max_minutes=0.05",
+                                           "train.max_steps=200"], "tiny"))
+    assert result["vision_warmup"]["minutes"] >= 0.05 and result["step"] == 1, result
+
+
+def test_vision_warmup_needs_scene_graphs(tmp_path):
+    world = make_world(tmp_path / "w", images=40, seed=1)
+    (world / "scenes.json").unlink()
+    with pytest.raises(FileNotFoundError, match="scenes.json"):
+        E.pretrain(load_config(None, [*CFG, f"data.root={world}", f"train.output_dir={tmp_path / 'r'}",
+                                      "train.max_steps=1", "train.vision_warmup_steps=2"], "tiny"))

@@ -121,8 +121,8 @@ def evaluate_grounding(model: nn.Module, tokenizer: Tokenizer, ann_file: str | P
                        limit: int | None = None) -> dict[str, float]:
     """Accuracy (IoU >= 0.5 of the chosen proposal with the referred box) per split and overall, in percent.
 
-    `block`: cross-attention layer for mode 'itm' (-1 = the third fusion layer, block 8 of 12 at base size),
-    ViT block for mode 'itc' (-1 = the last). `heat`: any other map (e.g. `camlib_heat`) instead.
+    `block`: cross-attention layer for mode 'itm' (-1 = `default_itm_layer`: the third fusion layer, block 8 of 12
+    at base size), ViT block for mode 'itc' (-1 = the last). `heat`: any other map (e.g. `camlib_heat`) instead.
     """
     records = grounding_records(model, tokenizer, ann_file, image_root, refer_dir, res, device,
                                 heat or gradcam_heat(model, mode, block), alpha, batch_size, limit)

@@ -34,6 +34,7 @@ from albef_lab.models.registry import task_spec
 from albef_lab.train.data import ResumableSampler, SeededDataset
 from albef_lab.train.schedule import adamw, alpha_at, lr_at, set_lr
 from albef_lab.train.tasks import task_class
+from albef_lab.train.vision_warmup import WarmupConfig, warm_up_vision
 
 CKPT = re.compile(r"checkpoint_(\d+)\.pth$")
 
@@ -127,9 +128,15 @@ class Trainer:
             if cfg.model.queue_size % global_batch:
                 raise ValueError(f"model.queue_size ({cfg.model.queue_size}) must be a multiple of the global batch "
                                  f"({t.batch_size} x {self.world} processes = {global_batch})")
+        self.warmup: dict = {}
+        # pre-training with a vision warm-up keeps the warmed-up encoder frozen: trained on, ALBEF's objectives
+        # wash the shape out of it in minutes (docs/itm_recipe.md); fine-tuning trains it, as the paper
+        warm = self.task.name == "pretrain" and bool(t.vision_warmup_minutes or t.vision_warmup_steps)
         if not resume:
             self.initialise(init)
-        if t.freeze_vision:  # left out of the optimiser; its momentum copy then stays equal to it
+            if warm and not init:
+                self.warm_up_vision()
+        if t.freeze_vision or warm:  # left out of the optimiser; its momentum copy then stays equal to it
             self.model.visual_encoder.requires_grad_(False)
         self.optimizer = adamw(self.model, t.lr, t.weight_decay, fused=t.fused_adamw)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.precision == "fp16")
@@ -149,6 +156,8 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self._truncate_metrics(self.state.step)  # a fresh run (step 0) in a used folder starts a fresh log
             (self.run_dir / "config.json").write_text(json.dumps(to_dict(self.cfg), indent=1))
+            if self.warmup:
+                (self.run_dir / "vision_warmup.json").write_text(json.dumps(self.warmup, indent=1))
             if self.cfg.train.tensorboard:
                 try:
                     from torch.utils.tensorboard import SummaryWriter
@@ -176,6 +185,19 @@ class Trainer:
                 print(f"initialised the text encoder from {m.init_text}\n{report}")
         if (m.init_vision or m.init_text) and hasattr(self.model, "copy_params"):
             self.model.copy_params()  # the momentum copies start from the loaded weights, as in the original
+
+    def warm_up_vision(self) -> None:
+        """The image encoder learns ShapesWorld's objects before ALBEF starts (every rank the same way; DDP
+        starts from rank 0's weights anyway); its minutes count against `train.max_minutes`."""
+        t = self.cfg.train
+        wcfg = WarmupConfig(minutes=t.vision_warmup_minutes, steps=t.vision_warmup_steps, lr=t.lr,
+                            weight_decay=t.weight_decay, batch_size=t.batch_size, seed=t.seed,
+                            progress=t.progress and self.main)
+        self.warmup = warm_up_vision(self.model.visual_encoder, self.cfg.data.root, wcfg)
+        self.model.copy_params()  # the momentum copies start from the warmed-up encoder
+        if self.main:
+            print(f"vision warm-up: {self.warmup['steps']} steps in {self.warmup['minutes']} minutes; held-out "
+                  f"{self.warmup['held_out']}")
 
     def _check_vocab(self) -> None:
         m, tok = self.cfg.model, self.tokenizer
@@ -286,7 +308,8 @@ class Trainer:
                 lr = self._optimizer_step()
                 if st.step % t.log_every == 0 or st.step == self.total_steps:
                     self._log_window(meter, lr, alpha)
-                out_of_time = t.max_minutes > 0 and (time.perf_counter() - self.t_start) > 60 * t.max_minutes
+                elapsed = time.perf_counter() - self.t_start + 60 * self.warmup.get("minutes", 0.0)
+                out_of_time = t.max_minutes > 0 and elapsed > 60 * t.max_minutes
                 stop = st.step >= self.total_steps or out_of_time
                 epoch_end = self._advance_epoch()
                 best = False
@@ -397,7 +420,9 @@ class Trainer:
         if self.tb is not None:
             self.tb.close()
         st = self.state
-        return {"step": st.step, "epoch": st.epoch, "seconds": time.perf_counter() - self.t_start, **last_eval}
+        warmup = {"vision_warmup": self.warmup} if self.warmup else {}
+        return {"step": st.step, "epoch": st.epoch, "seconds": time.perf_counter() - self.t_start, **last_eval,
+                **warmup}
 
 
 class Meter:

@@ -1,0 +1,133 @@
+"""Supervised warm-up of the image encoder on ShapesWorld's scene graphs: our analogue of the paper's
+ImageNet-trained DeiT, made in minutes. A linear head reads each training object's shape, colour and size (with
+`place`, also its column and row) from the mean of the ViT's tokens over its box.
+
+Why (docs/itm_recipe.md): trained from scratch by ALBEF's objectives, the tiny ViT never learns shape (a linear
+probe reads it at 15-30 %), so the fused half cannot tell a shape edit from its caption; warmed up and kept frozen
+(`train.freeze_vision`), it shows shape to the fused half and ITM re-ranking starts to help.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from albef_lab.data import world as W
+from albef_lab.data.formats import read_json
+from albef_lab.data.transforms import eval_transform
+from albef_lab.eval.inspect import object_features
+from albef_lab.models.base import eval_mode
+
+BINS = 3  # where an object is (`place`): the third of the image (column, row) that holds its centre
+WHAT = (("shape", W.SHAPES), ("colour", list(W.COLOURS)), ("size", list(W.SIZES)))
+WHERE = (("column", list(range(BINS))), ("row", list(range(BINS))))
+
+
+@dataclass
+class WarmupConfig:
+    minutes: float = 4.0  # wall-time budget
+    steps: int = 0  # a number of steps instead (0: use `minutes`)
+    lr: float = 1e-3
+    weight_decay: float = 0.02
+    batch_size: int = 64
+    seed: int = 42
+    place: bool = False  # also column and row (measured worse: docs/itm_recipe.md)
+    progress: bool = True
+
+
+def attribute(o: W.Obj, name: str):
+    """An object's value of one attribute (column and row: where its centre is)."""
+    if name in ("column", "row"):
+        lo, hi = (o.box[0], o.box[2]) if name == "column" else (o.box[1], o.box[3])
+        return min(int((lo + hi) / 2 * BINS), BINS - 1)
+    return getattr(o, name)
+
+
+def read_rgb(path: Path) -> Image.Image:
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (FileNotFoundError, UnidentifiedImageError, OSError) as e:
+        raise ValueError(f"{path}: not a readable image ({type(e).__name__}: {e})") from e
+
+
+def load_split(data: str | Path, split: str, res: int) -> tuple[Tensor, list]:
+    """Every image of a split (normalised as evaluation does) and its scene graph."""
+    data = Path(data)
+    if not (data / "scenes.json").is_file():
+        raise FileNotFoundError(f"{data / 'scenes.json'} not found: the vision warm-up learns from ShapesWorld's "
+                                f"scene graphs (set train.vision_warmup_minutes=0 for other data)")
+    entries = [e for e in read_json(data / "scenes.json") if e["split"] == split]
+    if not entries:
+        raise ValueError(f"{data / 'scenes.json'} has no {split} images")
+    transform = eval_transform(res)
+    images = torch.stack([transform(read_rgb(data / e["image"]))[0] for e in entries])
+    return images, [W.Scene.from_dict(e) for e in entries]
+
+
+def object_labels(scenes: list, attrs: tuple) -> Tensor:
+    """[objects, attributes]: each object's value of each attribute as a class index, objects in scene order."""
+    return torch.tensor([[values.index(attribute(o, name)) for name, values in attrs]
+                         for sc in scenes for o in sc.objects])
+
+
+def attribute_logits(head: nn.Linear, feats: Tensor, attrs: tuple) -> list[Tensor]:
+    """The head's output split into one logit block per attribute."""
+    return list(head(feats).split([len(values) for _, values in attrs], dim=1))
+
+
+@torch.no_grad()
+def held_out_accuracy(vit: nn.Module, head: nn.Linear, images: Tensor, scenes: list, attrs: tuple) -> dict:
+    """Accuracy of each attribute on objects of images never trained on, beside its majority class."""
+    with eval_mode(vit):
+        feats = torch.cat([object_features(vit(images[i:i + 100]), scenes[i:i + 100])
+                           for i in range(0, len(scenes), 100)])
+    y, out = object_labels(scenes, attrs), {}
+    for k, ((name, _), logits) in enumerate(zip(attrs, attribute_logits(head, feats, attrs), strict=True)):
+        out[name] = round(100.0 * (logits.argmax(1) == y[:, k]).float().mean().item(), 1)
+        out[name + "_majority"] = round(100.0 * (y[:, k] == y[:, k].mode().values).float().mean().item(), 1)
+    return out
+
+
+def warm_up_vision(vit: nn.Module, data: str | Path, cfg: WarmupConfig) -> dict:
+    """Train `vit` in place on the training split's objects; returns steps, minutes and held-out accuracies."""
+    attrs = WHAT + WHERE if cfg.place else WHAT
+    device = next(vit.parameters()).device
+    images, scenes = load_split(data, "train", vit.cfg.image_res)
+    test_images, test_scenes = load_split(data, "test", vit.cfg.image_res)
+    images, test_images = images.to(device), test_images.to(device)
+    with torch.random.fork_rng(devices=[]):  # the caller's RNG stream stays as it was
+        torch.manual_seed(cfg.seed)
+        head = nn.Linear(vit.cfg.width, sum(len(values) for _, values in attrs)).to(device)
+    opt = torch.optim.AdamW([*vit.parameters(), *head.parameters()], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    start, step = time.perf_counter(), 0
+
+    def budget_left() -> bool:  # `steps`, when given, else `minutes`
+        return step < cfg.steps if cfg.steps else time.perf_counter() - start < 60 * cfg.minutes
+
+    bar = tqdm(total=cfg.steps or None, disable=not cfg.progress, desc="vision warm-up", unit="step")
+    vit.train()
+    while budget_left():
+        # one batch of training images; every object in it is a labelled example
+        idx = torch.randint(0, len(scenes), (cfg.batch_size,), generator=gen)
+        batch = [scenes[i] for i in idx.tolist()]
+        feats = object_features(vit(images[idx.to(device)]), batch)
+        y = object_labels(batch, attrs).to(device)
+        loss = sum(F.cross_entropy(logits, y[:, k]) for k, logits in enumerate(attribute_logits(head, feats, attrs)))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    bar.close()
+    return {"steps": step, "minutes": round((time.perf_counter() - start) / 60, 2),
+            "held_out": held_out_accuracy(vit, head, test_images, test_scenes, attrs)}
