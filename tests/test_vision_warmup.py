@@ -101,3 +101,22 @@ def test_vision_warmup_needs_scene_graphs(tmp_path):
     with pytest.raises(FileNotFoundError, match="scenes.json"):
         E.pretrain(load_config(None, [*CFG, f"data.root={world}", f"train.output_dir={tmp_path / 'r'}",
                                       "train.max_steps=1", "train.vision_warmup_steps=2"], "tiny"))
+
+
+def test_resume_auto_in_an_empty_folder_warms_up_and_a_resumed_run_does_not(tmp_path):
+    """`--resume auto` starts fresh in an empty folder (a sweep's first try): the warm-up runs; resuming a warmed-up
+    run loads its checkpoint, does not warm up again, and keeps the encoder frozen."""
+    world = make_world(tmp_path / "w", images=80, seed=2)
+    run = tmp_path / "run"
+
+    def cfg(steps: int):
+        return load_config(None, [*CFG, f"data.root={world}", f"train.output_dir={run}", f"train.max_steps={steps}",
+                                  "train.save_every=2", "train.vision_warmup_steps=20"], "tiny")
+
+    first = E.train(cfg(2), resume="auto")
+    assert first["step"] == 2 and first["vision_warmup"]["steps"] == 20, first
+    vit = weights(run / "model.pth", "visual_encoder.")
+    second = E.train(cfg(4), resume="auto")
+    assert second["step"] == 4 and "vision_warmup" not in second, second
+    resumed = weights(run / "model.pth", "visual_encoder.")
+    assert all(torch.equal(resumed[k], vit[k]) for k in vit)  # still frozen after the resume

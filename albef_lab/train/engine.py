@@ -132,7 +132,8 @@ class Trainer:
         # pre-training with a vision warm-up keeps the warmed-up encoder frozen: trained on, ALBEF's objectives
         # wash the shape out of it in minutes (docs/itm_recipe.md); fine-tuning trains it, as the paper
         warm = self.task.name == "pretrain" and bool(t.vision_warmup_minutes or t.vision_warmup_steps)
-        if not resume:
+        resume_from = self._resume_path(resume)  # None: a fresh start (`--resume auto` in an empty folder too)
+        if resume_from is None:
             self.initialise(init)
             if warm and not init:
                 self.warm_up_vision()
@@ -141,8 +142,8 @@ class Trainer:
         self.optimizer = adamw(self.model, t.lr, t.weight_decay, fused=t.fused_adamw)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.precision == "fp16")
         self.state = RunState()
-        if resume:
-            self.load(resume)
+        if resume_from is not None:
+            self.load(resume_from)
 
     def _setup_outputs(self) -> None:
         m = self.cfg.model
@@ -231,12 +232,15 @@ class Trainer:
             p.unlink()
         return path
 
-    def load(self, resume: str) -> None:
+    def _resume_path(self, resume: str | None) -> Path | None:
+        if not resume:
+            return None
         path = latest_checkpoint(self.run_dir) if resume == "auto" else Path(resume)
-        if path is None:
-            if self.main:
-                print(f"--resume auto: no checkpoint in {self.run_dir}, starting fresh")
-            return
+        if path is None and self.main:
+            print(f"--resume auto: no checkpoint in {self.run_dir}, starting fresh")
+        return path
+
+    def load(self, path: Path) -> None:
         ckpt = read_file(path)
         saved = model_config_from_dict(ckpt["config"])
         if saved != self.cfg.model:
