@@ -87,12 +87,16 @@ def test_pretrain_warms_up_its_own_encoder_inside_the_time_budget(tmp_path):
     assert not torch.equal(vit[key], fresh["visual_encoder." + key])  # frozen, so only the warm-up moved it
     assert max((vit[k] - vit_m[k]).abs().max().item() for k in vit) < 1e-6  # the momentum copy starts from it
 
-    # the warm-up's minutes come out of train.max_minutes: a budget it used up leaves pre-training one step
-    timed = tmp_path / "timed"
-    result = E.pretrain(load_config(None, [*CFG, f"data.root={world}", f"train.output_dir={timed}",
-                                           "train.vision_warmup_minutes=0.05", "train.max_minutes=0.05",
-                                           "train.max_steps=200"], "tiny"))
+    # the warm-up's minutes come out of train.max_minutes: a budget it (nearly) used up leaves pre-training one step
+    def timed(warmup: float, budget: float) -> dict:
+        return E.pretrain(load_config(None, [*CFG, f"data.root={world}", f"train.output_dir={tmp_path / 'timed'}",
+                                             f"train.vision_warmup_minutes={warmup}", f"train.max_minutes={budget}",
+                                             "train.max_steps=200"], "tiny"))
+
+    result = timed(0.05, 0.0501)
     assert result["vision_warmup"]["minutes"] >= 0.05 and result["step"] == 1, result
+    with pytest.raises(ValueError, match="leaves nothing of train.max_minutes"):  # a warm-up as long as the budget
+        timed(0.05, 0.05)
 
 
 def test_vision_warmup_needs_scene_graphs(tmp_path):

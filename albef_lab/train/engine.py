@@ -191,6 +191,10 @@ class Trainer:
         """The image encoder learns ShapesWorld's objects before ALBEF starts (every rank the same way; DDP
         starts from rank 0's weights anyway); its minutes count against `train.max_minutes`."""
         t = self.cfg.train
+        if t.max_minutes and not t.vision_warmup_steps and t.vision_warmup_minutes >= t.max_minutes:
+            raise ValueError(f"train.vision_warmup_minutes={t.vision_warmup_minutes:g} leaves nothing of "
+                             f"train.max_minutes={t.max_minutes:g} for pre-training: raise max_minutes, or lower the "
+                             f"warm-up (0 = none)")
         wcfg = WarmupConfig(minutes=t.vision_warmup_minutes, steps=t.vision_warmup_steps, lr=t.lr,
                             weight_decay=t.weight_decay, batch_size=t.batch_size, seed=t.seed,
                             progress=t.progress and self.main)
