@@ -94,8 +94,9 @@ def make_world(root: str | Path, noise: float, budget: Budget, progress: bool = 
 
 
 # The image encoder of the README's Table 1 runs: the ViT trained from scratch with the rest (the tiny recipe's
-# 3-minute warm-up of a frozen encoder would add 1.5 hours to the 30 pre-trainings); `key=value` extras override it.
-SCRATCH_ENCODER = ["model.vision.conv_stem=false", "train.vision_warmup_minutes=0"]
+# 3-minute warm-up of a frozen encoder would add 1.5 hours to the 30 pre-trainings), at the one learning rate of the
+# rest; `key=value` extras override it.
+SCRATCH_ENCODER = ["model.vision.conv_stem=false", "train.vision_warmup_minutes=0", "train.vision_lr_scale=1"]
 
 
 def _config(data: Path, out: Path, steps: int, batch: int, seed: int, budget: Budget, extra: list[str],

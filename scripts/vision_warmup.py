@@ -31,7 +31,8 @@ def warmup(data: Path, out: Path, minutes: float, max_steps: int, overrides: lis
     vit = VisionTransformer(cfg.model.vision)
     result = warm_up_vision(vit, data, WarmupConfig(minutes=minutes, steps=max_steps, lr=t.lr,
                                                     weight_decay=t.weight_decay, batch_size=t.batch_size,
-                                                    seed=t.seed, place=place, progress=progress))
+                                                    seed=t.seed, place=place, tokens=t.vision_warmup_tokens,
+                                                    progress=progress))
     out.parent.mkdir(parents=True, exist_ok=True)
     save_atomic({"model": vit.state_dict(), "vision": vars(cfg.model.vision), "warmup": result}, out)
     return result

@@ -40,7 +40,7 @@ SMALL = [
     "data.num_workers=0", "train.progress=false", "train.log_every=1", "train.warmup_steps=2",
     "train.max_minutes=0", "model.text.hidden_dropout_prob=0.1",
     # the mechanics tests train everything from scratch (the tiny recipe's warm-up: test_vision_warmup)
-    "model.vision.conv_stem=false", "train.vision_warmup_minutes=0",
+    "model.vision.conv_stem=false", "train.vision_warmup_minutes=0", "train.vision_lr_scale=1",
 ]
 
 

@@ -130,6 +130,28 @@ def test_weight_decay_groups_match_the_reference(reference):
     assert ours["temp"] == "yes" and ours["visual_encoder.pos_embed"] == "yes"
 
 
+def test_vision_lr_scale_sets_the_image_encoders_share_of_the_lr(world, tmp_path):
+    """`train.vision_lr_scale`: the image encoder's groups step at that share of the lr (0: it stays as it was,
+    while the rest trains); 1 keeps the original's two groups."""
+    model = create_model("pretrain", preset("tiny").model)
+    assert [g.get("lr_scale") for g in param_groups(model, 0.02)] == [1.0, 1.0]
+    groups = param_groups(model, 0.02, vision_lr_scale=0.1)
+    vit = {id(p) for p in model.visual_encoder.parameters()}
+    assert [g["lr_scale"] for g in groups] == [1.0, 1.0, 0.1, 0.1]
+    assert all((id(p) in vit) == (g["lr_scale"] == 0.1) for g in groups for p in g["params"])
+    runs = {}
+    for scale in (0, 1):
+        out = tmp_path / f"scale{scale}"
+        E.train(small_cfg(world, out, "train.max_steps=3", "train.eval_every=100", "train.save_every=100",
+                          "train.warmup_steps=0", f"train.vision_lr_scale={scale}"))
+        runs[scale] = torch.load(out / "model.pth", map_location="cpu", weights_only=False)["model"]
+    torch.manual_seed(small_cfg(world, tmp_path).train.seed)  # as the engine seeds before it builds the model
+    init = create_model("pretrain", small_cfg(world, tmp_path).model).state_dict()
+    vit_key, text_key = "visual_encoder.blocks.0.attn.qkv.weight", "text_encoder.bert.embeddings.word_embeddings.weight"
+    assert torch.equal(runs[0][vit_key], init[vit_key]) and not torch.equal(runs[0][text_key], init[text_key])
+    assert not torch.equal(runs[1][vit_key], init[vit_key])
+
+
 def test_sampler_shares_are_disjoint_and_resume_mid_epoch():
     a = ResumableSampler(10, num_replicas=2, rank=0, seed=1)
     b = ResumableSampler(10, num_replicas=2, rank=1, seed=1)

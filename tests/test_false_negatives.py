@@ -145,6 +145,34 @@ def test_task_makes_edited_negatives_false_of_their_image(tmp_path):
             assert edit == c
 
 
+def test_edit_kinds_limit_the_edits_to_those_kinds(tmp_path):
+    """`model.itm_edit_kinds=[direction]`: every edit swaps a direction, and every caption that has a direction
+    edit gets one (the others none); an unknown kind is a clear error."""
+    from albef_lab.config import load_config
+    from albef_lab.data.tokenizer import load_tokenizer
+    from albef_lab.train.tasks import Task
+    from tests.helpers import make_world
+
+    world = make_world(tmp_path / "w", images=60, seed=3)
+    cfg = load_config(None, [f"data.root={world}", "model.itm_edited_fraction=0.5",
+                             "model.itm_edit_kinds=[direction]"], "tiny")
+    task = Task(cfg, load_tokenizer(world / "vocab"))
+    ds = task.train_set()
+    items = [ds[i] for i in range(len(ds))]
+    captions, scenes = [c for _, c, _ in items], [task.scenes[k] for _, _, k in items]
+    edits = task.edited_negatives(captions, scenes, torch.Generator().manual_seed(0))
+    with_direction = 0
+    for c, sc, e in zip(captions, scenes, edits, strict=True):
+        shown = [s for s in (sc, sc.mirrored()) if W.caption_holds(s, c)]
+        direction = W.caption_edits(c, shown).get("direction", []) if shown else []
+        with_direction += bool(direction)
+        assert (e in direction) if direction else e is None, (c, e)
+    assert with_direction >= 5  # the world's relation captions
+    task.cfg.model.itm_edit_kinds = ["direction", "colours"]
+    with pytest.raises(ValueError, match="unknown kind.*colours"):
+        task.edited_negatives(captions, scenes, torch.Generator().manual_seed(0))
+
+
 def test_mirrored_scene_swaps_left_and_right():
     swap = {"to the left of": "to the right of", "to the right of": "to the left of"}
     checked = 0

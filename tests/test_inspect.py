@@ -142,3 +142,20 @@ def test_patches_under_a_box_are_the_tokens_it_overlaps():
     assert patches_under((0.9, 0.0, 1.0, 0.1), 8) == [8]  # end of the first row: (x, y), row-major
     assert patches_under((0.15, 0.15, 0.4, 0.3), 8) == [10, 11, 12, 18, 19, 20]  # two rows of three
     assert patches_under((0.9, 0.9, 1.0, 1.0), 8) == [64]  # the edge belongs to the last patch
+
+
+def test_object_tokens_are_the_tokens_under_each_box_with_their_owner():
+    from albef_lab.data.world import Obj, Scene
+    from albef_lab.eval.inspect import object_features, object_tokens
+
+    states = torch.randn(2, 1 + 16, 5)  # two images, a 4 x 4 grid
+    a = Obj("circle", "red", "small", (0.0, 0.0, 0.2, 0.2))  # patch 1
+    b = Obj("square", "blue", "large", (0.5, 0.5, 0.9, 0.6))  # patches 11, 12
+    c = Obj("star", "green", "small", (0.0, 0.75, 0.2, 0.8))  # patch 13
+    tokens, owner = object_tokens(states, [Scene(0, 0, [a, b]), Scene(1, 0, [c])])
+    assert owner.tolist() == [0, 1, 1, 2]
+    expected = torch.stack([states[0, 1], states[0, 11], states[0, 12], states[1, 13]])
+    assert torch.equal(tokens, expected)
+    # the mean of an object's tokens is its object feature
+    means = torch.stack([tokens[owner == k].mean(0) for k in range(3)])
+    assert torch.allclose(means, object_features(states, [Scene(0, 0, [a, b]), Scene(1, 0, [c])]))

@@ -37,6 +37,12 @@ def test_warmup_learns_the_objects_and_only_freeze_vision_keeps_it_through_pretr
     placed = warmup_script(["--out", str(tmp_path / "placed.pth"), "--data", str(world),
                                                 "--steps", "300", "--quiet", "--place", *CFG])["held_out"]
     assert placed["column"] > placed["column_majority"] + 10, placed  # --place: where each object is, too
+    assert held_out["colour_token"] > held_out["colour_majority"] + 30, held_out  # single tokens name it too
+    # the tiny preset teaches every token under a box; `vision_warmup_tokens=false` only the box's mean token
+    mean_only = tmp_path / "mean.pth"
+    warmup_script(["--out", str(mean_only), "--data", str(world), "--steps", "300", "--quiet", *CFG,
+                   "train.vision_warmup_tokens=false"])
+    assert not torch.equal(weights(mean_only)["blocks.0.attn.qkv.weight"], weights(warm)["blocks.0.attn.qkv.weight"])
     # the ViT itself trained (a head over a fixed random encoder would also read some colour)
     cfg = load_config(None, CFG, "tiny")
     torch.manual_seed(cfg.train.seed)

@@ -19,6 +19,15 @@ from albef_lab.data import formats as F
 from albef_lab.data.transforms import ImageTextTransform
 
 
+def read_rgb(path: str | Path) -> Image.Image:
+    """An image file as RGB; a missing or unreadable file is a ValueError that names it."""
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as e:  # PIL raises these for missing, truncated or corrupt files
+        raise ValueError(f"{path}: not a readable image ({type(e).__name__}: {e})") from e
+
+
 class ImageTextDataset(Dataset):
     """Shared image handling: root checks, file checks, and skipping of unreadable images."""
 
@@ -48,8 +57,7 @@ class ImageTextDataset(Dataset):
             raise FileNotFoundError(f"{len(missing)} image file(s) missing, e.g. {missing[:3]}")
 
     def open_image(self, path: Path) -> Image.Image:
-        with Image.open(path) as im:
-            return im.convert("RGB")
+        return read_rgb(path)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -66,7 +74,8 @@ class ImageTextDataset(Dataset):
                 path = str(getattr(e, "filename", None) or self.entry_paths(self.entries[j])[0])
                 if path not in self.skipped:
                     self.skipped[path] = f"{type(e).__name__}: {e}"
-                    warnings.warn(f"skipping unreadable image {path}: {e} ({len(self.skipped)} skipped so far)",
+                    why = e.__cause__ or e  # read_rgb's message names the path again
+                    warnings.warn(f"skipping unreadable image {path}: {why} ({len(self.skipped)} skipped so far)",
                                   stacklevel=2)
         raise RuntimeError(f"no readable image in the dataset under {self.root}")
 

@@ -317,6 +317,7 @@ def _plausible(words: list[str]) -> bool:
 
 EDIT_KINDS = {"colour": list(COLOURS), "shape": SHAPES + [PLURAL[s] for s in SHAPES], "size": list(SIZES),
               "direction": ["left", "right", "above", "below"], "count": NUMBERS[2:]}
+EDIT_KIND_NAMES = (*EDIT_KINDS, "binding")  # every kind `caption_edits` makes
 _SWAPS = {"left": "right", "right": "left", "above": "below", "below": "above"}
 
 
@@ -330,7 +331,7 @@ def caption_edits(text: str, shown: list[Scene]) -> dict[str, list[str]]:
     and its mirror image when a flip may have happened and the caption holds of both). Deterministic order.
     """
     words = text.lower().replace(",", " ").split()
-    edits: dict[str, dict[str, None]] = {k: {} for k in [*EDIT_KINDS, "binding"]}  # ordered sets
+    edits: dict[str, dict[str, None]] = {k: {} for k in EDIT_KIND_NAMES}  # ordered sets
     for i, w in enumerate(words):
         for kind, pool in EDIT_KINDS.items():
             if w not in pool or w == "one":  # 'one' keeps its noun singular: no other count fits it

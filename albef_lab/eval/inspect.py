@@ -75,6 +75,20 @@ def patches_under(box: tuple[float, float, float, float], grid: int) -> list[int
     return [1 + row * grid + col for row in range(y0, y1 + 1) for col in range(x0, x1 + 1)]
 
 
+def object_tokens(image_states: Tensor, scenes: list) -> tuple[Tensor, Tensor]:
+    """Every token under an object's box, and whose it is: ([tokens, width], [tokens] index of the object in
+    `object_features`' order). A token under two boxes appears once for each."""
+    grid = math.isqrt(image_states.shape[1] - 1)
+    rows, cols, owner = [], [], []
+    objects = ((i, o) for i, sc in enumerate(scenes) for o in sc.objects)
+    for k, (i, o) in enumerate(objects):
+        under = patches_under(o.box, grid)
+        rows += [i] * len(under)
+        cols += under
+        owner += [k] * len(under)
+    return image_states[rows, cols], torch.tensor(owner, device=image_states.device)
+
+
 def object_features(image_states: Tensor, scenes: list) -> Tensor:
     """Each object's feature: the mean of the image encoder's output tokens over its box, objects in scene order
     ([objects, width]; differentiable, so a probe or a supervised warm-up can use it)."""

@@ -139,7 +139,7 @@ class Trainer:
                 self.warm_up_vision()
         if t.freeze_vision or warm:  # left out of the optimiser; its momentum copy then stays equal to it
             self.model.visual_encoder.requires_grad_(False)
-        self.optimizer = adamw(self.model, t.lr, t.weight_decay, fused=t.fused_adamw)
+        self.optimizer = adamw(self.model, t.lr, t.weight_decay, fused=t.fused_adamw, vision_lr_scale=t.vision_lr_scale)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.precision == "fp16")
         self.state = RunState()
         if resume_from is not None:
@@ -197,7 +197,7 @@ class Trainer:
                              f"warm-up (0 = none)")
         wcfg = WarmupConfig(minutes=t.vision_warmup_minutes, steps=t.vision_warmup_steps, lr=t.lr,
                             weight_decay=t.weight_decay, batch_size=t.batch_size, seed=t.seed,
-                            progress=t.progress and self.main)
+                            tokens=t.vision_warmup_tokens, progress=t.progress and self.main)
         self.warmup = warm_up_vision(self.model.visual_encoder, self.cfg.data.root, wcfg)
         self.model.copy_params()  # the momentum copies start from the warmed-up encoder
         if self.main:
@@ -316,7 +316,7 @@ class Trainer:
                 lr = self._optimizer_step()
                 if st.step % t.log_every == 0 or st.step == self.total_steps:
                     self._log_window(meter, lr, alpha)
-                elapsed = time.perf_counter() - self.t_start + 60 * self.warmup.get("minutes", 0.0)
+                elapsed = time.perf_counter() - self.t_start + self.warmup.get("seconds", 0.0)
                 out_of_time = t.max_minutes > 0 and elapsed > 60 * t.max_minutes
                 stop = st.step >= self.total_steps or out_of_time
                 epoch_end = self._advance_epoch()

@@ -8,15 +8,20 @@ import torch
 from torch import nn
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+def param_groups(model: nn.Module, weight_decay: float, vision_lr_scale: float = 1.0) -> list[dict]:
     """AdamW groups as the original: no decay for 1-D tensors and biases; everything else decayed
-    (0-d `temp`, `cls_token` and `pos_embed` included). Frozen momentum weights are left out."""
-    decay, no_decay = [], []
+    (0-d `temp`, `cls_token` and `pos_embed` included). Frozen momentum weights are left out.
+    `vision_lr_scale` != 1: the image encoder's parameters get groups of their own, at that share of the lr."""
+    groups = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim == 1 or name.endswith(".bias") else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        scale = vision_lr_scale if name.startswith("visual_encoder.") else 1.0
+        decayed = not (p.ndim == 1 or name.endswith(".bias"))
+        groups.setdefault((scale, decayed), []).append(p)
+    order = [(1.0, True), (1.0, False), (vision_lr_scale, True), (vision_lr_scale, False)]
+    return [{"params": groups[key], "weight_decay": weight_decay if key[1] else 0.0, "lr_scale": key[0]}
+            for key in dict.fromkeys(order) if key in groups]
 
 
 def lr_at(step: int, total: int, lr: float, min_lr: float, warmup_steps: int, warmup_lr: float) -> float:
@@ -32,13 +37,14 @@ def alpha_at(step: int, steps_per_epoch: int, alpha: float) -> float:
     return alpha * min(1.0, step / max(1, steps_per_epoch))
 
 
-def adamw(model: nn.Module, lr: float, weight_decay: float, fused: bool = True) -> torch.optim.AdamW:
+def adamw(model: nn.Module, lr: float, weight_decay: float, fused: bool = True,
+          vision_lr_scale: float = 1.0) -> torch.optim.AdamW:
     """AdamW over `param_groups`. `fused`: one vectorised kernel for every parameter (CPU and CUDA) instead of the
     per-parameter Python loop torch runs on a CPU by default — ~10x less optimiser time at base size
     (`benchmarks/profile_step.py`), the same update up to float rounding."""
-    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, fused=fused)
+    return torch.optim.AdamW(param_groups(model, weight_decay, vision_lr_scale), lr=lr, fused=fused)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for g in optimizer.param_groups:
-        g["lr"] = lr
+        g["lr"] = lr * g.get("lr_scale", 1.0)

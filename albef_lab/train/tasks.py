@@ -118,12 +118,20 @@ class Task:
     def edited_negatives(self, captions: list[str], scenes: list, gen: torch.Generator) -> list[str | None]:
         """A one-word edit of each caption that is false of its image (`world.caption_edits`), or None where the
         caption has none (or is itself false of the image: a noisy caption)."""
+        kinds = self.cfg.model.itm_edit_kinds
+        unknown = set(kinds) - set(W.EDIT_KIND_NAMES)
+        if unknown:
+            raise ValueError(f"model.itm_edit_kinds: unknown kind(s) {sorted(unknown)}; "
+                             f"choose from {list(W.EDIT_KIND_NAMES)}")
         draws = torch.rand(len(captions), generator=gen, device=gen.device).tolist()
         edits = []
         for c, sc, u in zip(captions, scenes, draws, strict=True):
             # which of the scene and its mirror image the caption is true of: the image may have been flipped
             shown = [s for s in (sc, sc.mirrored()) if W.caption_holds(s, c)]
-            edits.append(W.choose_edit(W.caption_edits(c, shown), u) if shown else None)
+            options = W.caption_edits(c, shown) if shown else {}
+            if kinds:
+                options = {k: v for k, v in options.items() if k in kinds}
+            edits.append(W.choose_edit(options, u))
         return edits
 
     def evaluate(self, model: nn.Module, device: torch.device) -> dict:

@@ -16,14 +16,14 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
 from torch import Tensor, nn
 from tqdm import tqdm
 
 from albef_lab.data import world as W
+from albef_lab.data.datasets import read_rgb
 from albef_lab.data.formats import read_json
 from albef_lab.data.transforms import eval_transform
-from albef_lab.eval.inspect import object_features
+from albef_lab.eval.inspect import object_features, object_tokens
 from albef_lab.models.base import eval_mode
 
 BINS = 3  # where an object is (`place`): the third of the image (column, row) that holds its centre
@@ -33,13 +33,14 @@ WHERE = (("column", list(range(BINS))), ("row", list(range(BINS))))
 
 @dataclass
 class WarmupConfig:
-    minutes: float = 3.0  # wall-time budget (the tiny recipe's)
+    minutes: float  # wall-time budget
     steps: int = 0  # a number of steps instead (0: use `minutes`)
     lr: float = 1e-3
     weight_decay: float = 0.02
     batch_size: int = 64
     seed: int = 42
     place: bool = False  # also column and row (measured worse: docs/itm_recipe.md)
+    tokens: bool = False  # every token under a box names its object (False: the mean of the box's tokens does)
     progress: bool = True
 
 
@@ -49,14 +50,6 @@ def attribute(o: W.Obj, name: str):
         lo, hi = (o.box[0], o.box[2]) if name == "column" else (o.box[1], o.box[3])
         return min(int((lo + hi) / 2 * BINS), BINS - 1)
     return getattr(o, name)
-
-
-def read_rgb(path: Path) -> Image.Image:
-    try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except (FileNotFoundError, UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"{path}: not a readable image ({type(e).__name__}: {e})") from e
 
 
 def load_split(data: str | Path, split: str, res: int) -> tuple[Tensor, list]:
@@ -86,19 +79,23 @@ def attribute_logits(head: nn.Linear, feats: Tensor, attrs: tuple) -> list[Tenso
 
 @torch.no_grad()
 def held_out_accuracy(vit: nn.Module, head: nn.Linear, images: Tensor, scenes: list, attrs: tuple) -> dict:
-    """Accuracy of each attribute on objects of images never trained on, beside its majority class."""
+    """Accuracy of each attribute on objects of images never trained on, beside its majority class; `_token`:
+    read from each single token under the object (what one cross-attention read of a patch sees)."""
     with eval_mode(vit):
-        feats = torch.cat([object_features(vit(images[i:i + 100]), scenes[i:i + 100])
-                           for i in range(0, len(scenes), 100)])
+        states = torch.cat([vit(images[i:i + 100]) for i in range(0, len(scenes), 100)])
+    tokens, owner = object_tokens(states, scenes)
     y, out = object_labels(scenes, attrs), {}
-    for k, ((name, _), logits) in enumerate(zip(attrs, attribute_logits(head, feats, attrs), strict=True)):
-        out[name] = round(100.0 * (logits.argmax(1) == y[:, k]).float().mean().item(), 1)
+    mean_logits = attribute_logits(head, object_features(states, scenes), attrs)
+    token_logits = attribute_logits(head, tokens, attrs)
+    for k, (name, _) in enumerate(attrs):
+        out[name] = round(100.0 * (mean_logits[k].argmax(1) == y[:, k]).float().mean().item(), 1)
         out[name + "_majority"] = round(100.0 * (y[:, k] == y[:, k].mode().values).float().mean().item(), 1)
+        out[name + "_token"] = round(100.0 * (token_logits[k].argmax(1) == y[owner, k]).float().mean().item(), 1)
     return out
 
 
 def warm_up_vision(vit: nn.Module, data: str | Path, cfg: WarmupConfig) -> dict:
-    """Train `vit` in place on the training split's objects; returns steps, minutes and held-out accuracies."""
+    """Train `vit` in place on the training split's objects; returns steps, time taken and held-out accuracies."""
     attrs = WHAT + WHERE if cfg.place else WHAT
     device = next(vit.parameters()).device
     images, scenes = load_split(data, "train", vit.cfg.image_res)
@@ -120,8 +117,12 @@ def warm_up_vision(vit: nn.Module, data: str | Path, cfg: WarmupConfig) -> dict:
         # one batch of training images; every object in it is a labelled example
         idx = torch.randint(0, len(scenes), (cfg.batch_size,), generator=gen)
         batch = [scenes[i] for i in idx.tolist()]
-        feats = object_features(vit(images[idx.to(device)]), batch)
-        y = object_labels(batch, attrs).to(device)
+        states, y = vit(images[idx.to(device)]), object_labels(batch, attrs).to(device)
+        if cfg.tokens:
+            feats, owner = object_tokens(states, batch)
+            y = y[owner]
+        else:
+            feats = object_features(states, batch)
         loss = sum(F.cross_entropy(logits, y[:, k]) for k, logits in enumerate(attribute_logits(head, feats, attrs)))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -130,5 +131,6 @@ def warm_up_vision(vit: nn.Module, data: str | Path, cfg: WarmupConfig) -> dict:
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}")
     bar.close()
-    return {"steps": step, "minutes": round((time.perf_counter() - start) / 60, 2),
+    seconds = time.perf_counter() - start
+    return {"steps": step, "seconds": seconds, "minutes": round(seconds / 60, 2),
             "held_out": held_out_accuracy(vit, head, test_images, test_scenes, attrs)}
