@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -321,14 +321,15 @@ EDIT_KIND_NAMES = (*EDIT_KINDS, "binding")  # every kind `caption_edits` makes
 _SWAPS = {"left": "right", "right": "left", "above": "below", "below": "above"}
 
 
-def caption_edits(text: str, shown: list[Scene]) -> dict[str, list[str]]:
+def caption_edits(text: str, shown: list[Scene], kinds: Collection[str] = ()) -> dict[str, list[str]]:
     """One-word edits of `text` that are false of each scene in `shown`, by kind: hard ITM negatives.
 
     An edit puts another colour, shape, size, direction ('left' for 'right') or count in place of one, or swaps
     two colours (or two shapes) of the caption between their objects ('binding': which object has which colour,
     what a bag of words cannot tell). Every edit stays a caption the generator could have written
     (`_plausible`), so its words alone do not mark it false. `shown`: the scenes the image may show (the scene,
-    and its mirror image when a flip may have happened and the caption holds of both). Deterministic order.
+    and its mirror image when a flip may have happened and the caption holds of both). `kinds`: only these
+    (empty: every kind; the truth checks, the costly part, run for those only). Deterministic order.
     """
     words = text.lower().replace(",", " ").split()
     edits: dict[str, dict[str, None]] = {k: {} for k in EDIT_KIND_NAMES}  # ordered sets
@@ -352,7 +353,7 @@ def caption_edits(text: str, shown: list[Scene]) -> dict[str, list[str]]:
                     swapped[i], swapped[j] = words[j], words[i]
                     edits["binding"][" ".join(_fix_articles(swapped))] = None
     keep = {k: [e for e in v if _plausible(e.split()) and not any(caption_holds(sc, e) for sc in shown)]
-            for k, v in edits.items()}
+            for k, v in edits.items() if not kinds or k in kinds}
     return {k: v for k, v in keep.items() if v}
 
 

@@ -128,10 +128,7 @@ class Task:
         for c, sc, u in zip(captions, scenes, draws, strict=True):
             # which of the scene and its mirror image the caption is true of: the image may have been flipped
             shown = [s for s in (sc, sc.mirrored()) if W.caption_holds(s, c)]
-            options = W.caption_edits(c, shown) if shown else {}
-            if kinds:
-                options = {k: v for k, v in options.items() if k in kinds}
-            edits.append(W.choose_edit(options, u))
+            edits.append(W.choose_edit(W.caption_edits(c, shown, kinds), u) if shown else None)
         return edits
 
     def evaluate(self, model: nn.Module, device: torch.device) -> dict:
