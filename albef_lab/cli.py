@@ -133,7 +133,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     runs = grid(args.variants, args.noise, args.seeds)
     t0 = time.perf_counter()
-    report = sweep(runs, args.out, args.notebook, jobs=args.jobs, quick=args.quick, extra=args.overrides)
+    report = sweep(runs, args.out, args.notebook, jobs=args.jobs, quick=args.quick, extra=args.overrides,
+                   warmup_steps=args.warmup_steps)
     print(f"sweep: {len(report.done)} run(s) executed, {len(report.skipped)} already finished, "
           f"{len(report.failed)} failed, in {(time.perf_counter() - t0) / 60:.1f} minutes; "
           f"executed notebooks under {args.out}/runs/")
@@ -206,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/ablations")
     p.add_argument("--notebook", default=NOTEBOOK)
     p.add_argument("--quick", action="store_true", help="seconds per run (a smoke test of the sweep)")
+    p.add_argument("--warmup-steps", type=int, default=None, metavar="N",
+                   help="image-encoder warm-up steps per seed (default: the budget's; 0: the ViT trains from scratch "
+                        "with the rest, as the README's first Table 1)")
     p.add_argument("overrides", nargs="*", help="key=value config overrides for every run and stage")
     p.set_defaults(func=cmd_sweep)
 

@@ -15,27 +15,17 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
-
 from albef_lab.config import load_config
-from albef_lab.models.checkpoint import save_atomic
-from albef_lab.models.vit import VisionTransformer
-from albef_lab.train.vision_warmup import WarmupConfig, warm_up_vision
+from albef_lab.train.vision_warmup import WarmupConfig, warm_up_to_file
 
 
 def warmup(data: Path, out: Path, minutes: float, max_steps: int, overrides: list[str], place: bool = False,
            progress: bool = True) -> dict:
     cfg = load_config(None, [f"data.root={data}", *overrides], "tiny")
     t = cfg.train
-    torch.manual_seed(t.seed)
-    vit = VisionTransformer(cfg.model.vision)
-    result = warm_up_vision(vit, data, WarmupConfig(minutes=minutes, steps=max_steps, lr=t.lr,
-                                                    weight_decay=t.weight_decay, batch_size=t.batch_size,
-                                                    seed=t.seed, place=place, tokens=t.vision_warmup_tokens,
-                                                    progress=progress))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_atomic({"model": vit.state_dict(), "vision": vars(cfg.model.vision), "warmup": result}, out)
-    return result
+    return warm_up_to_file(cfg.model.vision, data, out, WarmupConfig(
+        minutes=minutes, steps=max_steps, lr=t.lr, weight_decay=t.weight_decay, batch_size=t.batch_size, seed=t.seed,
+        place=place, tokens=t.vision_warmup_tokens, progress=progress))
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -126,3 +126,36 @@ def test_plot_metrics_leaves_the_callers_backend_alone(tmp_path):
         assert matplotlib.get_backend() == "svg"
     finally:
         matplotlib.use("Agg")
+
+
+def _vision(path):
+    from albef_lab.models.checkpoint import read_file, state_dict_of
+
+    sd = state_dict_of(read_file(path), str(path))
+    prefix = "visual_encoder." if any(k.startswith("visual_encoder.") for k in sd) else ""
+    return {k.removeprefix(prefix): v for k, v in sd.items() if k.startswith(prefix) and "_m." not in k}
+
+
+def test_a_seeds_warmed_encoder_is_made_once_and_pretraining_keeps_it_frozen(tmp_path):
+    """One warm-up per seed serves every noise level (same images); pre-training loads it and leaves it as it was;
+    `warmup_steps=0` is the scratch encoder of the README's first table."""
+    from dataclasses import replace
+
+    from albef_lab.ablation import pretrain_variant, warmed_encoder
+
+    budget = Budget.quick()
+    path, record = warmed_encoder(0.0, 0, tmp_path, budget)
+    stamp = path.stat().st_mtime_ns
+    assert record["steps"] == budget.warmup_steps
+    assert warmed_encoder(0.4, 0, tmp_path, budget)[0] == path and path.stat().st_mtime_ns == stamp
+    assert warmed_encoder(0.0, 1, tmp_path, budget)[0] != path
+
+    checkpoint, zero_shot = pretrain_variant("itc", 0.0, 0, tmp_path, budget)
+    assert zero_shot["vision_warmup"]["file"] == str(path)
+    warmed, trained = _vision(path), _vision(checkpoint)
+    assert set(warmed) <= set(trained)
+    assert all(torch.equal(warmed[k], trained[k]) for k in warmed)  # loaded, then frozen
+
+    scratch, zero_shot = pretrain_variant("itc", 0.0, 0, tmp_path, replace(budget, warmup_steps=0))
+    assert "vision_warmup" not in zero_shot
+    assert not any("stem" in k for k in _vision(scratch)) and any("stem" in k for k in trained)

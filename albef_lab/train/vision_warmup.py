@@ -19,12 +19,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from albef_lab.config import VisionConfig
 from albef_lab.data import world as W
 from albef_lab.data.datasets import read_rgb
 from albef_lab.data.formats import read_json
 from albef_lab.data.transforms import eval_transform
 from albef_lab.eval.inspect import object_features, object_tokens
 from albef_lab.models.base import eval_mode
+from albef_lab.models.checkpoint import save_atomic
+from albef_lab.models.vit import VisionTransformer
 
 BINS = 3  # where an object is (`place`): the third of the image (column, row) that holds its centre
 WHAT = (("shape", W.SHAPES), ("colour", list(W.COLOURS)), ("size", list(W.SIZES)))
@@ -134,3 +137,15 @@ def warm_up_vision(vit: nn.Module, data: str | Path, cfg: WarmupConfig) -> dict:
     seconds = time.perf_counter() - start
     return {"steps": step, "seconds": seconds, "minutes": round(seconds / 60, 2),
             "held_out": held_out_accuracy(vit, head, test_images, test_scenes, attrs)}
+
+
+def warm_up_to_file(vision: VisionConfig, data: str | Path, out: str | Path, cfg: WarmupConfig) -> dict:
+    """A fresh ViT (seeded by `cfg.seed`) warmed up and written atomically in the layout `model.init_vision`
+    loads, so that one warm-up serves many pre-trainings (the ablation sweep's, `scripts/vision_warmup.py`)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        vit = VisionTransformer(vision)
+    result = warm_up_vision(vit, data, cfg)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    save_atomic({"model": vit.state_dict(), "vision": vars(vision), "warmup": result}, out)
+    return result
