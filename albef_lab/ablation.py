@@ -124,7 +124,8 @@ def warmed_encoder(noise: float, seed: int, root: str | Path, budget: Budget, ex
     cfg = _config(data, Path(root), budget.warmup_steps, budget.batch_size, seed, budget, list(extra or []), progress)
     t = cfg.train
     wcfg = WarmupConfig(minutes=0, steps=budget.warmup_steps, lr=t.lr, weight_decay=t.weight_decay,
-                        batch_size=budget.batch_size, seed=seed, tokens=t.vision_warmup_tokens, progress=progress)
+                        batch_size=budget.batch_size, seed=seed, tokens=t.vision_warmup_tokens,
+                        positions=t.vision_warmup_positions, progress=progress)
     what = {k: v for k, v in asdict(wcfg).items() if k != "progress"}
     key = hashlib.sha1(json.dumps([asdict(cfg.model.vision), what, budget.world_images],
                                   sort_keys=True).encode()).hexdigest()[:8]

@@ -175,6 +175,7 @@ class TrainConfig:
     vision_warmup_minutes: float = 0.0
     vision_warmup_steps: int = 0  # steps instead of minutes (0: minutes decide)
     vision_warmup_tokens: bool = False  # every token under an object names it (False: the box's mean token does)
+    vision_warmup_positions: bool = False  # every token also names its own column and row (keeps where things are)
     progress: bool = True
 
 

@@ -25,7 +25,7 @@ def warmup(data: Path, out: Path, minutes: float, max_steps: int, overrides: lis
     t = cfg.train
     return warm_up_to_file(cfg.model.vision, data, out, WarmupConfig(
         minutes=minutes, steps=max_steps, lr=t.lr, weight_decay=t.weight_decay, batch_size=t.batch_size, seed=t.seed,
-        place=place, tokens=t.vision_warmup_tokens, progress=progress))
+        place=place, tokens=t.vision_warmup_tokens, positions=t.vision_warmup_positions, progress=progress))
 
 
 def main(argv: list[str] | None = None) -> dict:

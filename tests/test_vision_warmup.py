@@ -43,6 +43,11 @@ def test_warmup_learns_the_objects_and_only_freeze_vision_keeps_it_through_pretr
     warmup_script(["--out", str(mean_only), "--data", str(world), "--steps", "300", "--quiet", *CFG,
                    "train.vision_warmup_tokens=false"])
     assert not torch.equal(weights(mean_only)["blocks.0.attn.qkv.weight"], weights(warm)["blocks.0.attn.qkv.weight"])
+    # `vision_warmup_positions`: every token also names its own column and row of the 4 x 4 grid (chance 25 %)
+    where = warmup_script(["--out", str(tmp_path / "where.pth"), "--data", str(world), "--steps", "300", "--quiet",
+                           *CFG, "train.vision_warmup_positions=true"])["held_out"]
+    assert where["token_column"] > 90 and where["token_row"] > 90, where
+    assert "token_column" not in held_out
     # the ViT itself trained (a head over a fixed random encoder would also read some colour)
     cfg = load_config(None, CFG, "tiny")
     torch.manual_seed(cfg.train.seed)

@@ -197,7 +197,8 @@ class Trainer:
                              f"warm-up (0 = none)")
         wcfg = WarmupConfig(minutes=t.vision_warmup_minutes, steps=t.vision_warmup_steps, lr=t.lr,
                             weight_decay=t.weight_decay, batch_size=t.batch_size, seed=t.seed,
-                            tokens=t.vision_warmup_tokens, progress=t.progress and self.main)
+                            tokens=t.vision_warmup_tokens, positions=t.vision_warmup_positions,
+                            progress=t.progress and self.main)
         self.warmup = warm_up_vision(self.model.visual_encoder, self.cfg.data.root, wcfg)
         self.model.copy_params()  # the momentum copies start from the warmed-up encoder
         if self.main:
