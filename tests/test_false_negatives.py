@@ -168,9 +168,9 @@ def test_edit_kinds_limit_the_edits_to_those_kinds(tmp_path):
         with_direction += bool(direction)
         assert (e in direction) if direction else e is None, (c, e)
     assert with_direction >= 5  # the world's relation captions
-    task.cfg.model.itm_edit_kinds = ["direction", "colours"]
-    with pytest.raises(ValueError, match="unknown kind.*colours"):
-        task.edited_negatives(captions, scenes, torch.Generator().manual_seed(0))
+    cfg.model.itm_edit_kinds = ["direction", "colours"]
+    with pytest.raises(ValueError, match="unknown kind.*colours"):  # when the task is made, before any training
+        Task(cfg, load_tokenizer(world / "vocab"))
 
 
 def test_mirrored_scene_swaps_left_and_right():

@@ -92,6 +92,7 @@ def object_tokens(image_states: Tensor, scenes: list) -> tuple[Tensor, Tensor]:
 def object_features(image_states: Tensor, scenes: list) -> Tensor:
     """Each object's feature: the mean of the image encoder's output tokens over its box, objects in scene order
     ([objects, width]; differentiable, so a probe or a supervised warm-up can use it)."""
-    grid = math.isqrt(image_states.shape[1] - 1)
-    return torch.stack([image_states[i, patches_under(o.box, grid)].mean(0)
-                        for i, sc in enumerate(scenes) for o in sc.objects])
+    tokens, owner = object_tokens(image_states, scenes)
+    n = sum(len(sc.objects) for sc in scenes)
+    sums = tokens.new_zeros(n, tokens.shape[1]).index_add(0, owner, tokens)
+    return sums / torch.bincount(owner, minlength=n).unsqueeze(1).to(tokens.dtype)

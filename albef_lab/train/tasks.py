@@ -70,6 +70,10 @@ class Task:
         self.val_file = resolve(d.root, d.val_file or val_file)
         self.image_root = d.image_root or d.root
         self.res = cfg.model.vision.image_res
+        unknown = set(cfg.model.itm_edit_kinds) - set(W.EDIT_KIND_NAMES)
+        if unknown:  # here, not at the first batch: after a warm-up of minutes
+            raise ValueError(f"model.itm_edit_kinds: unknown kind(s) {sorted(unknown)}; "
+                             f"choose from {list(W.EDIT_KIND_NAMES)}")
 
     @property
     def spec(self) -> TaskSpec:
@@ -119,10 +123,6 @@ class Task:
         """A one-word edit of each caption that is false of its image (`world.caption_edits`), or None where the
         caption has none (or is itself false of the image: a noisy caption)."""
         kinds = self.cfg.model.itm_edit_kinds
-        unknown = set(kinds) - set(W.EDIT_KIND_NAMES)
-        if unknown:
-            raise ValueError(f"model.itm_edit_kinds: unknown kind(s) {sorted(unknown)}; "
-                             f"choose from {list(W.EDIT_KIND_NAMES)}")
         draws = torch.rand(len(captions), generator=gen, device=gen.device).tolist()
         edits = []
         for c, sc, u in zip(captions, scenes, draws, strict=True):
