@@ -68,7 +68,7 @@ class Budget:
     world_images: int = 1500
     # the tiny recipe's image encoder: warmed up on the scene graphs (once per seed, shared by every variant and
     # noise level), frozen in pre-training, fine-tuned at the preset's share of the lr. 0 = the image encoder
-    # trained from scratch with the rest (SCRATCH_ENCODER: the README's first Table 1)
+    # trained from scratch with the rest (SCRATCH_ENCODER: docs/ablation_scratch_encoder.md)
     warmup_steps: int = 600
     pretrain_steps: int = 200
     finetune_steps: int = 40
@@ -97,8 +97,8 @@ def make_world(root: str | Path, noise: float, budget: Budget, progress: bool = 
     return Path(cfg.data.root)
 
 
-# `Budget.warmup_steps=0`: the image encoder of the README's first Table 1, a ViT trained from scratch with the
-# rest at the one learning rate of the rest; `key=value` extras override it.
+# `Budget.warmup_steps=0`: the image encoder of the first Table 1 (docs/ablation_scratch_encoder.md), a ViT
+# trained from scratch with the rest at the one learning rate of the rest; `key=value` extras override it.
 SCRATCH_ENCODER = ["model.vision.conv_stem=false", "train.vision_warmup_minutes=0", "train.vision_lr_scale=1"]
 
 

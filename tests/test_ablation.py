@@ -138,7 +138,7 @@ def _vision(path):
 
 def test_a_seeds_warmed_encoder_is_made_once_and_pretraining_keeps_it_frozen(tmp_path):
     """One warm-up per seed serves every noise level (same images); pre-training loads it and leaves it as it was;
-    `warmup_steps=0` is the scratch encoder of the README's first table."""
+    `warmup_steps=0` is the scratch encoder of the first table (docs/ablation_scratch_encoder.md)."""
     from dataclasses import replace
 
     from albef_lab.ablation import pretrain_variant, warmed_encoder
