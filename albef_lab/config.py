@@ -174,6 +174,9 @@ class TrainConfig:
     # pre-training (as with `freeze_vision`; fine-tuning trains it). 0 = off (the paper)
     vision_warmup_minutes: float = 0.0
     vision_warmup_steps: int = 0  # steps instead of minutes (0: minutes decide)
+    # with minutes: stop at this many steps if the clock has not stopped the warm-up first, so that a machine fast
+    # enough to make them gives the same encoder every run (0: the clock alone)
+    vision_warmup_max_steps: int = 0
     vision_warmup_tokens: bool = False  # every token under an object names it (False: the box's mean token does)
     vision_warmup_positions: bool = False  # every token also names its own column and row (keeps where things are)
     progress: bool = True
@@ -225,7 +228,8 @@ def _tiny() -> Config:
                         itm_random_fraction=0.5, itm_weight=3.0, fix_false_negatives=True)
     train = TrainConfig(output_dir="runs/pretrain_tiny", epochs=6, batch_size=64, lr=1e-3, min_lr=1e-5,
                         warmup_lr=1e-5, warmup_steps=50, max_minutes=9.0, log_every=5,
-                        vision_warmup_minutes=3.0, vision_warmup_tokens=True, vision_lr_scale=0.1)
+                        vision_warmup_minutes=3.0, vision_warmup_max_steps=1000, vision_warmup_tokens=True,
+                        vision_lr_scale=0.1)
     # Small synthetic scenes: a crop may cut objects that the caption names, so crop gently, no RandAugment.
     data = DataConfig(randaugment=False, crop_min_scale=0.8)
     return Config(preset="tiny", model=model, data=data, train=train)

@@ -106,6 +106,11 @@ def test_pretrain_warms_up_its_own_encoder_inside_the_time_budget(tmp_path):
 
     result = timed(0.05, 0.0501)
     assert result["vision_warmup"]["minutes"] >= 0.05 and result["step"] == 1, result
+    # `vision_warmup_max_steps` ends a warm-up by minutes early, when its steps come first (the tiny recipe: 1000)
+    capped = E.pretrain(load_config(None, [*CFG, f"data.root={world}", f"train.output_dir={tmp_path / 'capped'}",
+                                           "train.vision_warmup_minutes=2", "train.vision_warmup_max_steps=7",
+                                           "train.max_steps=1"], "tiny"))
+    assert capped["vision_warmup"]["steps"] == 7 and capped["vision_warmup"]["minutes"] < 1, capped
     with pytest.raises(ValueError, match="leaves nothing of train.max_minutes"):  # a warm-up as long as the budget
         timed(0.05, 0.05)
 

@@ -195,7 +195,8 @@ class Trainer:
             raise ValueError(f"train.vision_warmup_minutes={t.vision_warmup_minutes:g} leaves nothing of "
                              f"train.max_minutes={t.max_minutes:g} for pre-training: raise max_minutes, or lower the "
                              f"warm-up (0 = none)")
-        wcfg = WarmupConfig(minutes=t.vision_warmup_minutes, steps=t.vision_warmup_steps, lr=t.lr,
+        wcfg = WarmupConfig(minutes=t.vision_warmup_minutes, steps=t.vision_warmup_steps,
+                            max_steps=t.vision_warmup_max_steps, lr=t.lr,
                             weight_decay=t.weight_decay, batch_size=t.batch_size, seed=t.seed,
                             tokens=t.vision_warmup_tokens, positions=t.vision_warmup_positions,
                             progress=t.progress and self.main)

@@ -39,6 +39,7 @@ WHERE = (("column", list(range(BINS))), ("row", list(range(BINS))))
 class WarmupConfig:
     minutes: float  # wall-time budget
     steps: int = 0  # a number of steps instead (0: use `minutes`)
+    max_steps: int = 0  # with `minutes`: stop here if the clock has not stopped it first (0: the clock alone)
     lr: float = 1e-3
     weight_decay: float = 0.02
     batch_size: int = 64
@@ -140,10 +141,12 @@ def warm_up_vision(vit: nn.Module, data: str | Path, cfg: WarmupConfig) -> dict:
     gen = torch.Generator().manual_seed(cfg.seed)
     start, step = time.perf_counter(), 0
 
-    def budget_left() -> bool:  # `steps`, when given, else `minutes`
-        return step < cfg.steps if cfg.steps else time.perf_counter() - start < 60 * cfg.minutes
+    def budget_left() -> bool:  # `steps`, when given, else `minutes` (and `max_steps`, if that comes first)
+        if cfg.steps:
+            return step < cfg.steps
+        return time.perf_counter() - start < 60 * cfg.minutes and not (cfg.max_steps and step >= cfg.max_steps)
 
-    bar = tqdm(total=cfg.steps or None, disable=not cfg.progress, desc="vision warm-up", unit="step")
+    bar = tqdm(total=cfg.steps or cfg.max_steps or None, disable=not cfg.progress, desc="vision warm-up", unit="step")
     vit.train()
     while budget_left():
         # one batch of training images; every object in it is a labelled example
