@@ -102,6 +102,7 @@ def test_pretrain_warms_up_its_own_encoder_inside_the_time_budget(tmp_path):
     def timed(warmup: float, budget: float) -> dict:
         return E.pretrain(load_config(None, [*CFG, f"data.root={world}", f"train.output_dir={tmp_path / 'timed'}",
                                              f"train.vision_warmup_minutes={warmup}", f"train.max_minutes={budget}",
+                                             "train.vision_warmup_max_steps=0",  # the clock alone
                                              "train.max_steps=200"], "tiny"))
 
     result = timed(0.05, 0.0501)
