@@ -62,7 +62,7 @@ NOTEBOOK = "notebooks/02_distillation_ablations.ipynb"
 
 @dataclass
 class Budget:
-    """How much each run trains; the defaults fit the 36 runs of Table 1 into about 1.5 hours on 2 CPU cores
+    """How much each run trains; the defaults fit the 36 runs of Table 1 into about an hour on 2 CPU cores
     (2 runs at a time). 200 pre-training steps: the tiny recipe's ITM head leaves its constant guess at ~150."""
 
     world_images: int = 1500
