@@ -179,6 +179,14 @@ class TrainConfig:
     vision_warmup_max_steps: int = 0
     vision_warmup_tokens: bool = False  # every token under an object names it (False: the box's mean token does)
     vision_warmup_positions: bool = False  # every token also names its own column and row (keeps where things are)
+    # pre-training on ShapesWorld only: after the last step, this many steps of ITM alone on the fusion layers and
+    # the ITM head (nothing ITC reads moves) against each training image's `itm_finish_mined` most ITC-similar
+    # captions that its scene graph says are false (`train/itm_finish.py`, docs/itm_recipe.md), inside
+    # `max_minutes`. 0 = off (the paper)
+    itm_finish_steps: int = 0
+    itm_finish_mined: int = 8
+    itm_finish_random: float = 0.5  # the share of its negatives that are random false captions instead
+    itm_finish_lr: float = 1e-4
     progress: bool = True
 
 
@@ -226,10 +234,12 @@ def _tiny() -> Config:
     model = ModelConfig(vision=vision, text=text, embed_dim=64, queue_size=256, momentum=0.99,
                         decoder_layers=2,  # the VQA decoder starts from the 2 fusion layers
                         itm_random_fraction=0.5, itm_weight=3.0, fix_false_negatives=True)
+    # Last, ITM alone on the fused half against each training image's most ITC-similar false captions: in-batch
+    # mining leaves it accepting half of the hardest ones (docs/itm_recipe.md); ITC does not move.
     train = TrainConfig(output_dir="runs/pretrain_tiny", epochs=6, batch_size=64, lr=1e-3, min_lr=1e-5,
                         warmup_lr=1e-5, warmup_steps=50, max_minutes=9.0, log_every=5,
-                        vision_warmup_minutes=3.0, vision_warmup_max_steps=1000, vision_warmup_tokens=True,
-                        vision_lr_scale=0.1)
+                        vision_warmup_minutes=3.5, vision_warmup_max_steps=1000, vision_warmup_tokens=True,
+                        vision_lr_scale=0.1, itm_finish_steps=1000)
     # Small synthetic scenes: a crop may cut objects that the caption names, so crop gently, no RandAugment.
     data = DataConfig(randaugment=False, crop_min_scale=0.8)
     return Config(preset="tiny", model=model, data=data, train=train)

@@ -41,6 +41,7 @@ SMALL = [
     "train.max_minutes=0", "model.text.hidden_dropout_prob=0.1",
     # the mechanics tests train everything from scratch (the tiny recipe's warm-up: test_vision_warmup)
     "model.vision.conv_stem=false", "train.vision_warmup_minutes=0", "train.vision_lr_scale=1",
+    "train.itm_finish_steps=0",  # the tiny recipe's last ITM step: tests/test_itm_finish.py
 ]
 
 

@@ -38,7 +38,7 @@ def test_pretraining_in_two_processes_gives_bit_identical_weights(tmp_path, enco
     (mined negatives, an image's cross-attention keys shared by its pairs) once summed their gradients in a
     thread-dependent order, and two runs of one seed drifted apart (1e-5 after 15 steps, a point of R@1 later).
     Both encoders: trained with the rest (its gradients pass those gathers), and the tiny recipe's warm-up (by
-    steps; by minutes it would stop wherever the clock says)."""
+    steps; by minutes it would stop wherever the clock says); then the recipe's last ITM step."""
     world = make_world(tmp_path / "world", 160, 3)
     weights = []
     for hash_seed in ("1", "987"):
@@ -47,7 +47,8 @@ def test_pretraining_in_two_processes_gives_bit_identical_weights(tmp_path, enco
         proc = subprocess.run([sys.executable, "-m", "albef_lab", "pretrain", f"data.root={world}",
                                f"train.output_dir={out}", "model.vision.image_res=32", "train.threads=2",
                                "train.max_steps=3", "train.warmup_steps=1", "train.progress=false",
-                               "train.eval_every=100", "train.save_every=3", "train.max_minutes=0", encoder],
+                               "train.eval_every=100", "train.save_every=3", "train.max_minutes=0",
+                               "train.itm_finish_steps=20", encoder],  # the tiny recipe's last ITM step too
                               env=env, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-2000:]
         weights.append(torch.load(out / "model.pth", map_location="cpu", weights_only=False)["model"])

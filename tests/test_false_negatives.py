@@ -468,3 +468,55 @@ def test_edit_probe_scores_each_own_caption_against_edits_false_of_its_image(tmp
         own = val.text[val.img2txt[im][0]]
         assert text == own or any(text in v for v in W.caption_edits(own, [scenes[im]]).values())
     assert len(model.seen) == n + r["all"]["n"]  # every own caption once, every edit once
+
+
+def test_relation_probe_trains_itm_on_true_pairs_and_leaves_a_frozen_encoder_alone(tmp_path):
+    """The focused ITM fine-tune of scripts/relation_probe.py: its own captions are true and its negatives false
+    of their image (edits of the asked kinds, or other images' captions), the frozen image encoder does not move
+    while the fused half does, `--train-vision` moves it, and the held-out curve reads every asked kind."""
+    import random
+    from pathlib import Path
+
+    from albef_lab.cli import main as cli
+    from albef_lab.data import world as W
+    from albef_lab.data.tokenizer import load_tokenizer
+    from albef_lab.models.factory import load_model
+    from tests.helpers import SMALL, load_module, make_world
+
+    world = make_world(tmp_path / "w", images=40, seed=1)
+    assert cli(["pretrain", *SMALL, f"data.root={world}", f"train.output_dir={tmp_path / 'run'}",
+                "train.max_steps=2"]) == 0
+    mod = load_module(Path(__file__).resolve().parent.parent / "scripts" / "relation_probe.py")
+    model, mcfg, _ = load_model(tmp_path / "run" / "model.pth", "pretrain")
+    tok = load_tokenizer(world / "vocab")
+    kinds = ["binding", "colour"]
+    train = mod.load_split(world, "coco_train.json", kinds, 2, mcfg.vision.image_res, 0)
+    test = mod.load_split(world, "coco_test.json", kinds, 1, mcfg.vision.image_res, 1)
+    assert len(train.pairs) > 20 and train.images.shape[0] == len(train.scenes)
+    for i, text, edits in train.pairs:
+        assert W.caption_holds(train.scenes[i], text) and set(edits) <= set(kinds)
+        assert not any(W.caption_holds(train.scenes[i], e) for v in edits.values() for e in v)
+    rng = random.Random(0)
+    for share in (0.0, 1.0):
+        for pair in train.pairs[:10]:
+            neg = mod.negative(pair, train, rng, share)
+            assert not W.caption_holds(train.scenes[pair[0]], neg)
+            if share == 0.0:  # an edit of the pair's own caption
+                assert neg in {e for v in pair[2].values() for e in v}
+            else:  # another image's caption
+                assert neg in {p[1] for p in train.pairs}
+    assert not any(mod.negative(p, train, rng, 0.0) == p[1] for p in train.pairs)
+
+    def weights(prefix):
+        return torch.cat([q.detach().flatten().clone() for n, q in model.named_parameters() if n.startswith(prefix)])
+
+    vit, text = weights("visual_encoder."), weights("text_encoder.")
+    curve = mod.fine_tune(model, tok, train, test, steps=4, batch=4, lr=1e-2, train_vision=False, random_share=0.5,
+                          eval_every=2, seed=0)
+    assert [c["step"] for c in curve] == [0, 2, 4] and "loss" in curve[-1]
+    assert set(curve[0]) - {"step"} <= set(kinds) and len(set(curve[0]) - {"step"}) >= 1
+    assert torch.equal(weights("visual_encoder."), vit)  # frozen
+    assert not torch.equal(weights("text_encoder."), text)  # the text and fused half learned
+    mod.fine_tune(model, tok, train, test, steps=2, batch=4, lr=1e-2, train_vision=True, random_share=0.0,
+                  eval_every=2, seed=0)
+    assert not torch.equal(weights("visual_encoder."), vit)

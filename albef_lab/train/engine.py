@@ -32,6 +32,7 @@ from albef_lab.models.checkpoint import load_bert, load_deit, load_for_task, rea
 from albef_lab.models.factory import create_model, save_model
 from albef_lab.models.registry import task_spec
 from albef_lab.train.data import ResumableSampler, SeededDataset
+from albef_lab.train.itm_finish import FinishConfig, finish_itm
 from albef_lab.train.schedule import adamw, alpha_at, lr_at, set_lr
 from albef_lab.train.tasks import task_class
 from albef_lab.train.vision_warmup import WarmupConfig, warm_up_vision
@@ -73,6 +74,7 @@ class RunState:
     batch_in_epoch: int = 0  # micro-batches of the current epoch already consumed
     best: float = -1.0
     history: list = field(default_factory=list)
+    itm_finished: bool = False  # the ITM step after pre-training (`train.itm_finish_steps`) is done
 
 
 class Trainer:
@@ -107,6 +109,9 @@ class Trainer:
         self._check_vocab()
         self.task = self.task_cls(self.cfg, self.tokenizer, self.run_dir if self.main else None)
         base = self.task.train_set()
+        if t.itm_finish_steps and task == "pretrain" and self.task.scenes is None:  # now, not after the training
+            raise ValueError(f"train.itm_finish_steps needs ShapesWorld's scene graphs ({Path(d.root) / 'scenes.json'}"
+                             f" naming every training image) to know which captions are false; set it to 0")
         self.dataset = SeededDataset(base, t.seed)
         self.sampler = ResumableSampler(len(base), self.world, self.rank, shuffle=True, seed=t.seed)
         # whole accumulation groups only, so that every epoch ends on an optimiser step
@@ -129,6 +134,7 @@ class Trainer:
                 raise ValueError(f"model.queue_size ({cfg.model.queue_size}) must be a multiple of the global batch "
                                  f"({t.batch_size} x {self.world} processes = {global_batch})")
         self.warmup: dict = {}
+        self.itm_finish: dict = {}
         # pre-training with a vision warm-up keeps the warmed-up encoder frozen: trained on, ALBEF's objectives
         # wash the shape out of it in minutes (docs/itm_recipe.md); fine-tuning trains it, as the paper
         warm = self.task.name == "pretrain" and bool(t.vision_warmup_minutes or t.vision_warmup_steps)
@@ -331,7 +337,38 @@ class Trainer:
                     break
         if out_of_time and self.main:
             self.bar.write(f"stopped after {t.max_minutes} minutes (train.max_minutes) at step {st.step}")
+        if self.task.name == "pretrain" and t.itm_finish_steps and not st.itm_finished:
+            last_eval = self.finish_itm(last_eval)
         return self._finish(last_eval)
+
+    def finish_itm(self, last_eval: dict) -> dict:
+        """ITM alone on the fused half, against negatives mined over the whole training split (rank 0 trains,
+        the others take its weights); then evaluate and checkpoint again."""
+        t = self.cfg.train
+        elapsed = time.perf_counter() - self.t_start + self.warmup.get("seconds", 0.0)
+        left = 60 * t.max_minutes - elapsed if t.max_minutes else 0.0
+        if t.max_minutes and left <= 0:
+            if self.main:
+                self.bar.write(f"no time left of train.max_minutes={t.max_minutes:g} for train.itm_finish_steps")
+            return last_eval
+        if self.main:
+            fcfg = FinishConfig(steps=t.itm_finish_steps, mined=t.itm_finish_mined, random_share=t.itm_finish_random,
+                                lr=t.itm_finish_lr, weight_decay=t.weight_decay, batch_size=t.batch_size,
+                                seed=t.seed, max_seconds=max(left, 0.0), progress=t.progress)
+            self.itm_finish = finish_itm(self.model, self.tokenizer, self.task.train_file, self.cfg.data.root,
+                                         self.task.image_root, fcfg, self.cfg.data.max_tokens)
+            self.bar.write(f"ITM on mined negatives: {self.itm_finish['steps']} steps in "
+                           f"{self.itm_finish['minutes']} minutes, loss {self.itm_finish['loss_last50']:.3f}")
+            self.log({"step": self.state.step, "epoch": self.state.epoch,
+                      **{f"itm_finish_{k}": v for k, v in self.itm_finish.items()}})
+        if self.world > 1:
+            for p in self.model.parameters():
+                dist.broadcast(p.data, 0)
+        self.state.itm_finished = True
+        last_eval, _ = self._evaluate_and_log(last_eval)
+        best = self.main and bool(last_eval) and last_eval[self.task.primary] >= self.state.best
+        self.save(best=self._agree(best))
+        return last_eval
 
     def _epoch_loader(self) -> DataLoader:
         """This epoch's batches, from where the run stands in it (bit-exact after a resume)."""
@@ -431,8 +468,9 @@ class Trainer:
             self.tb.close()
         st = self.state
         warmup = {"vision_warmup": self.warmup} if self.warmup else {}
+        finish = {"itm_finish": self.itm_finish} if self.itm_finish else {}
         return {"step": st.step, "epoch": st.epoch, "seconds": time.perf_counter() - self.t_start, **last_eval,
-                **warmup}
+                **warmup, **finish}
 
 
 class Meter:

@@ -1,0 +1,160 @@
+"""ITM's last lesson on ShapesWorld: the fused half alone, against negatives mined over the whole training split.
+
+Pre-training mines ITM's hard negatives inside a batch of 64. The hardest negatives that retrieval puts in front
+of the fused half come from every caption there is, and at the end of the tiny recipe's pre-training it still
+accepts about half of the most ITC-similar false captions (docs/itm_recipe.md). This step trains ITM alone for
+a few hundred steps on each training image's most ITC-similar captions that its scene graph says are false, plus a
+share of random false captions. Only the fusion layers and the ITM head learn: the image encoder, the text-mode
+layers and the projections (everything ITC reads) stay as they were, so ITC retrieval does not move.
+Off (0 steps) everywhere but the tiny preset: the original has no such step.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from albef_lab.data import world as W
+from albef_lab.data.datasets import read_rgb
+from albef_lab.data.formats import PRETRAIN, read_entries
+from albef_lab.data.tokenizer import Tokenizer
+from albef_lab.data.transforms import eval_transform
+from albef_lab.eval.retrieval import encode_texts
+from albef_lab.models.base import eval_mode
+from albef_lab.train.tasks import train_scenes
+
+
+@dataclass
+class FinishConfig:
+    steps: int
+    mined: int = 8  # each image's negatives: its `mined` most ITC-similar captions that are false of it
+    random_share: float = 0.5  # the share of negatives that are instead a random caption false of the image
+    lr: float = 1e-4
+    weight_decay: float = 0.02
+    batch_size: int = 64
+    seed: int = 42
+    max_seconds: float = 0.0  # stop early when this much time has passed (0: run every step)
+    progress: bool = True
+
+
+@dataclass
+class Split:
+    """The training split, encoded once (nothing the encoders compute changes in this step)."""
+
+    image_states: Tensor  # [N, tokens, D]
+    captions: list[list[int]]  # per image: indices of its own captions in `texts`
+    texts: list[str]
+    text_states: Tensor  # [T, L, D]
+    text_atts: Tensor  # [T, L]
+    negatives: list[list[int]]  # per image: its mined negatives (indices in `texts`)
+    scenes: list  # per image: its scene graph (what decides that a caption is false of it)
+
+
+def fused_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """The fusion layers and the ITM head: what this step trains (no momentum copies)."""
+    fused = tuple(f"text_encoder.bert.encoder.layer.{i}." for i in range(model.cfg.text.fusion_layer,
+                                                                            model.cfg.text.num_hidden_layers))
+    return [(n, p) for n, p in model.named_parameters() if n.startswith((*fused, "itm_head."))]
+
+
+@torch.no_grad()
+def encode_split(model: nn.Module, tok: Tokenizer, train_file: str | Path, data_root: str | Path,
+                 image_root: str | Path, k: int, max_tokens: int, batch: int = 256) -> Split:
+    """Read and encode the training split; mine each image's `k` most ITC-similar false captions."""
+    by_image: dict[str, list[str]] = {}
+    for e in read_entries(train_file, PRETRAIN):
+        caps = e["caption"] if isinstance(e["caption"], list) else [e["caption"]]
+        by_image.setdefault(e["image"], []).extend(caps)
+    files = list(by_image)
+    scenes = train_scenes(Path(data_root) / "scenes.json", files)
+    if scenes is None:
+        raise ValueError(f"train.itm_finish_steps needs ShapesWorld's scene graphs ({Path(data_root) / 'scenes.json'} "
+                         f"naming every training image) to know which captions are false; set it to 0 for other data")
+    texts = sorted({c for caps in by_image.values() for c in caps})
+    index = {t: i for i, t in enumerate(texts)}
+    tf = eval_transform(model.cfg.vision.image_res)
+    with eval_mode(model):
+        states, feats = [], []
+        for a in range(0, len(files), batch):
+            images = torch.stack([tf(read_rgb(Path(image_root) / f))[0] for f in files[a:a + batch]])
+            s, f = model.encode_image(images.to(next(model.parameters()).device))
+            states.append(s)
+            feats.append(f)
+        image_states, image_feat = torch.cat(states), torch.cat(feats)
+        text_states, text_atts, text_feat = encode_texts(model, tok, texts, image_feat.device, batch, max_tokens)
+    order = (image_feat @ text_feat.t()).argsort(dim=1, descending=True)[:, :32 * k].cpu()  # room for true ones
+    negatives = []
+    for i, sc in enumerate(scenes):  # walk down ITC's ranking; the scene graph rules out the true captions
+        false = []
+        for t in order[i].tolist():
+            if len(false) == k:
+                break
+            if not W.caption_holds(sc, texts[t]):
+                false.append(t)
+        negatives.append(false)
+    return Split(image_states, [[index[c] for c in by_image[f]] for f in files], texts, text_states, text_atts,
+                 negatives, scenes)
+
+
+def draw_batch(split: Split, cfg: FinishConfig, rng: random.Random) -> tuple[Tensor, Tensor, Tensor]:
+    """(image rows [2B], text rows [2B], labels [2B]): each image with one own caption (1) and one negative (0)."""
+    images = rng.sample(range(len(split.captions)), min(cfg.batch_size, len(split.captions)))
+    pos = [rng.choice(split.captions[i]) for i in images]
+    neg = []
+    for i in images:
+        drawn = None
+        if rng.random() < cfg.random_share:  # a random caption, if one of a few draws is false of the image
+            drawn = next((t for t in (rng.randrange(len(split.texts)) for _ in range(20))
+                          if not W.caption_holds(split.scenes[i], split.texts[t])), None)
+        neg.append(drawn if drawn is not None else rng.choice(split.negatives[i]))
+    rows = torch.tensor(images + images)
+    labels = torch.cat([torch.ones(len(images)), torch.zeros(len(images))]).long()
+    return rows, torch.tensor(pos + neg), labels
+
+
+def finish_itm(model: nn.Module, tok: Tokenizer, train_file: str | Path, data_root: str | Path,
+               image_root: str | Path, cfg: FinishConfig, max_tokens: int = 30) -> dict:
+    """Train the fused half in place (ITM only); returns steps, time, and the mean loss of the first and last 50
+    steps."""
+    start = time.perf_counter()
+    split = encode_split(model, tok, train_file, data_root, image_root, cfg.mined, max_tokens)
+    params = fused_parameters(model)
+    trained = {id(p) for _, p in params}
+    frozen = [p for p in model.parameters() if id(p) not in trained and p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    opt = torch.optim.AdamW([p for _, p in params], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    rng, losses, step = random.Random(cfg.seed), [], 0
+    bar = tqdm(total=cfg.steps, disable=not cfg.progress, desc="ITM on mined negatives", unit="step")
+    model.train()
+    try:
+        while step < cfg.steps and not (cfg.max_seconds and time.perf_counter() - start > cfg.max_seconds):
+            # one batch: each image with an own caption and a negative, through the fusion layers
+            rows, texts, labels = draw_batch(split, cfg, rng)
+            device = split.image_states.device
+            logits = model.itm_logits(split.text_states[texts.to(device)], split.text_atts[texts.to(device)],
+                                      split.image_states[rows.to(device)])
+            loss = F.cross_entropy(logits, labels.to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    finally:
+        bar.close()
+        for p in frozen:
+            p.requires_grad_(True)
+    seconds = time.perf_counter() - start
+    return {"steps": step, "seconds": round(seconds, 1), "minutes": round(seconds / 60, 2),
+            "loss_first50": round(sum(losses[:50]) / max(1, len(losses[:50])), 4),
+            "loss_last50": round(sum(losses[-50:]) / max(1, len(losses[-50:])), 4),
+            "mined_per_image": round(sum(map(len, split.negatives)) / len(split.negatives), 2)}
