@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import NamedTuple
 
 import torch
@@ -63,7 +64,7 @@ def encode_texts(model: nn.Module, tokenizer: Tokenizer, texts: list[str], devic
 
 
 @torch.no_grad()
-def encode_images(model: nn.Module, loader: DataLoader, device: torch.device) -> tuple[Tensor, Tensor]:
+def encode_images(model: nn.Module, loader: Iterable, device: torch.device) -> tuple[Tensor, Tensor]:
     """Returns (ViT states [N, tokens, D], normalised ITC features [N, E]) in loader order."""
     states, feats = [], []
     for images, *_ in loader:

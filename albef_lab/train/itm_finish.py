@@ -26,7 +26,7 @@ from albef_lab.data.datasets import read_rgb
 from albef_lab.data.formats import PRETRAIN, read_entries
 from albef_lab.data.tokenizer import Tokenizer
 from albef_lab.data.transforms import eval_transform
-from albef_lab.eval.retrieval import encode_texts
+from albef_lab.eval.retrieval import encode_images, encode_texts
 from albef_lab.models.base import eval_mode
 from albef_lab.train.tasks import train_scenes
 
@@ -80,15 +80,12 @@ def encode_split(model: nn.Module, tok: Tokenizer, train_file: str | Path, data_
     texts = sorted({c for caps in by_image.values() for c in caps})
     index = {t: i for i, t in enumerate(texts)}
     tf = eval_transform(model.cfg.vision.image_res)
+    device = next(model.parameters()).device
+    batches = ((torch.stack([tf(read_rgb(Path(image_root) / f))[0] for f in files[a:a + batch]]),)
+               for a in range(0, len(files), batch))  # read as they are encoded
     with eval_mode(model):
-        states, feats = [], []
-        for a in range(0, len(files), batch):
-            images = torch.stack([tf(read_rgb(Path(image_root) / f))[0] for f in files[a:a + batch]])
-            s, f = model.encode_image(images.to(next(model.parameters()).device))
-            states.append(s)
-            feats.append(f)
-        image_states, image_feat = torch.cat(states), torch.cat(feats)
-        text_states, text_atts, text_feat = encode_texts(model, tok, texts, image_feat.device, batch, max_tokens)
+        image_states, image_feat = encode_images(model, batches, device)
+        text_states, text_atts, text_feat = encode_texts(model, tok, texts, device, batch, max_tokens)
     order = (image_feat @ text_feat.t()).argsort(dim=1, descending=True)[:, :32 * k].cpu()  # room for true ones
     negatives = []
     for i, sc in enumerate(scenes):  # walk down ITC's ranking; the scene graph rules out the true captions
