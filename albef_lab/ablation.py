@@ -120,14 +120,13 @@ def warmed_encoder(noise: float, seed: int, root: str | Path, budget: Budget, ex
     changes captions only; the warm-up reads images and scene graphs). Returns (its file, the warm-up's record)."""
     import torch
 
-    from albef_lab.train.vision_warmup import WarmupConfig, warm_up_to_file
+    from albef_lab.train.vision_warmup import warm_up_to_file, warmup_config
 
     data = make_world(root, noise, budget)
     cfg = _config(data, Path(root), budget.warmup_steps, budget.batch_size, seed, budget, list(extra or []), progress)
     t = cfg.train
-    wcfg = WarmupConfig(minutes=0, steps=budget.warmup_steps, lr=t.lr, weight_decay=t.weight_decay,
-                        batch_size=budget.batch_size, seed=seed, tokens=t.vision_warmup_tokens,
-                        positions=t.vision_warmup_positions, progress=progress)
+    wcfg = warmup_config(t, minutes=0, steps=budget.warmup_steps, max_steps=0, batch_size=budget.batch_size,
+                         seed=seed, progress=progress)
     what = {k: v for k, v in asdict(wcfg).items() if k != "progress"}
     key = hashlib.sha1(json.dumps([asdict(cfg.model.vision), what, budget.world_images],
                                   sort_keys=True).encode()).hexdigest()[:8]

@@ -179,6 +179,7 @@ class TrainConfig:
     vision_warmup_max_steps: int = 0
     vision_warmup_tokens: bool = False  # every token under an object names it (False: the box's mean token does)
     vision_warmup_positions: bool = False  # every token also names its own column and row (keeps where things are)
+    vision_warmup_summary: bool = False  # [CLS] also names the image's (colour, shape) pairs (ITC reads [CLS])
     # pre-training on ShapesWorld only: after the last step, this many steps of ITM alone on the fusion layers and
     # the ITM head (nothing ITC reads moves) against each training image's `itm_finish_mined` most ITC-similar
     # captions that its scene graph says are false (`train/itm_finish.py`, docs/itm_recipe.md), inside

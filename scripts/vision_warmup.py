@@ -16,16 +16,14 @@ import json
 from pathlib import Path
 
 from albef_lab.config import load_config
-from albef_lab.train.vision_warmup import WarmupConfig, warm_up_to_file
+from albef_lab.train.vision_warmup import warm_up_to_file, warmup_config
 
 
 def warmup(data: Path, out: Path, minutes: float, max_steps: int, overrides: list[str], place: bool = False,
            progress: bool = True) -> dict:
     cfg = load_config(None, [f"data.root={data}", *overrides], "tiny")
-    t = cfg.train
-    return warm_up_to_file(cfg.model.vision, data, out, WarmupConfig(
-        minutes=minutes, steps=max_steps, lr=t.lr, weight_decay=t.weight_decay, batch_size=t.batch_size, seed=t.seed,
-        place=place, tokens=t.vision_warmup_tokens, positions=t.vision_warmup_positions, progress=progress))
+    return warm_up_to_file(cfg.model.vision, data, out, warmup_config(
+        cfg.train, minutes=minutes, steps=max_steps, max_steps=0, place=place, progress=progress))
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -413,6 +413,13 @@ def test_itm_diagnosis_script_runs_on_a_small_checkpoint(tmp_path):
     assert sum(r["hard_negative_kinds"].values()) == 4  # one hard negative per held-out image (10 % of 40)
     for d in (0, 1):
         assert r["r1"]["truth_rerank_k3"][d] >= r["r1"]["itc"][d]
+        for way in ("itc", "itm_rerank_k3"):  # the own pair is true: its top-1 counts in both
+            assert r["r1_true"][way][d] >= r["r1"][way][d], r
+    # top1_true on a hand-made case: image 0 holds texts 0 and 2, image 1 text 1; scores [images, texts]
+    truth = torch.tensor([[True, False, True], [False, True, False]])
+    i2t = torch.tensor([[0.1, 0.9, 0.5], [0.2, 0.8, 0.0]])  # image 0's top text is false, image 1's true
+    t2i = torch.tensor([[0.9, 0.1], [0.9, 0.1], [0.1, 0.9]])  # texts 0: true, 1: false, 2: false
+    assert mod.top1_true(i2t, t2i, truth) == [round(100 / 3, 1), 50.0]
     assert 0 <= r["itc_pair_hard"] <= 100 and 0 <= r["itm_pair_hard"] <= 100
     assert r["edit_probe"]["all"]["n"] >= 4  # every held-out image has at least one one-word edit
     for probe in (r["object_probe"], r["object_probe_untrained"], r["object_probe_pixels"]):

@@ -8,9 +8,12 @@ import torch
 
 from albef_lab.config import load_config
 from albef_lab.data import world as W
+from albef_lab.data.datasets import PretrainDataset
+from albef_lab.data.formats import pre_caption
 from albef_lab.models.factory import load_model
 from albef_lab.train import engine as E
 from albef_lab.train import itm_finish as F
+from albef_lab.train.tasks import train_scenes
 from tests.helpers import SMALL, make_world
 
 
@@ -33,7 +36,13 @@ def test_mined_negatives_are_false_and_the_most_itc_similar_and_only_the_fused_h
     from albef_lab.data.tokenizer import load_tokenizer
 
     tok = load_tokenizer(world / "vocab")
-    split = F.encode_split(model, tok, world / "coco_train.json", world, world, k=4, max_tokens=30)
+    data = PretrainDataset(world / "coco_train.json", world, None)
+    scenes = train_scenes(world / "scenes.json", data.image_files)
+    split = F.encode_split(model, tok, data, scenes, k=4, max_tokens=30)
+    # the captions as pre-training reads them: the file's listing captions have commas, pre_caption drops them
+    raw = [e["caption"] for e in data.entries]  # one caption per entry in this world's file
+    assert any("," in c for c in raw)
+    assert not any("," in t for t in split.texts) and set(split.texts) == {pre_caption(c) for c in raw}
     assert len(split.captions) == len(split.scenes) == split.image_states.shape[0] == 48  # 80 % of 60
     # every mined negative is false of its image, and they are ITC's top false captions, in ITC's order
     with torch.no_grad():
@@ -43,8 +52,8 @@ def test_mined_negatives_are_false_and_the_most_itc_similar_and_only_the_fused_h
     for i, negs in enumerate(split.negatives):
         assert len(negs) == 4
         assert not any(W.caption_holds(split.scenes[i], split.texts[t]) for t in negs)
-        false = [t for t in sims[i].argsort(descending=True).tolist()
-                 if not W.caption_holds(split.scenes[i], split.texts[t])]
+        ranked = sims[i].argsort(descending=True).tolist()
+        false = [t for t in ranked if not W.caption_holds(split.scenes[i], split.texts[t])]
         assert negs == false[:4]
         assert all(W.caption_holds(split.scenes[i], split.texts[t]) for t in split.captions[i])
 
@@ -53,7 +62,7 @@ def test_mined_negatives_are_false_and_the_most_itc_similar_and_only_the_fused_h
     others = {p: weights(model, p) for p in ("visual_encoder.", "text_encoder.bert.embeddings.", "text_proj.",
                                              "vision_proj.", "itm_head.")}
     grads = {n: p.requires_grad for n, p in model.named_parameters()}
-    out = F.finish_itm(model, tok, world / "coco_train.json", world, world,
+    out = F.finish_itm(model, tok, data, scenes,
                        F.FinishConfig(steps=60, mined=4, batch_size=16, lr=3e-3, progress=False))
     assert out["steps"] == 60 and out["loss_last50"] < out["loss_first50"], out  # it fits the training pairs
     assert not torch.equal(weights(model, "text_encoder.bert.encoder.layer.1."), fused)

@@ -11,6 +11,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from albef_lab.models.attention import set_keep_attention
 from albef_lab.models.base import eval_mode
 from albef_lab.objectives.itm import negative_weights, random_negatives, sample_negatives
 from albef_lab.objectives.mlm import apply_mask, draw_mask
@@ -96,3 +97,27 @@ def object_features(image_states: Tensor, scenes: list) -> Tensor:
     n = sum(len(sc.objects) for sc in scenes)
     sums = tokens.new_zeros(n, tokens.shape[1]).index_add(0, owner, tokens)
     return sums / torch.bincount(owner, minlength=n).unsqueeze(1).to(tokens.dtype)
+
+
+@torch.no_grad()
+def cls_attention_on_objects(vit: nn.Module, images: Tensor, scenes: list, batch: int = 100) -> tuple[list, float]:
+    """Per ViT block, the share of [CLS]'s attention (mean over heads and images) on patches under some object;
+    and the share of patches under objects (what attention spread evenly would give). ITC reads [CLS], and ITC
+    Grad-CAM reads [CLS]'s attention: a block near the even share cannot point at an object."""
+    grid = vit.cfg.image_res // vit.cfg.patch_size
+    inside = torch.zeros(len(scenes), 1 + grid * grid, device=images.device)
+    for i, sc in enumerate(scenes):
+        for o in sc.objects:
+            inside[i, patches_under(o.box, grid)] = 1.0
+    on = torch.zeros(len(vit.blocks))
+    set_keep_attention(vit, True)
+    try:
+        with eval_mode(vit):
+            for a in range(0, len(scenes), batch):
+                vit(images[a:a + batch])
+                for b, blk in enumerate(vit.blocks):
+                    cls_row = blk.attn.attention_map.mean(1)[:, 0]  # [images, tokens]
+                    on[b] += (cls_row * inside[a:a + batch]).sum().item()
+    finally:
+        set_keep_attention(vit, False)
+    return [round(100.0 * v / len(scenes), 1) for v in on.tolist()], round(100.0 * inside[:, 1:].mean().item(), 1)

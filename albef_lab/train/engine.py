@@ -35,7 +35,7 @@ from albef_lab.train.data import ResumableSampler, SeededDataset
 from albef_lab.train.itm_finish import FinishConfig, finish_itm
 from albef_lab.train.schedule import adamw, alpha_at, lr_at, set_lr
 from albef_lab.train.tasks import task_class
-from albef_lab.train.vision_warmup import WarmupConfig, warm_up_vision
+from albef_lab.train.vision_warmup import warm_up_vision, warmup_config
 
 CKPT = re.compile(r"checkpoint_(\d+)\.pth$")
 
@@ -108,7 +108,7 @@ class Trainer:
         self.tokenizer: Tokenizer = load_tokenizer(d.tokenizer or Path(d.root) / "vocab")
         self._check_vocab()
         self.task = self.task_cls(self.cfg, self.tokenizer, self.run_dir if self.main else None)
-        base = self.task.train_set()
+        base = self.train_base = self.task.train_set()
         if t.itm_finish_steps and task == "pretrain" and self.task.scenes is None:  # now, not after the training
             raise ValueError(f"train.itm_finish_steps needs ShapesWorld's scene graphs ({Path(d.root) / 'scenes.json'}"
                              f" naming every training image) to know which captions are false; set it to 0")
@@ -201,11 +201,7 @@ class Trainer:
             raise ValueError(f"train.vision_warmup_minutes={t.vision_warmup_minutes:g} leaves nothing of "
                              f"train.max_minutes={t.max_minutes:g} for pre-training: raise max_minutes, or lower the "
                              f"warm-up (0 = none)")
-        wcfg = WarmupConfig(minutes=t.vision_warmup_minutes, steps=t.vision_warmup_steps,
-                            max_steps=t.vision_warmup_max_steps, lr=t.lr,
-                            weight_decay=t.weight_decay, batch_size=t.batch_size, seed=t.seed,
-                            tokens=t.vision_warmup_tokens, positions=t.vision_warmup_positions,
-                            progress=t.progress and self.main)
+        wcfg = warmup_config(t, progress=t.progress and self.main)
         self.warmup = warm_up_vision(self.model.visual_encoder, self.cfg.data.root, wcfg)
         self.model.copy_params()  # the momentum copies start from the warmed-up encoder
         if self.main:
@@ -355,8 +351,8 @@ class Trainer:
             fcfg = FinishConfig(steps=t.itm_finish_steps, mined=t.itm_finish_mined, random_share=t.itm_finish_random,
                                 lr=t.itm_finish_lr, weight_decay=t.weight_decay, batch_size=t.batch_size,
                                 seed=t.seed, max_seconds=max(left, 0.0), progress=t.progress)
-            self.itm_finish = finish_itm(self.model, self.tokenizer, self.task.train_file, self.cfg.data.root,
-                                         self.task.image_root, fcfg, self.cfg.data.max_tokens)
+            self.itm_finish = finish_itm(self.model, self.tokenizer, self.train_base, self.task.scenes, fcfg,
+                                         self.cfg.data.max_tokens)
             self.bar.write(f"ITM on mined negatives: {self.itm_finish['steps']} steps in "
                            f"{self.itm_finish['minutes']} minutes, loss {self.itm_finish['loss_last50']:.3f}")
             self.log({"step": self.state.step, "epoch": self.state.epoch,

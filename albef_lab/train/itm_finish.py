@@ -14,7 +14,6 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -22,13 +21,12 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from albef_lab.data import world as W
-from albef_lab.data.datasets import read_rgb
-from albef_lab.data.formats import PRETRAIN, read_entries
+from albef_lab.data.datasets import PretrainDataset, read_rgb
+from albef_lab.data.formats import pre_caption
 from albef_lab.data.tokenizer import Tokenizer
 from albef_lab.data.transforms import eval_transform
 from albef_lab.eval.retrieval import encode_images, encode_texts
 from albef_lab.models.base import eval_mode
-from albef_lab.train.tasks import train_scenes
 
 
 @dataclass
@@ -65,23 +63,20 @@ def fused_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
 
 
 @torch.no_grad()
-def encode_split(model: nn.Module, tok: Tokenizer, train_file: str | Path, data_root: str | Path,
-                 image_root: str | Path, k: int, max_tokens: int, batch: int = 256) -> Split:
-    """Read and encode the training split; mine each image's `k` most ITC-similar false captions."""
-    by_image: dict[str, list[str]] = {}
-    for e in read_entries(train_file, PRETRAIN):
+def encode_split(model: nn.Module, tok: Tokenizer, dataset: PretrainDataset, scenes: list, k: int,
+                 max_tokens: int, batch: int = 256) -> Split:
+    """Encode the training split as pre-training reads it (`pre_caption`'d captions, the task's scene of each
+    image index); mine each image's `k` most ITC-similar false captions."""
+    captions: list[list[str]] = [[] for _ in dataset.image_files]
+    for e, i in zip(dataset.entries, dataset.image_index, strict=True):
         caps = e["caption"] if isinstance(e["caption"], list) else [e["caption"]]
-        by_image.setdefault(e["image"], []).extend(caps)
-    files = list(by_image)
-    scenes = train_scenes(Path(data_root) / "scenes.json", files)
-    if scenes is None:
-        raise ValueError(f"train.itm_finish_steps needs ShapesWorld's scene graphs ({Path(data_root) / 'scenes.json'} "
-                         f"naming every training image) to know which captions are false; set it to 0 for other data")
-    texts = sorted({c for caps in by_image.values() for c in caps})
+        captions[i].extend(pre_caption(c, dataset.max_words) for c in caps)
+    texts = sorted({c for caps in captions for c in caps})
     index = {t: i for i, t in enumerate(texts)}
     tf = eval_transform(model.cfg.vision.image_res)
     device = next(model.parameters()).device
-    batches = ((torch.stack([tf(read_rgb(Path(image_root) / f))[0] for f in files[a:a + batch]]),)
+    files = dataset.image_files
+    batches = ((torch.stack([tf(read_rgb(dataset.root / f))[0] for f in files[a:a + batch]]),)
                for a in range(0, len(files), batch))  # read as they are encoded
     with eval_mode(model):
         image_states, image_feat = encode_images(model, batches, device)
@@ -96,7 +91,7 @@ def encode_split(model: nn.Module, tok: Tokenizer, train_file: str | Path, data_
             if not W.caption_holds(sc, texts[t]):
                 false.append(t)
         negatives.append(false)
-    return Split(image_states, [[index[c] for c in by_image[f]] for f in files], texts, text_states, text_atts,
+    return Split(image_states, [[index[c] for c in caps] for caps in captions], texts, text_states, text_atts,
                  negatives, scenes)
 
 
@@ -116,12 +111,12 @@ def draw_batch(split: Split, cfg: FinishConfig, rng: random.Random) -> tuple[Ten
     return rows, torch.tensor(pos + neg), labels
 
 
-def finish_itm(model: nn.Module, tok: Tokenizer, train_file: str | Path, data_root: str | Path,
-               image_root: str | Path, cfg: FinishConfig, max_tokens: int = 30) -> dict:
-    """Train the fused half in place (ITM only); returns steps, time, and the mean loss of the first and last 50
-    steps."""
+def finish_itm(model: nn.Module, tok: Tokenizer, dataset: PretrainDataset, scenes: list, cfg: FinishConfig,
+               max_tokens: int = 30) -> dict:
+    """Train the fused half in place (ITM only) on pre-training's own split (`scenes`: each image index's scene
+    graph); returns steps, time, and the mean loss of the first and last 50 steps."""
     start = time.perf_counter()
-    split = encode_split(model, tok, train_file, data_root, image_root, cfg.mined, max_tokens)
+    split = encode_split(model, tok, dataset, scenes, cfg.mined, max_tokens)
     params = fused_parameters(model)
     trained = {id(p) for _, p in params}
     frozen = [p for p in model.parameters() if id(p) not in trained and p.requires_grad]

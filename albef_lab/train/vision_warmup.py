@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -20,12 +20,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from albef_lab.config import VisionConfig
+from albef_lab.config import TrainConfig, VisionConfig
 from albef_lab.data import world as W
 from albef_lab.data.datasets import read_rgb
 from albef_lab.data.formats import read_json
 from albef_lab.data.transforms import eval_transform
-from albef_lab.eval.inspect import object_features, object_tokens
+from albef_lab.eval.inspect import cls_attention_on_objects, object_features, object_tokens
 from albef_lab.models.base import eval_mode
 from albef_lab.models.checkpoint import save_atomic
 from albef_lab.models.vit import VisionTransformer
@@ -50,7 +50,20 @@ class WarmupConfig:
     # linear probe reads a token's column 100 % of the time from a random ViT, 32 % after 600 steps), and without
     # it the fused half cannot tell 'left of' from 'right of'
     positions: bool = False
+    # [CLS] also names which (colour, shape) pairs, shapes and colours the image holds. Otherwise nothing in the
+    # warm-up asks [CLS] for anything: its attention stays as initialised, and the frozen encoder hands ITC (which
+    # reads [CLS]) and ITC Grad-CAM (which reads [CLS]'s attention) an untrained summary
+    summary: bool = False
     progress: bool = True
+
+
+def warmup_config(t: TrainConfig, **overrides) -> WarmupConfig:
+    """The warm-up a training config asks for (`train.vision_warmup_*`, its lr, batch and seed)."""
+    cfg = WarmupConfig(minutes=t.vision_warmup_minutes, steps=t.vision_warmup_steps,
+                       max_steps=t.vision_warmup_max_steps, lr=t.lr, weight_decay=t.weight_decay,
+                       batch_size=t.batch_size, seed=t.seed, tokens=t.vision_warmup_tokens,
+                       positions=t.vision_warmup_positions, summary=t.vision_warmup_summary)
+    return replace(cfg, **overrides)
 
 
 def attribute(o: W.Obj, name: str):
@@ -81,6 +94,21 @@ def object_labels(scenes: list, attrs: tuple) -> Tensor:
                          for sc in scenes for o in sc.objects])
 
 
+def summary_labels(scenes: list) -> Tensor:
+    """[images, pairs + shapes + colours] multi-hot: which (colour, shape) pairs, shapes and colours each holds."""
+    colours, pairs = list(W.COLOURS), len(W.COLOURS) * len(W.SHAPES)
+    y = torch.zeros(len(scenes), pairs + len(W.SHAPES) + len(colours))
+    for i, sc in enumerate(scenes):
+        for o in sc.objects:
+            c, s = colours.index(o.colour), W.SHAPES.index(o.shape)
+            y[i, [c * len(W.SHAPES) + s, pairs + s, pairs + len(W.SHAPES) + c]] = 1.0
+    return y
+
+
+def summary_loss(head: nn.Linear, states: Tensor, scenes: list) -> Tensor:
+    return F.binary_cross_entropy_with_logits(head(states[:, 0]), summary_labels(scenes).to(states.device))
+
+
 def attribute_logits(head: nn.Linear, feats: Tensor, attrs: tuple) -> list[Tensor]:
     """The head's output split into one logit block per attribute."""
     return list(head(feats).split([len(values) for _, values in attrs], dim=1))
@@ -103,10 +131,11 @@ def position_loss(where: nn.Linear, states: Tensor) -> Tensor:
 
 @torch.no_grad()
 def held_out_accuracy(vit: nn.Module, head: nn.Linear, images: Tensor, scenes: list, attrs: tuple,
-                      where: nn.Linear | None = None) -> dict:
+                      where: nn.Linear | None = None, summary: nn.Linear | None = None) -> dict:
     """Accuracy of each attribute on objects of images never trained on, beside its majority class; `_token`:
     read from each single token under the object (what one cross-attention read of a patch sees); with `where`,
-    how often a token names its own column and row."""
+    how often a token names its own column and row; with `summary`, how often [CLS] names an image's set of
+    (colour, shape) pairs exactly."""
     with eval_mode(vit):
         states = torch.cat([vit(images[i:i + 100]) for i in range(0, len(scenes), 100)])
     tokens, owner = object_tokens(states, scenes)
@@ -121,6 +150,13 @@ def held_out_accuracy(vit: nn.Module, head: nn.Linear, images: Tensor, scenes: l
         column, row, truth = position_logits(where, states)
         out["token_column"] = round(100.0 * (column.argmax(1) == truth[:, 0]).float().mean().item(), 1)
         out["token_row"] = round(100.0 * (row.argmax(1) == truth[:, 1]).float().mean().item(), 1)
+    if summary is not None:
+        pairs = len(W.COLOURS) * len(W.SHAPES)
+        said, truth = summary(states[:, 0])[:, :pairs] > 0, (summary_labels(scenes)[:, :pairs] > 0).to(states.device)
+        out["cls_pairs_exact"] = round(100.0 * (said == truth).all(1).float().mean().item(), 1)
+        sets = [tuple(row) for row in truth.int().tolist()]
+        out["cls_pairs_exact_majority"] = round(100.0 * max(map(sets.count, set(sets))) / len(sets), 1)
+    out["cls_on_objects"], out["objects_share"] = cls_attention_on_objects(vit, images, scenes)
     return out
 
 
@@ -136,7 +172,9 @@ def warm_up_vision(vit: nn.Module, data: str | Path, cfg: WarmupConfig) -> dict:
         head = nn.Linear(vit.cfg.width, sum(len(values) for _, values in attrs)).to(device)
         grid = vit.cfg.image_res // vit.cfg.patch_size
         where = nn.Linear(vit.cfg.width, 2 * grid).to(device) if cfg.positions else None
-    heads = [*head.parameters(), *(where.parameters() if where is not None else [])]
+        n_summary = len(W.COLOURS) * len(W.SHAPES) + len(W.SHAPES) + len(W.COLOURS)
+        summary = nn.Linear(vit.cfg.width, n_summary).to(device) if cfg.summary else None
+    heads = [p for h in (head, where, summary) if h is not None for p in h.parameters()]
     opt = torch.optim.AdamW([*vit.parameters(), *heads], lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
     start, step = time.perf_counter(), 0
@@ -161,6 +199,8 @@ def warm_up_vision(vit: nn.Module, data: str | Path, cfg: WarmupConfig) -> dict:
         loss = sum(F.cross_entropy(logits, y[:, k]) for k, logits in enumerate(attribute_logits(head, feats, attrs)))
         if where is not None:
             loss = loss + position_loss(where, states)
+        if summary is not None:
+            loss = loss + summary_loss(summary, states, batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -170,7 +210,7 @@ def warm_up_vision(vit: nn.Module, data: str | Path, cfg: WarmupConfig) -> dict:
     bar.close()
     seconds = time.perf_counter() - start
     return {"steps": step, "seconds": seconds, "minutes": round(seconds / 60, 2),
-            "held_out": held_out_accuracy(vit, head, test_images, test_scenes, attrs, where)}
+            "held_out": held_out_accuracy(vit, head, test_images, test_scenes, attrs, where, summary)}
 
 
 def warm_up_to_file(vision: VisionConfig, data: str | Path, out: str | Path, cfg: WarmupConfig) -> dict:
