@@ -51,8 +51,9 @@ class WarmupConfig:
     # it the fused half cannot tell 'left of' from 'right of'
     positions: bool = False
     # [CLS] also names which (colour, shape) pairs, shapes and colours the image holds. Otherwise nothing in the
-    # warm-up asks [CLS] for anything: its attention stays as initialised, and the frozen encoder hands ITC (which
-    # reads [CLS]) and ITC Grad-CAM (which reads [CLS]'s attention) an untrained summary
+    # warm-up asks [CLS] for anything, so nothing teaches it where to look, and the frozen encoder hands ITC (which
+    # reads [CLS]) and ITC Grad-CAM (which reads [CLS]'s attention) a near-even average. Off in the tiny recipe:
+    # it doubles ITC and fixes ITC Grad-CAM, but costs ITM re-ranking and the hardest negatives (docs/itm_recipe.md)
     summary: bool = False
     progress: bool = True
 
