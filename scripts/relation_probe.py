@@ -30,7 +30,9 @@ from albef_lab.data.datasets import read_rgb
 from albef_lab.data.formats import PRETRAIN, read_entries
 from albef_lab.data.tokenizer import Tokenizer, load_tokenizer
 from albef_lab.data.transforms import eval_transform
+from albef_lab.eval.retrieval import encode_texts, itm_margin
 from albef_lab.models.factory import load_model, save_model
+from albef_lab.train.itm_finish import fused_parameters, mine_false
 from albef_lab.train.tasks import train_scenes
 
 
@@ -60,12 +62,10 @@ def load_split(data: Path, split_file: str, kinds: list[str], per_image: int, re
     return Split(images, scenes, pairs)
 
 
-def itm_margin(model: nn.Module, tok: Tokenizer, image_states: Tensor, texts: list[str]) -> Tensor:
+def text_margin(model: nn.Module, tok: Tokenizer, image_states: Tensor, texts: list[str]) -> Tensor:
     """ITM's match-minus-no-match logit for each (row of image states, text)."""
     ids, mask = tok(texts, max_length=30)
-    text_states, _ = model.encode_text(ids, mask)
-    logits = model.itm_logits(text_states, mask, image_states)
-    return logits[:, 1] - logits[:, 0]
+    return itm_margin(model, model.encode_text(ids, mask)[0], mask, image_states)
 
 
 @torch.no_grad()
@@ -76,7 +76,7 @@ def held_out(model: nn.Module, tok: Tokenizer, states: Tensor, split: Split, bat
     for a in range(0, len(rows), batch):
         chunk = rows[a:a + batch]
         s = states[torch.tensor([r[0] for r in chunk])]
-        own, edit = (itm_margin(model, tok, s, [r[j] for r in chunk]) for j in (1, 2))
+        own, edit = (text_margin(model, tok, s, [r[j] for r in chunk]) for j in (1, 2))
         above.append(own > edit)
     above = torch.cat(above)
     kinds = [r[3] for r in rows]
@@ -91,21 +91,9 @@ def mine(model: nn.Module, tok: Tokenizer, split: Split, k: int, batch: int = 51
     texts = sorted({p[1] for p in split.pairs})
     model.eval()
     image_feat = model.encode_image(split.images)[1]
-    text_feat = []
-    for a in range(0, len(texts), batch):
-        ids, mask = tok(texts[a:a + batch], max_length=30)
-        text_feat.append(model.encode_text(ids, mask)[1])
-    order = (image_feat @ torch.cat(text_feat).t()).argsort(dim=1, descending=True)
-    mined = []
-    for i, sc in enumerate(split.scenes):
-        false = []
-        for t in order[i].tolist():
-            if not W.caption_holds(sc, texts[t]):
-                false.append(texts[t])
-                if len(false) == k:
-                    break
-        mined.append(false)
-    return split._replace(mined=mined)
+    text_feat = encode_texts(model, tok, texts, image_feat.device, batch)[2]
+    mined = mine_false(image_feat @ text_feat.t(), split.scenes, texts, k)
+    return split._replace(mined=[[texts[t] for t in row] for row in mined])
 
 
 def negative(pair: tuple, split: Split, rng: random.Random, random_share: float, mined_share: float = 0.0) -> str:
@@ -129,14 +117,13 @@ def fine_tune(model: nn.Module, tok: Tokenizer, train: Split, test: Split, *, st
     """ITM alone on (own caption, negative) pairs; returns the held-out curve. `fusion_only`: train the fusion
     layers and the ITM head, nothing ITC reads."""
     rng = random.Random(seed)
-    fusion = model.cfg.text.fusion_layer
-    fused = tuple(f"text_encoder.bert.encoder.layer.{i}." for i in range(fusion, model.cfg.text.num_hidden_layers))
+    fused = {n for n, _ in fused_parameters(model)}
 
     def trains(name: str) -> bool:
         if "_m." in name:  # no momentum copies
             return False
         if fusion_only:
-            return name.startswith(fused + ("itm_head.",))
+            return name in fused
         return train_vision or not name.startswith("visual_encoder.")
 
     params = [q for n, q in model.named_parameters() if trains(n)]

@@ -524,6 +524,20 @@ def test_relation_probe_trains_itm_on_true_pairs_and_leaves_a_frozen_encoder_alo
     assert set(curve[0]) - {"step"} <= set(kinds) and len(set(curve[0]) - {"step"}) >= 1
     assert torch.equal(weights("visual_encoder."), vit)  # frozen
     assert not torch.equal(weights("text_encoder."), text)  # the text and fused half learned
+    # `--mined-share`: each image's 3 most ITC-similar false captions of the split, and negatives drawn from them
+    mined = mod.mine(model, tok, train, 3)
+    assert len(mined.mined) == len(train.scenes) and any(mined.mined)
+    for i, negs in enumerate(mined.mined):
+        assert len(negs) <= 3 and not any(W.caption_holds(train.scenes[i], c) for c in negs)
+    for pair in train.pairs[:10]:
+        if mined.mined[pair[0]]:
+            assert mod.negative(pair, mined, rng, 0.0, mined_share=1.0) in mined.mined[pair[0]]
+    # `--fusion-only`: the fusion layers and the ITM head learn, the text-mode layer (what ITC reads) does not
+    text_mode, fused = weights("text_encoder.bert.encoder.layer.0."), weights("text_encoder.bert.encoder.layer.1.")
+    mod.fine_tune(model, tok, train, test, steps=2, batch=4, lr=1e-2, train_vision=False, random_share=0.5,
+                  eval_every=2, seed=0, fusion_only=True)
+    assert torch.equal(weights("text_encoder.bert.encoder.layer.0."), text_mode)
+    assert not torch.equal(weights("text_encoder.bert.encoder.layer.1."), fused)
     mod.fine_tune(model, tok, train, test, steps=2, batch=4, lr=1e-2, train_vision=True, random_share=0.0,
                   eval_every=2, seed=0)
     assert not torch.equal(weights("visual_encoder."), vit)

@@ -320,8 +320,7 @@ class Trainer:
                 lr = self._optimizer_step()
                 if st.step % t.log_every == 0 or st.step == self.total_steps:
                     self._log_window(meter, lr, alpha)
-                elapsed = time.perf_counter() - self.t_start + self.warmup.get("seconds", 0.0)
-                out_of_time = t.max_minutes > 0 and elapsed > 60 * t.max_minutes
+                out_of_time = t.max_minutes > 0 and self.seconds_used() > 60 * t.max_minutes
                 stop = st.step >= self.total_steps or out_of_time
                 epoch_end = self._advance_epoch()
                 best = False
@@ -337,12 +336,15 @@ class Trainer:
             last_eval = self.finish_itm(last_eval)
         return self._finish(last_eval)
 
+    def seconds_used(self) -> float:
+        """Of `train.max_minutes`: the training so far and the vision warm-up before it."""
+        return time.perf_counter() - self.t_start + self.warmup.get("seconds", 0.0)
+
     def finish_itm(self, last_eval: dict) -> dict:
         """ITM alone on the fused half, against negatives mined over the whole training split (rank 0 trains,
         the others take its weights); then evaluate and checkpoint again."""
         t = self.cfg.train
-        elapsed = time.perf_counter() - self.t_start + self.warmup.get("seconds", 0.0)
-        left = 60 * t.max_minutes - elapsed if t.max_minutes else 0.0
+        left = 60 * t.max_minutes - self.seconds_used() if t.max_minutes else 0.0
         if t.max_minutes and left <= 0:
             if self.main:
                 self.bar.write(f"no time left of train.max_minutes={t.max_minutes:g} for train.itm_finish_steps")

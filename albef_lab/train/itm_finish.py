@@ -81,9 +81,17 @@ def encode_split(model: nn.Module, tok: Tokenizer, dataset: PretrainDataset, sce
     with eval_mode(model):
         image_states, image_feat = encode_images(model, batches, device)
         text_states, text_atts, text_feat = encode_texts(model, tok, texts, device, batch, max_tokens)
-    order = (image_feat @ text_feat.t()).argsort(dim=1, descending=True)[:, :32 * k].cpu()  # room for true ones
+    negatives = mine_false(image_feat @ text_feat.t(), scenes, texts, k, depth=32 * k)  # room for true ones
+    return Split(image_states, [[index[c] for c in caps] for caps in captions], texts, text_states, text_atts,
+                 negatives, scenes)
+
+
+def mine_false(sims: Tensor, scenes: list, texts: list[str], k: int, depth: int | None = None) -> list[list[int]]:
+    """Per image (row of `sims` [images, texts]), the indices of its `k` most similar texts that its scene graph
+    says are false, in order; looked for among its `depth` most similar (None: all)."""
+    order = sims.argsort(dim=1, descending=True)[:, :depth].cpu()
     negatives = []
-    for i, sc in enumerate(scenes):  # walk down ITC's ranking; the scene graph rules out the true captions
+    for i, sc in enumerate(scenes):  # walk down the ranking; the scene graph rules out the true captions
         false = []
         for t in order[i].tolist():
             if len(false) == k:
@@ -91,8 +99,7 @@ def encode_split(model: nn.Module, tok: Tokenizer, dataset: PretrainDataset, sce
             if not W.caption_holds(sc, texts[t]):
                 false.append(t)
         negatives.append(false)
-    return Split(image_states, [[index[c] for c in caps] for caps in captions], texts, text_states, text_atts,
-                 negatives, scenes)
+    return negatives
 
 
 def draw_batch(split: Split, cfg: FinishConfig, rng: random.Random) -> tuple[Tensor, Tensor, Tensor]:
