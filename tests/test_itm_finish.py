@@ -79,6 +79,7 @@ def test_pretrain_takes_the_step_once_and_itc_does_not_move(tmp_path):
     run = tmp_path / "run"
     finished = E.pretrain(cfg(world, run, *STEP))
     assert "itm_finish" not in plain and finished["itm_finish"]["steps"] == 25, finished
+    assert "clock_cuts" not in finished, finished
     for k in ("img_r1", "txt_r1", "r_mean"):  # the same pre-training, and nothing ITC reads trained after it
         assert finished[k] == plain[k], k
     assert (finished["itm_acc"], finished["itm_acc_hard"]) != (plain["itm_acc"], plain["itm_acc_hard"])
@@ -92,9 +93,17 @@ def test_pretrain_takes_the_step_once_and_itc_does_not_move(tmp_path):
     assert all(torch.equal(ckpt["model"][k], v) for k, v in model_after.items())  # the checkpoint has the step
     # resuming the finished run does not take the step again
     again = E.train(cfg(world, run, *STEP), resume="auto")
-    assert "itm_finish" not in again
+    assert "itm_finish" not in again and "clock_cuts" not in again, again  # taken before, not cut
     model_again = torch.load(run / "model.pth", map_location="cpu", weights_only=False)["model"]
     assert all(torch.equal(model_again[k], v) for k, v in model_after.items())
+
+
+def test_a_budget_spent_before_the_step_is_reported_as_cut(tmp_path, capsys):
+    world = make_world(tmp_path / "w", images=60, seed=3)
+    cut = E.pretrain(cfg(world, tmp_path / "cut", *STEP, "train.max_minutes=0.00001"))
+    assert "itm_finish" not in cut and cut["clock_cuts"] == {"pretrain": [1, 3], "itm_finish": [0, 25]}, cut
+    out = capsys.readouterr().out
+    assert "stopped pretrain 1 of 3 steps, itm_finish 0 of 25 steps" in out and "train.max_minutes=0 runs" in out
 
 
 def test_the_step_needs_scene_graphs(tmp_path):

@@ -66,7 +66,7 @@ def test_fused_adamw_switch_picks_the_kernel_and_gives_the_same_update(world, tm
 
 def test_max_minutes_stops_the_run_and_saves(world, tmp_path, capsys):
     result = E.pretrain(small_cfg(world, tmp_path / "m", "train.max_steps=50", "train.max_minutes=0.00001"))
-    assert result["step"] == 1
+    assert result["step"] == 1 and result["clock_cuts"] == {"pretrain": [1, 50]}, result
     assert (tmp_path / "m" / "model.pth").is_file() and "train.max_minutes" in capsys.readouterr().out
 
 

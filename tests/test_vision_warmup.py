@@ -129,13 +129,30 @@ def test_pretrain_warms_up_its_own_encoder_inside_the_time_budget(tmp_path):
 
     result = timed(0.05, 0.0501)
     assert result["vision_warmup"]["minutes"] >= 0.05 and result["step"] == 1, result
+    assert result["clock_cuts"] == {"pretrain": [1, 200]}, result  # a warm-up on the clock alone asks no steps
     # `vision_warmup_max_steps` ends a warm-up by minutes early, when its steps come first (the tiny recipe: 1000)
     capped = E.pretrain(load_config(None, [*CFG, f"data.root={world}", f"train.output_dir={tmp_path / 'capped'}",
                                            "train.vision_warmup_minutes=2", "train.vision_warmup_max_steps=7",
                                            "train.max_steps=1"], "tiny"))
     assert capped["vision_warmup"]["steps"] == 7 and capped["vision_warmup"]["minutes"] < 1, capped
+    assert "clock_cuts" not in capped, capped  # every stage made its steps
     with pytest.raises(ValueError, match="leaves nothing of train.max_minutes"):  # a warm-up as long as the budget
         timed(0.05, 0.05)
+
+
+def test_a_clock_that_cuts_the_recipe_short_says_so_and_how_to_run_every_step(tmp_path, capsys):
+    """On a machine slower than the one the tiny recipe was timed on, its minutes stop the warm-up before its
+    1000 steps and the model is weaker than the README's: the run says which stages the clock cut and which
+    overrides give every step (docs/itm_recipe.md measured a 362-step warm-up on such a machine)."""
+    world = make_world(tmp_path / "w", images=60, seed=4)
+    result = E.pretrain(load_config(None, [*CFG, f"data.root={world}", f"train.output_dir={tmp_path / 'slow'}",
+                                           "train.vision_warmup_minutes=0.005", "train.vision_warmup_max_steps=100000",
+                                           "train.max_steps=2"], "tiny"))
+    made = result["vision_warmup"]["steps"]
+    assert 0 < made < 100000 and result["clock_cuts"] == {"vision_warmup": [made, 100000]}, result
+    out = capsys.readouterr().out
+    assert f"vision_warmup {made} of 100000 steps" in out
+    assert "train.max_minutes=0 train.vision_warmup_steps=100000 runs every step" in out
 
 
 def test_vision_warmup_needs_scene_graphs(tmp_path):

@@ -135,6 +135,7 @@ class Trainer:
                                  f"({t.batch_size} x {self.world} processes = {global_batch})")
         self.warmup: dict = {}
         self.itm_finish: dict = {}
+        self.itm_finish_skipped = False
         # pre-training with a vision warm-up keeps the warmed-up encoder frozen: trained on, ALBEF's objectives
         # wash the shape out of it in minutes (docs/itm_recipe.md); fine-tuning trains it, as the paper
         warm = self.task.name == "pretrain" and bool(t.vision_warmup_minutes or t.vision_warmup_steps)
@@ -348,6 +349,7 @@ class Trainer:
         if t.max_minutes and left <= 0:
             if self.main:
                 self.bar.write(f"no time left of train.max_minutes={t.max_minutes:g} for train.itm_finish_steps")
+                self.itm_finish_skipped = True
             return last_eval
         if self.main:
             fcfg = FinishConfig(steps=t.itm_finish_steps, mined=t.itm_finish_mined, random_share=t.itm_finish_random,
@@ -464,11 +466,38 @@ class Trainer:
             save_model(self.run_dir / "model.pth", self.model, self.cfg.model, self.task.name)
         if self.tb is not None:
             self.tb.close()
-        st = self.state
+        st, cuts = self.state, self.clock_cuts()
+        if cuts and self.main:
+            print(clock_cut_warning(cuts))
         warmup = {"vision_warmup": self.warmup} if self.warmup else {}
         finish = {"itm_finish": self.itm_finish} if self.itm_finish else {}
         return {"step": st.step, "epoch": st.epoch, "seconds": time.perf_counter() - self.t_start, **last_eval,
-                **warmup, **finish}
+                **warmup, **finish, **({"clock_cuts": cuts} if cuts else {})}
+
+    def clock_cuts(self) -> dict[str, list[int]]:
+        """The stages a clock stopped before their steps, as [steps made, steps asked]. The recipe's minutes were
+        timed on one machine; on a slower one the same command makes fewer steps and a weaker model."""
+        t, st, cuts = self.cfg.train, self.state, {}
+        if self.warmup and not t.vision_warmup_steps and self.warmup["steps"] < t.vision_warmup_max_steps:
+            cuts["vision_warmup"] = [self.warmup["steps"], t.vision_warmup_max_steps]
+        if st.step < self.total_steps:
+            cuts[self.task.name] = [st.step, self.total_steps]
+        if self.itm_finish_skipped or self.itm_finish.get("steps", t.itm_finish_steps) < t.itm_finish_steps:
+            cuts["itm_finish"] = [self.itm_finish.get("steps", 0), t.itm_finish_steps]
+        return cuts
+
+
+def clock_cut_warning(cuts: dict[str, list[int]]) -> str:
+    """What the clock cut, and the overrides that run every step whatever the time (the same model on any
+    machine, in more minutes on a slower one)."""
+    made = ", ".join(f"{stage} {done} of {asked} steps" for stage, (done, asked) in cuts.items())
+    clocks, fix = ["train.max_minutes"], ["train.max_minutes=0"]
+    if "vision_warmup" in cuts:
+        clocks.append("train.vision_warmup_minutes")
+        fix.append(f"train.vision_warmup_steps={cuts['vision_warmup'][1]}")
+    return (f"warning: the clock ({', '.join(clocks)}) stopped {made}. This machine is slower than the budget "
+            f"assumes, so the model is weaker than a full run's; {' '.join(fix)} runs every step, however long "
+            f"it takes.")
 
 
 class Meter:
