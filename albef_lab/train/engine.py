@@ -488,16 +488,16 @@ class Trainer:
 
 
 def clock_cut_warning(cuts: dict[str, list[int]]) -> str:
-    """What the clock cut, and the overrides that run every step whatever the time (the same model on any
-    machine, in more minutes on a slower one)."""
+    """What the clock cut, and the overrides that run the recipe's every step whatever the time (more minutes on
+    a slower machine, the same steps as on a fast one)."""
     made = ", ".join(f"{stage} {done} of {asked} steps" for stage, (done, asked) in cuts.items())
     clocks, fix = ["train.max_minutes"], ["train.max_minutes=0"]
     if "vision_warmup" in cuts:
         clocks.append("train.vision_warmup_minutes")
         fix.append(f"train.vision_warmup_steps={cuts['vision_warmup'][1]}")
-    return (f"warning: the clock ({', '.join(clocks)}) stopped {made}. This machine is slower than the budget "
-            f"assumes, so the model is weaker than a full run's; {' '.join(fix)} runs every step, however long "
-            f"it takes.")
+    return (f"warning: the clock ({', '.join(clocks)}) stopped {made}, so the model is weaker than a full run's "
+            f"(the tiny recipe's minutes were set on a machine that makes its steps in time; a slower one does not). "
+            f"{' '.join(fix)} runs every step, however long it takes.")
 
 
 class Meter:
