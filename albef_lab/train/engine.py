@@ -135,7 +135,6 @@ class Trainer:
                                  f"({t.batch_size} x {self.world} processes = {global_batch})")
         self.warmup: dict = {}
         self.itm_finish: dict = {}
-        self.itm_finish_skipped = False
         # pre-training with a vision warm-up keeps the warmed-up encoder frozen: trained on, ALBEF's objectives
         # wash the shape out of it in minutes (docs/itm_recipe.md); fine-tuning trains it, as the paper
         warm = self.task.name == "pretrain" and bool(t.vision_warmup_minutes or t.vision_warmup_steps)
@@ -349,7 +348,6 @@ class Trainer:
         if t.max_minutes and left <= 0:
             if self.main:
                 self.bar.write(f"no time left of train.max_minutes={t.max_minutes:g} for train.itm_finish_steps")
-                self.itm_finish_skipped = True
             return last_eval
         if self.main:
             fcfg = FinishConfig(steps=t.itm_finish_steps, mined=t.itm_finish_mined, random_share=t.itm_finish_random,
@@ -482,7 +480,8 @@ class Trainer:
             cuts["vision_warmup"] = [self.warmup["steps"], t.vision_warmup_max_steps]
         if st.step < self.total_steps:
             cuts[self.task.name] = [st.step, self.total_steps]
-        if self.itm_finish_skipped or self.itm_finish.get("steps", t.itm_finish_steps) < t.itm_finish_steps:
+        skipped = self.task.name == "pretrain" and t.itm_finish_steps and not st.itm_finished  # no time was left
+        if skipped or self.itm_finish.get("steps", t.itm_finish_steps) < t.itm_finish_steps:
             cuts["itm_finish"] = [self.itm_finish.get("steps", 0), t.itm_finish_steps]
         return cuts
 
@@ -496,7 +495,7 @@ def clock_cut_warning(cuts: dict[str, list[int]]) -> str:
         clocks.append("train.vision_warmup_minutes")
         fix.append(f"train.vision_warmup_steps={cuts['vision_warmup'][1]}")
     return (f"warning: the clock ({', '.join(clocks)}) stopped {made}, so the model is weaker than a full run's "
-            f"(the tiny recipe's minutes were set on a machine that makes its steps in time; a slower one does not). "
+            f"(the budget's minutes were set on a machine that makes its steps in time; a slower one does not). "
             f"{' '.join(fix)} runs every step, however long it takes.")
 
 
