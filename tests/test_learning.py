@@ -15,8 +15,11 @@ from albef_lab.train import engine as E
 from tests.helpers import metric_rows
 
 pytestmark = pytest.mark.slow
-STEPS = 560
-WARMUP_STEPS = 600  # the tiny recipe's image-encoder warm-up (about 3 minutes), then frozen
+# Budgets in steps, each measured to clear its test with room (the closing note of issue 11 gives the figures).
+# The warm-up does not shrink: at 400 steps held-out shape was 51 %, at 600 74 %.
+WARMUP_STEPS = 600  # the tiny recipe's image-encoder warm-up (3-6 minutes on 2 cores), then frozen
+STEPS = 360
+FINISH_STEPS = 600  # the last ITM step (the recipe's 1000); hardest-negative lift +14.5 points here, +5 asked
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +30,8 @@ def pretrained(tmp_path_factory):
     run = root / "pretrain"
     cfg = load_config(None, [f"data.root={world}", f"train.output_dir={run}", f"train.max_steps={STEPS}",
                              "train.progress=false", f"train.eval_every={STEPS}", f"train.save_every={STEPS}",
-                             "train.max_minutes=0", f"train.vision_warmup_steps={WARMUP_STEPS}"], "tiny")
+                             "train.max_minutes=0", f"train.vision_warmup_steps={WARMUP_STEPS}",
+                             f"train.itm_finish_steps={FINISH_STEPS}"], "tiny")
     return world, run, E.pretrain(cfg)
 
 
@@ -64,7 +68,7 @@ def test_the_last_itm_step_lifts_the_hardest_negative_accuracy_and_leaves_itc_al
     split) lifts the held-out accuracy against the most ITC-similar false caption clearly (69.5 -> 81.2 % in the
     default run), and ITC's retrieval stays exactly where pre-training left it (only the fused half trains)."""
     world, run, result = pretrained
-    assert result["itm_finish"]["steps"] == 1000, result["itm_finish"]
+    assert result["itm_finish"]["steps"] == FINISH_STEPS, result["itm_finish"]
     evals = [r for r in metric_rows(run) if "val_itm_acc_hard" in r]
     before, after = evals[-2], evals[-1]  # the last evaluation of pre-training, and the one after the step
     assert before["step"] == after["step"] == STEPS
@@ -77,22 +81,22 @@ def test_itm_reranking_does_not_lower_retrieval(pretrained):
     """As in the paper, ITM re-ranks ITC's top-k: after a short retrieval fine-tuning, R@1 re-ranked is above
     ITC's own in both directions (by at least three of the 300 images)."""
     world, run, _ = pretrained
-    result, _ = finetune(world, run, run.parent / "retrieval", "retrieval", 60, "data.k_test=16")
+    result, _ = finetune(world, run, run.parent / "retrieval", "retrieval", 40, "data.k_test=16")
     for d in ("img", "txt"):
         assert result[f"{d}_r1"] >= result[f"itc_{d}_r1"] + 1.0, result
 
 
-@pytest.mark.parametrize("task,metric,baseline_key,margin", [
-    ("ve", "acc", "majority_class_acc", 10.0),
-    ("nlvr", "acc", "majority_class_acc", 5.0),
-    ("vqa", "vqa_acc", "majority_answer_acc", 10.0),
+@pytest.mark.parametrize("task,metric,baseline_key,margin,steps", [
+    ("ve", "acc", "majority_class_acc", 10.0, 60),
+    ("nlvr", "acc", "majority_class_acc", 5.0, 120),  # 60.0 % (blind 49.0); at 60 steps 56.3, a point over the bar
+    ("vqa", "vqa_acc", "majority_answer_acc", 10.0, 120),  # 53.1 (blind 42.7); at 60 steps 45.4, blind 41.0
 ])
 def test_finetuning_beats_the_baseline_and_the_image_blind_control(pretrained, tmp_path, task, metric,
-                                                                   baseline_key, margin):
+                                                                   baseline_key, margin, steps):
     """Each task above its baseline *and* above the same model with the images shuffled: the score needs the
     image (the generator's text leaks once let SNLI-VE reach 69 % and NLVR2 70 % from the words alone)."""
     world, run, _ = pretrained
-    result, cfg = finetune(world, run, tmp_path / task, task)
+    result, cfg = finetune(world, run, tmp_path / task, task, steps)
     blind = E.evaluate(cfg, task, tmp_path / task / "model.pth", blind="shuffle")
     assert result[metric] > result[baseline_key] + margin, (result, result[baseline_key])
     assert result[metric] > blind[metric] + margin / 2, (result, blind)
@@ -103,6 +107,17 @@ def test_itm_gradcam_grounds_above_the_random_proposal(pretrained, tmp_path):
     with fewer, the last but one), after weakly-supervised fine-tuning on (image, expression) pairs: at least
     twice the random proposal's accuracy."""
     world, run, _ = pretrained
-    result, _ = finetune(world, run, tmp_path / "grounding", "grounding", 120, "data.gradcam_mode=itm")
+    result, _ = finetune(world, run, tmp_path / "grounding", "grounding", 60, "data.gradcam_mode=itm")
+    baseline = random_proposal_baseline(world / "grounding_test.json", world / "refcoco+")["acc_all"]
+    assert result["acc_all"] >= 2 * baseline, (result, baseline)
+
+
+def test_itm_gradcam_grounds_before_any_grounding_finetuning(pretrained, tmp_path):
+    """The pre-trained fused half grounds by itself: ITM Grad-CAM of the pre-training checkpoint, no grounding
+    steps, at least twice the random proposal (a fused half that never learned sat at chance, 15.9 against 16.1)."""
+    world, run, _ = pretrained
+    cfg = load_config(None, [f"data.root={world}", f"train.output_dir={tmp_path}", "train.progress=false",
+                             "data.gradcam_mode=itm"], "tiny")
+    result = E.evaluate(cfg, "grounding", run / "model.pth", out_dir=tmp_path)
     baseline = random_proposal_baseline(world / "grounding_test.json", world / "refcoco+")["acc_all"]
     assert result["acc_all"] >= 2 * baseline, (result, baseline)
