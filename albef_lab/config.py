@@ -249,6 +249,14 @@ def _tiny() -> Config:
 PRESETS = {"base": _base, "tiny": _tiny}
 
 
+def tiny_finetune_overrides(steps: int) -> list[str]:
+    """The tiny model's fine-tuning on ShapesWorld, shared by the learning tests, the README's table
+    (`scripts/shapesworld_results.py`) and the demo's VQA: a step count, not a clock, so that any machine builds
+    the same model; warm-up, then cosine to the last step, where it evaluates and saves once."""
+    return [f"train.max_steps={steps}", f"train.eval_every={steps}", f"train.save_every={steps}",
+            "train.max_minutes=0", "train.warmup_steps=20", "train.lr=3e-4", "model.fix_momentum_init=true"]
+
+
 def preset(name: str) -> Config:
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")

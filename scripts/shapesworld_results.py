@@ -1,6 +1,6 @@
 """Fine-tune and evaluate every task on ShapesWorld from one pre-trained checkpoint; print the README table.
 
-    python scripts/shapesworld_results.py --init runs/pretrain_tiny/model.pth [--steps 300] [--root data/shapesworld]
+    python scripts/shapesworld_results.py --init runs/pretrain_tiny/model.pth [--steps 120] [--root data/shapesworld]
 
 Each score stands beside its image-blind control (the same fine-tuned model, images shuffled across the
 examples) and its baseline (chance, the majority class or answer, a random proposal).
@@ -13,7 +13,7 @@ import json
 import time
 from pathlib import Path
 
-from albef_lab.config import load_config
+from albef_lab.config import load_config, tiny_finetune_overrides
 from albef_lab.eval.grounding import random_proposal_baseline
 from albef_lab.models.registry import task_spec
 from albef_lab.train.engine import evaluate, train
@@ -26,7 +26,8 @@ ROWS = {
     "vqa": ([("vqa_acc", "VQA accuracy (official)")], "always the most common answer"),
     "nlvr": ([("acc", "accuracy")], "majority class"),
     "ve": ([("acc", "accuracy (3-way)")], "majority class"),
-    "grounding": ([("acc_all", "accuracy, Grad-CAM of ITM on the 3rd (last) fusion layer")], "random proposal"),
+    "grounding": ([("acc_all", "accuracy, ITM Grad-CAM (3rd fusion layer; the tiny model's 1st of 2)")],
+                  "random proposal"),
 }
 
 
@@ -44,7 +45,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--init", required=True)
     ap.add_argument("--root", default="data/shapesworld")
-    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--steps", type=int, default=120)
     ap.add_argument("--out", default="runs/shapesworld_results")
     ap.add_argument("--tasks", nargs="+", default=list(ROWS))
     args = ap.parse_args()
@@ -53,10 +54,8 @@ def main() -> None:
     results = {}
     for task in args.tasks:
         cfg = load_config(None, [f"data.root={args.root}", f"train.output_dir={args.out}/{task}",
-                                 f"train.max_steps={args.steps}", f"train.eval_every={args.steps}",
-                                 f"train.save_every={args.steps}", "train.max_minutes=0", "train.warmup_steps=30",
-                                 "train.lr=2e-4", "train.progress=false", "data.k_test=16",
-                                 "model.fix_momentum_init=true"], "tiny")
+                                 *tiny_finetune_overrides(args.steps), "train.progress=false", "data.k_test=16"],
+                          "tiny")
         t0 = time.perf_counter()
         r = train(cfg, task, init=args.init)
         minutes = (time.perf_counter() - t0) / 60
