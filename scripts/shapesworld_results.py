@@ -1,6 +1,7 @@
 """Fine-tune and evaluate every task on ShapesWorld from one pre-trained checkpoint; print the README table.
 
     python scripts/shapesworld_results.py --init runs/pretrain_tiny/model.pth [--steps 120] [--root data/shapesworld]
+        [--tasks vqa nlvr] [--set train.lr=1e-4 ...]
 
 Each score stands beside its image-blind control (the same fine-tuned model, images shuffled across the
 examples) and its baseline (chance, the majority class or answer, a random proposal).
@@ -41,21 +42,22 @@ def baseline(task: str, r: dict, root: str) -> float:
     return random_proposal_baseline(f"{root}/{task_spec('grounding').files[1]}", f"{root}/refcoco+")["acc_all"]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser()
     ap.add_argument("--init", required=True)
     ap.add_argument("--root", default="data/shapesworld")
     ap.add_argument("--steps", type=int, default=120)
     ap.add_argument("--out", default="runs/shapesworld_results")
     ap.add_argument("--tasks", nargs="+", default=list(ROWS))
-    args = ap.parse_args()
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, after the recipe")
+    args = ap.parse_args(argv)
     lines = ["| task | metric | albef-lab | images shuffled | baseline | baseline is | steps | minutes |",
              "|---|---|---|---|---|---|---|---|"]
     results = {}
     for task in args.tasks:
         cfg = load_config(None, [f"data.root={args.root}", f"train.output_dir={args.out}/{task}",
-                                 *tiny_finetune_overrides(args.steps), "train.progress=false", "data.k_test=16"],
-                          "tiny")
+                                 *tiny_finetune_overrides(args.steps), "train.progress=false", "data.k_test=16",
+                                 *args.set], "tiny")
         t0 = time.perf_counter()
         r = train(cfg, task, init=args.init)
         minutes = (time.perf_counter() - t0) / 60
@@ -73,6 +75,7 @@ def main() -> None:
     print("\n".join(lines))
     with open(f"{args.out}/results.json", "w") as f:
         json.dump(results, f, indent=1)
+    return results
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from albef_lab.models.tasks import ALBEFRetrieval
 from albef_lab.train import engine as E
 from albef_lab.train.tasks import VETask
 from albef_lab.viz.gradcam import itc_gradcam, itm_gradcam
-from tests.helpers import SMALL, batch, small_config
+from tests.helpers import SMALL, batch, load_module, small_config
 
 
 @pytest.fixture(scope="module")
@@ -154,3 +154,25 @@ def test_zero_shot_evaluation_of_a_pretraining_file_warns_about_the_image_size(w
 def test_random_proposal_baseline_is_a_probability(world):
     base = random_proposal_baseline(world / "grounding_test.json", world / "refcoco+")
     assert 0 < base["acc_all"] < 100
+
+
+def test_the_results_script_prints_each_score_beside_its_control(world, tmp_path, capsys):
+    """scripts/shapesworld_results.py (the README's table): the recipe's steps, each score beside its image-blind
+    control and baseline, in the printed table and in results.json."""
+    pre = tmp_path / "pre"
+    E.pretrain(load_config(None, [*SMALL, f"data.root={world}", f"train.output_dir={pre}", "train.max_steps=2",
+                                  "model.decoder_layers=1"], "tiny"))
+    script = load_module(Path(__file__).resolve().parent.parent / "scripts" / "shapesworld_results.py")
+    out = tmp_path / "results"
+    results = script.main(["--init", str(pre / "model.pth"), "--root", str(world), "--out", str(out), "--steps", "3",
+                           "--tasks", "ve", "grounding", "--set", *SMALL, "model.decoder_layers=1", "data.k_test=4"])
+    ve, grounding = results["ve"], results["grounding"]
+    assert ve["step"] == grounding["step"] == 3
+    assert ve["baseline"] == ve["majority_class_acc"] and 0 <= ve["blind"]["acc"] <= 100
+    assert grounding["baseline"] == random_proposal_baseline(world / "grounding_test.json",
+                                                             world / "refcoco+")["acc_all"]
+    printed = capsys.readouterr().out
+    assert (f"| ve | accuracy (3-way) | {ve['acc']:.1f} | {ve['blind']['acc']:.1f} | {ve['baseline']:.1f} | "
+            "majority class | 3 |") in printed
+    assert "| grounding | accuracy, ITM Grad-CAM" in printed
+    assert json.loads((out / "results.json").read_text())["ve"]["acc"] == ve["acc"]
