@@ -42,17 +42,16 @@ class DemoPaths:
 
 
 def stage_config(paths: DemoPaths, stage: str, minutes: float, extra: list[str] | None = None) -> Config:
-    """The tiny preset on the demo's world; `minutes` caps the stage's wall time."""
-    overrides = [f"data.root={paths.data}", f"train.output_dir={paths.runs / stage}", f"train.max_minutes={minutes}"]
-    return load_config(None, [*overrides, *(extra or [])], "tiny")
+    """The tiny preset on the demo's world; `minutes` caps the stage's wall time, whatever `extra` says."""
+    overrides = [f"data.root={paths.data}", f"train.output_dir={paths.runs / stage}", *(extra or [])]
+    return load_config(None, [*overrides, f"train.max_minutes={minutes}"], "tiny")
 
 
 def vqa_stage_config(paths: DemoPaths, progress: bool = True, steps: int = VQA_STEPS,
                      extra: list[str] | None = None) -> Config:
     """The demo's VQA fine-tune: the tiny fine-tuning recipe (the learning tests'), capped at `VQA_MINUTES`.
-    `extra` comes last (a test's smaller model)."""
-    recipe = [*tiny_finetune_overrides(steps), f"train.max_minutes={VQA_MINUTES}",
-              f"train.progress={str(progress).lower()}", "data.k_test=16"]
+    `extra` comes after the recipe (a test's smaller model)."""
+    recipe = [*tiny_finetune_overrides(steps), f"train.progress={str(progress).lower()}", "data.k_test=16"]
     return stage_config(paths, "vqa", VQA_MINUTES, [*recipe, *(extra or [])])
 
 

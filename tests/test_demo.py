@@ -8,8 +8,7 @@ def test_the_demo_vqa_stage_makes_its_steps_and_warns_of_no_clock(tmp_path, caps
     prints no clock warning (it once ran "until the clock", asking 7400 steps, and warned on every machine)."""
     world, pre, _ = demo_models(tmp_path)
     paths = DemoPaths(tmp_path / "runs", world)
-    small = [x for x in SMALL if not x.startswith("train.max_minutes")]  # the stage's own cap stays
-    cfg = vqa_stage_config(paths, progress=False, steps=3, extra=[*small, "model.decoder_layers=1", "data.k_test=4"])
+    cfg = vqa_stage_config(paths, progress=False, steps=3, extra=[*SMALL, "model.decoder_layers=1", "data.k_test=4"])
     assert cfg.train.max_minutes == VQA_MINUTES and cfg.train.max_steps == 3
     capsys.readouterr()
     result = train(cfg, "vqa", init=str(pre))
