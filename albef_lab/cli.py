@@ -62,6 +62,7 @@ def cmd_make_world(args: argparse.Namespace) -> int:
     from albef_lab.data.export import WorldSettings, write_world
 
     s = WorldSettings(out=args.out, seed=args.seed, images=args.images, res=args.res, noise=args.noise,
+                      caption_kinds=tuple(k.strip() for k in args.captions.split(",") if k.strip()),
                       workers=args.workers)
     t0 = time.perf_counter()
     counts = write_world(s, progress=not args.quiet)
@@ -163,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", type=int, default=3000)
     p.add_argument("--res", type=int, default=64, help="image size in pixels")
     p.add_argument("--noise", type=float, default=0.0, help="fraction of pre-training captions corrupted")
+    p.add_argument("--captions", default="listing,count,single,relation",
+                   help="the kinds of caption, comma-separated (listing,relation: captions true of few scenes)")
     p.add_argument("--workers", type=int, default=2, help="processes that render images")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_make_world)

@@ -130,6 +130,9 @@ class DataConfig:
     world_images: int = 3000
     world_res: int = 64
     world_seed: int = 0
+    # what the world's captions say (albef_lab.data.world.CAPTION_KINDS); [listing, relation]: captions true of few
+    # scenes (docs/itm_recipe.md). Read when the world is generated: give such a world its own data.root
+    world_caption_kinds: list[str] = field(default_factory=lambda: ["listing", "count", "single", "relation"])
     noise: float = 0.0
     max_words: int = 30
     max_tokens: int = 25  # tokenizer truncation, as the original's pre-training

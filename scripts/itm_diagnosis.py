@@ -4,8 +4,9 @@
 
 Beside the held-out ITM accuracies of training's evaluation: how often each score (ITM, ITC) prefers an image's
 own caption to its hard negative, how often ITM says "match" to the own caption by the caption's form, and
-retrieval R@1 three ways: ITC alone, ITC's top k re-ranked by ITM, and re-ranked by the ground truth (the ceiling
-of any re-ranker); and a fixed hard set no model chose (`edit_probe`: one-word edits of the own caption, by kind).
+retrieval R@1 four ways: ITC alone, ITC's top k re-ranked by ITM, re-ranked by the ground truth (the ceiling of
+any re-ranker), and the ground truth alone (`truth_only`: what the world's shared captions leave to win); and a
+fixed hard set no model chose (`edit_probe`: one-word edits of the own caption, by kind).
 `--split train` measures the same on training images. docs/itm_recipe.md reads these numbers. The last line is JSON.
 """
 
@@ -34,6 +35,7 @@ from albef_lab.eval.retrieval import (
     itm_negatives,
     recall_metrics,
     rerank_scores,
+    truth_only_r1,
     truth_rerank_scores,
     zero_shot_eval,
 )
@@ -126,7 +128,8 @@ def diagnose(checkpoint: str, data: str, k: int, split: str = "test") -> dict:
             "said_match_by_kind": {kk: round(100.0 * accepted[kk] / kinds[kk], 1) for kk in sorted(kinds)},
             "hard_negative_kinds": dict(sorted(Counter(W.caption_kind(val.text[t]) for t in hard.tolist()).items())),
             "r1": {"itc": [out["img_r1"], out["txt_r1"]], f"itm_rerank_k{k}": [reranked["img_r1"], reranked["txt_r1"]],
-                   f"truth_rerank_k{k}": [ceiling["img_r1"], ceiling["txt_r1"]]},
+                   f"truth_rerank_k{k}": [ceiling["img_r1"], ceiling["txt_r1"]],
+                   "truth_only": truth_only_r1(truth, txt2img)},
             "r1_true": {"itc": top1_true(sims, sims.t(), truth), f"itm_rerank_k{k}": top1_true(s_i2t, s_t2i, truth)}}
 
 

@@ -398,6 +398,24 @@ def test_truth_rerank_is_a_ceiling_of_itc_and_moves_true_pairs_first():
         assert true_in.min() > false_in.max()
 
 
+def test_truth_only_r1_counts_shared_captions_on_a_hand_made_world():
+    """`truth_only_r1`: text->image picks any image the text is true of; image->text the true captions that are
+    true of the fewest images (ties share the hit)."""
+    from albef_lab.eval.retrieval import truth_only_r1
+
+    # texts 0..4 written for images 0, 1, 2, 1, 2; true of {0}, {0, 1, 2}, {2}, {1, 2}, {1, 2}
+    txt2img = torch.tensor([0, 1, 2, 1, 2])
+    truth = torch.zeros(3, 5, dtype=torch.bool)
+    for t, images in enumerate([[0], [0, 1, 2], [2], [1, 2], [1, 2]]):
+        truth[images, t] = True
+    # text->image: (1 + 1/3 + 1 + 1/2 + 1/2) / 5; image->text: image 0 text 0 (own), image 1 texts 3 and 4
+    # (two images each; text 3 is its own: half a hit), image 2 text 2 (own)
+    assert truth_only_r1(truth, txt2img) == [round(100 * (10 / 3) / 5, 2), round(100 * 2.5 / 3, 2)]
+    truth[1, 3] = False  # a text false of its own image is no ground truth
+    with pytest.raises(ValueError, match="own image"):
+        truth_only_r1(truth, txt2img)
+
+
 def test_itm_diagnosis_script_runs_on_a_small_checkpoint(tmp_path):
     from pathlib import Path
 
@@ -413,6 +431,7 @@ def test_itm_diagnosis_script_runs_on_a_small_checkpoint(tmp_path):
     assert sum(r["hard_negative_kinds"].values()) == 4  # one hard negative per held-out image (10 % of 40)
     for d in (0, 1):
         assert r["r1"]["truth_rerank_k3"][d] >= r["r1"]["itc"][d]
+        assert 0 < r["r1"]["truth_only"][d] <= 100
         for way in ("itc", "itm_rerank_k3"):  # the own pair is true: its top-1 counts in both
             assert r["r1_true"][way][d] >= r["r1"][way][d], r
     # top1_true on a hand-made case: image 0 holds texts 0 and 2, image 1 text 1; scores [images, texts]

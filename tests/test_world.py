@@ -346,3 +346,59 @@ def test_caption_kind_names_the_form_the_generator_chose():
     assert W.caption_kind("a red circle above a blue square") == "relation"
     assert W.caption_kind("a red circle, a blue square and a green star") == "listing"
     assert W.caption_kind("a small red circle") == "listing"
+
+
+def test_a_world_of_specific_captions_says_only_those_kinds_and_leaves_the_other_tasks_alone(world, tmp_path):
+    """`caption_kinds=("listing", "relation")`: pre-training and retrieval captions of those kinds only, true of
+    their image and shared by fewer images (a perfect judge of truth retrieves more); every other task's file is
+    the default world's."""
+    import torch
+
+    from albef_lab.data import world as W
+    from albef_lab.eval.retrieval import truth_only_r1
+
+    out = tmp_path / "specific"
+    write_world(WorldSettings(out=str(out), images=200, seed=7, noise=0.25, workers=1,
+                              caption_kinds=("listing", "relation")), progress=False)
+    assert load(out, "world.json")["settings"]["caption_kinds"] == ["listing", "relation"]
+    assert "caption_kinds" not in load(world, "world.json")["settings"]  # a default world's file is unchanged
+    scenes = {s["image"]: W.Scene.from_dict(s) for s in load(out, "scenes.json")}
+    clean = [e for e in load(out, "pretrain.json") if e["noise"] == "none"]
+    test = [(e["image"], c) for e in load(out, "coco_test.json") for c in e["caption"]]
+    pairs = [(e["image"], e["caption"]) for e in clean] + test
+    assert Counter(W.caption_kind(c) for _, c in pairs).keys() == {"listing", "relation"}
+    assert all(W.caption_holds(scenes[im], c) for im, c in pairs)
+    for name in ("vqa_train.json", "nlvr_train.json", "ve_train.json", "grounding_train.json"):
+        assert load(out, name) == load(world, name), name
+
+    def truth_only(kinds: tuple[str, ...]) -> list[float]:  # the default size's test split, from the scene graphs
+        from albef_lab.data.export import make_plan
+
+        plan = make_plan(WorldSettings(images=3000, caption_kinds=kinds))
+        test = plan.by_split["test"]
+        texts = [(n, c) for n, i in enumerate(test)
+                 for c in W.captions(plan.scenes[i], plan.rng(i, "caption"), 5, kinds)]
+        truth = torch.tensor([[W.caption_holds(plan.scenes[i], c) for _, c in texts] for i in test])
+        return truth_only_r1(truth, torch.tensor([n for n, _ in texts]))
+
+    specific, default = truth_only(("listing", "relation")), truth_only(W.CAPTION_KINDS)
+    assert specific[0] > default[0] + 20, (specific, default)  # text->image: fewer images share a caption
+    with pytest.raises(ValueError, match="caption_kinds"):
+        write_world(WorldSettings(out=str(tmp_path / "bad"), images=20, caption_kinds=("colour",)), progress=False)
+
+
+def test_the_caption_kinds_reach_the_world_from_the_config_and_the_command_line(tmp_path):
+    """`data.world_caption_kinds` (a world generated on first use) and `albef-lab make-world --captions`."""
+    from albef_lab.cli import main as cli
+    from albef_lab.config import load_config
+    from albef_lab.data import world as W
+    from albef_lab.data.export import ensure_world
+
+    cfg = load_config(None, [f"data.root={tmp_path / 'a'}", "data.world_images=20",
+                             "data.world_caption_kinds=[relation]"])
+    ensure_world(cfg.data, tmp_path / "a" / "pretrain.json", progress=False)
+    assert load(tmp_path / "a", "world.json")["settings"]["caption_kinds"] == ["relation"]
+    assert cli(["make-world", "--out", str(tmp_path / "b"), "--images", "20", "--captions", "listing, relation",
+                "--workers", "1", "--quiet"]) == 0
+    assert load(tmp_path / "b", "world.json")["settings"]["caption_kinds"] == ["listing", "relation"]
+    assert {W.caption_kind(e["caption"]) for e in load(tmp_path / "b", "pretrain.json")} <= {"listing", "relation"}

@@ -44,6 +44,9 @@ class WorldSettings:
     captions_per_image: int = 3  # pre-training / retrieval train
     test_captions: int = 5  # retrieval val/test, as COCO
     questions_per_image: int = 2
+    # the kinds of retrieval and pre-training captions (world.CAPTION_KINDS); ("listing", "relation"): captions
+    # true of few scenes (docs/itm_recipe.md). Noisy captions keep their own forms
+    caption_kinds: tuple[str, ...] = W.CAPTION_KINDS
     workers: int = 2
 
 
@@ -85,6 +88,8 @@ def write_world(s: WorldSettings, progress: bool = True) -> dict:
         raise ValueError(f"noise must be a fraction in [0, 1], got {s.noise}")
     if s.images < 10:
         raise ValueError("a world needs at least 10 images (train/val/test splits)")
+    if not s.caption_kinds or set(s.caption_kinds) - set(W.CAPTION_KINDS):
+        raise ValueError(f"caption_kinds must be some of {list(W.CAPTION_KINDS)}, got {list(s.caption_kinds)}")
     out = Path(s.out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "refcoco+").mkdir(exist_ok=True)
@@ -101,6 +106,10 @@ def write_world(s: WorldSettings, progress: bool = True) -> dict:
     for name, obj in files.items():
         _dump(out / name, obj)
     settings = {k: v for k, v in vars(s).items() if k not in ("workers", "out")} | {"version": VERSION}
+    if tuple(s.caption_kinds) == W.CAPTION_KINDS:  # a default world's world.json stays as it was
+        settings.pop("caption_kinds")
+    else:
+        settings["caption_kinds"] = list(s.caption_kinds)
     _dump(out / "world.json", {"settings": settings, "counts": counts})
     return counts
 
@@ -131,7 +140,7 @@ def caption_files(p: Plan) -> tuple[dict, dict]:
     s, img = p.s, p.img
     pretrain, coco = [], {"train": [], "val": [], "test": []}
     for i in p.by_split["train"]:
-        for c in W.captions(p.scenes[i], p.rng(i, "caption"), s.captions_per_image):
+        for c in W.captions(p.scenes[i], p.rng(i, "caption"), s.captions_per_image, s.caption_kinds):
             pretrain.append({"image": img[i], "caption": c, "image_id": i, "noise": "none"})
             coco["train"].append({"image": img[i], "caption": c, "image_id": str(i)})
     n_noisy = round(s.noise * len(pretrain))
@@ -143,7 +152,7 @@ def caption_files(p: Plan) -> tuple[dict, dict]:
     for part in ("val", "test"):
         for i in p.by_split[part]:
             coco[part].append({"image": img[i], "caption": W.captions(p.scenes[i], p.rng(i, "caption"),
-                                                                      s.test_captions)})
+                                                                      s.test_captions, s.caption_kinds)})
     files = {"pretrain.json": pretrain, **{f"coco_{part}.json": coco[part] for part in coco}}
     return files, {"pretrain_pairs": len(pretrain), "noisy_captions": n_noisy}
 
@@ -241,6 +250,7 @@ def ensure_world(data, train_file: str | Path, progress: bool = True, main: bool
             why = f"was made by generator version {old}, this is {VERSION}" if stale else "not found"
             print(f"ShapesWorld at {data.root} {why}: generating {data.world_images} images ...")
             write_world(WorldSettings(out=data.root, seed=data.world_seed, images=data.world_images,
-                                      res=data.world_res, noise=data.noise), progress=progress)
+                                      res=data.world_res, noise=data.noise,
+                                      caption_kinds=tuple(data.world_caption_kinds)), progress=progress)
     if barrier is not None:
         barrier()

@@ -200,6 +200,23 @@ def rerank_scores(model: nn.Module, image_states: Tensor, image_feat: Tensor, te
     return score_i2t, score_t2i
 
 
+def truth_only_r1(truth: Tensor, txt2img: Tensor) -> list[float]:
+    """[text->image, image->text] R@1 (expected, in percent) of a judge that knows only which captions are true of
+    which images: what a world's shared captions leave to win. Text->image: any image the text is true of, at
+    random. Image->text: among the captions true of the image, one of those true of the fewest images (the
+    likeliest to have been written for it). `truth` [images, texts] bool, `txt2img` [texts]."""
+    truth, txt2img = truth.cpu().bool(), txt2img.cpu()
+    if not truth[txt2img, torch.arange(len(txt2img))].all():
+        raise ValueError("truth must hold every text of its own image (txt2img)")
+    shared = truth.sum(0).float()  # per text: the images it is true of
+    t2i = (1.0 / shared).mean().item()
+    own = txt2img[None, :] == torch.arange(len(truth))[:, None]
+    fewest = shared.masked_fill(~truth, float("inf")).min(dim=1, keepdim=True).values
+    picked = truth & (shared[None, :] == fewest)
+    i2t = ((picked & own).sum(1) / picked.sum(1)).mean().item()
+    return [round(100.0 * t2i, 2), round(100.0 * i2t, 2)]
+
+
 def truth_rerank_scores(sims: Tensor, truth: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """The ceiling of ITM re-ranking: each query's ITC top-k re-ranked by the ground truth (true pairs first, ITC's
     order within each group), -100 outside the top-k as in `rerank_scores`. `sims` [images, texts] cosine
