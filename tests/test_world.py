@@ -375,10 +375,10 @@ def test_a_world_of_specific_captions_says_only_those_kinds_and_leaves_the_other
         from albef_lab.data.export import make_plan
 
         plan = make_plan(WorldSettings(images=3000, caption_kinds=kinds))
-        test = plan.by_split["test"]
-        texts = [(n, c) for n, i in enumerate(test)
+        split = plan.by_split["test"]
+        texts = [(n, c) for n, i in enumerate(split)
                  for c in W.captions(plan.scenes[i], plan.rng(i, "caption"), 5, kinds)]
-        truth = torch.tensor([[W.caption_holds(plan.scenes[i], c) for _, c in texts] for i in test])
+        truth = torch.tensor([[W.caption_holds(plan.scenes[i], c) for _, c in texts] for i in split])
         return truth_only_r1(truth, torch.tensor([n for n, _ in texts]))
 
     specific, default = truth_only(("listing", "relation")), truth_only(W.CAPTION_KINDS)
@@ -402,3 +402,13 @@ def test_the_caption_kinds_reach_the_world_from_the_config_and_the_command_line(
                 "--workers", "1", "--quiet"]) == 0
     assert load(tmp_path / "b", "world.json")["settings"]["caption_kinds"] == ["listing", "relation"]
     assert {W.caption_kind(e["caption"]) for e in load(tmp_path / "b", "pretrain.json")} <= {"listing", "relation"}
+
+
+def test_the_default_caption_kinds_are_written_alike_in_the_world_the_config_and_the_command_line():
+    """Three copies (the config and the parser do not import the generator): they must not drift apart."""
+    from albef_lab.cli import build_parser
+    from albef_lab.config import DataConfig
+    from albef_lab.data import world as W
+
+    assert DataConfig().world_caption_kinds == list(W.CAPTION_KINDS)
+    assert build_parser().parse_args(["make-world"]).captions == ",".join(W.CAPTION_KINDS)

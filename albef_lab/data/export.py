@@ -108,8 +108,6 @@ def write_world(s: WorldSettings, progress: bool = True) -> dict:
     settings = {k: v for k, v in vars(s).items() if k not in ("workers", "out")} | {"version": VERSION}
     if tuple(s.caption_kinds) == W.CAPTION_KINDS:  # a default world's world.json stays as it was
         settings.pop("caption_kinds")
-    else:
-        settings["caption_kinds"] = list(s.caption_kinds)
     _dump(out / "world.json", {"settings": settings, "counts": counts})
     return counts
 
