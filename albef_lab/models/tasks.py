@@ -283,7 +283,8 @@ class ALBEFPretrainNLVR(nn.Module):
             weights = F.softmax(sim, dim=1)
             weights.fill_diagonal_(0)
         left, right, labels = draw_pairs(weights, source)
-        img0, img1 = image_embeds[left.to(device)], image_embeds[right.to(device)]
+        # index_select: its backward adds an image's repeated rows in a fixed order (see models/bert.py)
+        img0, img1 = image_embeds.index_select(0, left.to(device)), image_embeds.index_select(0, right.to(device))
         labels = labels.to(device)
         fused = self.text_encoder(ids, mask, encoder_hidden_states=[img0, img1])
         pred = self.ta_head(fused[:, 0])
