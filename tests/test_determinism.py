@@ -15,6 +15,11 @@ from tests.helpers import make_world, small_cfg
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return make_world(tmp_path_factory.mktemp("world"), 160, 3)
+
+
 def test_make_world_in_two_processes_with_different_hash_seeds_is_byte_identical(tmp_path):
     outs = []
     for hash_seed in ("1", "987"):
@@ -34,13 +39,12 @@ def test_make_world_in_two_processes_with_different_hash_seeds_is_byte_identical
 
 @pytest.mark.parametrize("encoder", ["train.vision_warmup_minutes=0", "train.vision_warmup_steps=5"],
                          ids=["trained-from-scratch", "warmed-up"])
-def test_pretraining_in_two_processes_gives_bit_identical_weights(tmp_path, encoder):
+def test_pretraining_in_two_processes_gives_bit_identical_weights(world, tmp_path, encoder):
     """Same seed, same files, two threads each: the same weights to the last bit. Gathers with repeated rows
     (mined negatives, an image's cross-attention keys shared by its pairs) once summed their gradients in a
     thread-dependent order, and two runs of one seed drifted apart (1e-5 after 15 steps, a point of R@1 later).
     Both encoders: trained with the rest (its gradients pass those gathers), and the tiny recipe's warm-up (by
     steps; by minutes it would stop wherever the clock says); then the recipe's last ITM step."""
-    world = make_world(tmp_path / "world", 160, 3)
     weights = []
     for hash_seed in ("1", "987"):
         out = tmp_path / f"run{hash_seed}"
@@ -80,11 +84,6 @@ class RepeatedAtomicAdds(TorchDispatchMode):
                 if torch.unique(where, dim=1).shape[1] < where.shape[1]:
                     self.found.append(tuple(args[0].shape))
         return func(*args, **kwargs)
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    return make_world(tmp_path_factory.mktemp("world"), 160, 3)
 
 
 # pre-training's vision warm-up still gathers its object tokens as image_states[rows, cols] (a token under two
