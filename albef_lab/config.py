@@ -252,6 +252,13 @@ def _tiny() -> Config:
 PRESETS = {"base": _base, "tiny": _tiny}
 
 
+# NLVR2 first learns text assignment (`pretrain_nlvr`: is a caption about the left image, the right, or neither),
+# as the paper does; the doubled fusion layers then start knowing which image each reads. On the tiny model,
+# 120 NLVR2 steps reached 52.3-57.7 % over three seeds without it (shuffled images 48.0-55.7) and 66.0-68.7 % after
+# 60 steps of it (docs/itm_recipe.md, last section)
+TINY_TEXT_ASSIGNMENT_STEPS = 60
+
+
 def tiny_finetune_overrides(steps: int) -> list[str]:
     """The tiny model's fine-tuning on ShapesWorld, shared by the learning tests, the README's table
     (`scripts/shapesworld_results.py`) and the demo's VQA: a step count, not a clock, so that any machine builds

@@ -1,10 +1,11 @@
 """Fine-tune and evaluate every task on ShapesWorld from one pre-trained checkpoint; print the README table.
 
     python scripts/shapesworld_results.py --init runs/pretrain_tiny/model.pth [--steps 120] [--root data/shapesworld]
-        [--tasks vqa nlvr] [--set train.lr=1e-4 ...]
+        [--tasks vqa nlvr] [--text-assignment-steps 60] [--set train.lr=1e-4 ...]
 
 Each score stands beside its image-blind control (the same fine-tuned model, images shuffled across the
-examples) and its baseline (chance, the majority class or answer, a random proposal).
+examples) and its baseline (chance, the majority class or answer, a random proposal). NLVR2 starts from its
+text-assignment pre-training (`pretrain_nlvr`), as the paper's.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import json
 import time
 from pathlib import Path
 
-from albef_lab.config import load_config, tiny_finetune_overrides
+from albef_lab.config import TINY_TEXT_ASSIGNMENT_STEPS, load_config, tiny_finetune_overrides
 from albef_lab.eval.grounding import random_proposal_baseline
 from albef_lab.models.registry import task_spec
 from albef_lab.train.engine import evaluate, train
@@ -42,6 +43,12 @@ def baseline(task: str, r: dict, root: str) -> float:
     return random_proposal_baseline(f"{root}/{task_spec('grounding').files[1]}", f"{root}/refcoco+")["acc_all"]
 
 
+def recipe(args: argparse.Namespace, task: str, steps: int):
+    return load_config(None, [f"data.root={args.root}", f"train.output_dir={args.out}/{task}",
+                              *tiny_finetune_overrides(steps), "train.progress=false", "data.k_test=16", *args.set],
+                       "tiny")
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser()
     ap.add_argument("--init", required=True)
@@ -50,16 +57,20 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", default="runs/shapesworld_results")
     ap.add_argument("--tasks", nargs="+", default=list(ROWS))
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, after the recipe")
+    ap.add_argument("--text-assignment-steps", type=int, default=TINY_TEXT_ASSIGNMENT_STEPS,
+                    help="NLVR2's text-assignment pre-training before it (0: NLVR2 from --init directly)")
     args = ap.parse_args(argv)
     lines = ["| task | metric | albef-lab | images shuffled | baseline | baseline is | steps | minutes |",
              "|---|---|---|---|---|---|---|---|"]
     results = {}
     for task in args.tasks:
-        cfg = load_config(None, [f"data.root={args.root}", f"train.output_dir={args.out}/{task}",
-                                 *tiny_finetune_overrides(args.steps), "train.progress=false", "data.k_test=16",
-                                 *args.set], "tiny")
         t0 = time.perf_counter()
-        r = train(cfg, task, init=args.init)
+        init = args.init
+        if task == "nlvr" and args.text_assignment_steps:
+            train(recipe(args, "pretrain_nlvr", args.text_assignment_steps), "pretrain_nlvr", init=init)
+            init = f"{args.out}/pretrain_nlvr/model.pth"
+        cfg = recipe(args, task, args.steps)
+        r = train(cfg, task, init=init)
         minutes = (time.perf_counter() - t0) / 60
         # grounding's control is the random proposal; the others are evaluated again with shuffled images
         blind = {} if task == "grounding" else evaluate(cfg, task, Path(args.out) / task / "model.pth",

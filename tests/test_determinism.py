@@ -86,16 +86,7 @@ class RepeatedAtomicAdds(TorchDispatchMode):
         return func(*args, **kwargs)
 
 
-# pre-training's vision warm-up still gathers its object tokens as image_states[rows, cols] (a token under two
-# boxes twice): the index_select that fixes it moves the learning test's NLVR2 from 60.0 to 54.0 % (bar 55), so it
-# waits until NLVR2's spread over roundings is measured (docs/itm_recipe.md, last section). Strict: the mark must
-# go when the fix lands.
-WARMUP_RACE = pytest.mark.xfail(strict=True, reason="the vision warm-up's object-token gather (albef_lab/eval/"
-                                "inspect.py, object_tokens) still adds repeated rows with atomics")
-
-
-@pytest.mark.parametrize("task", [pytest.param("pretrain", marks=WARMUP_RACE), "pretrain_nlvr", "retrieval",
-                                  "grounding", "vqa", "nlvr", "ve"])
+@pytest.mark.parametrize("task", ["pretrain", "pretrain_nlvr", "retrieval", "grounding", "vqa", "nlvr", "ve"])
 def test_no_training_step_adds_repeated_rows_in_a_scheduler_chosen_order(world, tmp_path, task):
     """Every task's training, the tiny recipe's vision warm-up (its tokens under two boxes) and last ITM step
     included: a gradient never passes a gather with repeated rows by advanced indexing."""

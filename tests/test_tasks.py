@@ -17,7 +17,7 @@ from albef_lab.models.tasks import ALBEFRetrieval
 from albef_lab.train import engine as E
 from albef_lab.train.tasks import VETask
 from albef_lab.viz.gradcam import itc_gradcam, itm_gradcam
-from tests.helpers import SMALL, batch, load_module, small_config
+from tests.helpers import SMALL, batch, load_module, metric_rows, small_config
 
 
 @pytest.fixture(scope="module")
@@ -158,16 +158,17 @@ def test_random_proposal_baseline_is_a_probability(world):
 
 def test_the_results_script_prints_each_score_beside_its_control(world, tmp_path, capsys):
     """scripts/shapesworld_results.py (the README's table): the recipe's steps, each score beside its image-blind
-    control and baseline, in the printed table and in results.json."""
+    control and baseline, in the printed table and in results.json; NLVR2 starts from its text assignment."""
     pre = tmp_path / "pre"
     E.pretrain(load_config(None, [*SMALL, f"data.root={world}", f"train.output_dir={pre}", "train.max_steps=2",
                                   "model.decoder_layers=1"], "tiny"))
     script = load_module(Path(__file__).resolve().parent.parent / "scripts" / "shapesworld_results.py")
     out = tmp_path / "results"
     results = script.main(["--init", str(pre / "model.pth"), "--root", str(world), "--out", str(out), "--steps", "3",
-                           "--tasks", "ve", "grounding", "--set", *SMALL, "model.decoder_layers=1", "data.k_test=4"])
+                           "--tasks", "ve", "grounding", "nlvr", "--text-assignment-steps", "2", "--set", *SMALL,
+                           "model.decoder_layers=1", "data.k_test=4"])
     ve, grounding = results["ve"], results["grounding"]
-    assert ve["step"] == grounding["step"] == 3
+    assert ve["step"] == grounding["step"] == results["nlvr"]["step"] == 3
     assert ve["baseline"] == ve["majority_class_acc"] and 0 <= ve["blind"]["acc"] <= 100
     assert grounding["baseline"] == random_proposal_baseline(world / "grounding_test.json",
                                                              world / "refcoco+")["acc_all"]
@@ -175,4 +176,7 @@ def test_the_results_script_prints_each_score_beside_its_control(world, tmp_path
     assert (f"| ve | accuracy (3-way) | {ve['acc']:.1f} | {ve['blind']['acc']:.1f} | {ve['baseline']:.1f} | "
             "majority class | 3 |") in printed
     assert "| grounding | accuracy, ITM Grad-CAM" in printed
+    ta = out / "pretrain_nlvr"
+    assert [r["step"] for r in metric_rows(ta) if "val_ta_acc" in r] == [2]
+    assert f"initialised nlvr from {ta / 'model.pth'}" in printed
     assert json.loads((out / "results.json").read_text())["ve"]["acc"] == ve["acc"]

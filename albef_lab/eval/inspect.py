@@ -87,7 +87,12 @@ def object_tokens(image_states: Tensor, scenes: list) -> tuple[Tensor, Tensor]:
         rows += [i] * len(under)
         cols += under
         owner += [k] * len(under)
-    return image_states[rows, cols], torch.tensor(owner, device=image_states.device)
+    # index_select on the flattened tokens, not image_states[rows, cols]: the backward of advanced indexing adds
+    # a token's repeated rows with atomic adds across threads on the CPU, in an order the scheduler decides (a
+    # run that shared the CPU ended on other weights); index_select's backward adds them in a fixed order
+    device, tokens = image_states.device, image_states.shape[1]
+    index = torch.tensor(rows, device=device) * tokens + torch.tensor(cols, device=device)
+    return image_states.reshape(-1, image_states.shape[-1]).index_select(0, index), torch.tensor(owner, device=device)
 
 
 def object_features(image_states: Tensor, scenes: list) -> Tensor:
