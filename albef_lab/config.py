@@ -255,7 +255,7 @@ PRESETS = {"base": _base, "tiny": _tiny}
 # NLVR2 first learns text assignment (`pretrain_nlvr`: is a caption about the left image, the right, or neither),
 # as the paper does; the doubled fusion layers then start knowing which image each reads. On the tiny model,
 # 120 NLVR2 steps reached 52.3-57.7 % over three seeds without it (shuffled images 48.0-55.7) and 66.0-68.7 % after
-# 60 steps of it (docs/itm_recipe.md, last section)
+# 60 steps of it (docs/itm_recipe.md, "NLVR2 learns after text assignment")
 TINY_TEXT_ASSIGNMENT_STEPS = 60
 
 

@@ -15,7 +15,7 @@ import json
 import time
 from pathlib import Path
 
-from albef_lab.config import TINY_TEXT_ASSIGNMENT_STEPS, load_config, tiny_finetune_overrides
+from albef_lab.config import TINY_TEXT_ASSIGNMENT_STEPS, Config, load_config, tiny_finetune_overrides
 from albef_lab.eval.grounding import random_proposal_baseline
 from albef_lab.models.registry import task_spec
 from albef_lab.train.engine import evaluate, train
@@ -43,7 +43,7 @@ def baseline(task: str, r: dict, root: str) -> float:
     return random_proposal_baseline(f"{root}/{task_spec('grounding').files[1]}", f"{root}/refcoco+")["acc_all"]
 
 
-def recipe(args: argparse.Namespace, task: str, steps: int):
+def recipe(args: argparse.Namespace, task: str, steps: int) -> Config:
     return load_config(None, [f"data.root={args.root}", f"train.output_dir={args.out}/{task}",
                               *tiny_finetune_overrides(steps), "train.progress=false", "data.k_test=16", *args.set],
                        "tiny")
