@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -265,6 +266,12 @@ def tiny_finetune_overrides(steps: int) -> list[str]:
     the same model; warm-up, then cosine to the last step, where it evaluates and saves once."""
     return [f"train.max_steps={steps}", f"train.eval_every={steps}", f"train.save_every={steps}",
             "train.max_minutes=0", "train.warmup_steps=20", "train.lr=3e-4", "model.fix_momentum_init=true"]
+
+
+def tiny_finetune_config(root: str | Path, out: str | Path, steps: int, extra: Sequence[str] = ()) -> Config:
+    """`tiny_finetune_overrides` on the world in `root`, writing to `out`, without a progress bar; `extra` last."""
+    return load_config(None, [f"data.root={root}", f"train.output_dir={out}", *tiny_finetune_overrides(steps),
+                              "train.progress=false", *extra], "tiny")
 
 
 def preset(name: str) -> Config:

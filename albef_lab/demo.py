@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from albef_lab.config import Config, load_config, tiny_finetune_overrides
+from albef_lab.config import Config, load_config, tiny_finetune_config
 from albef_lab.data.tokenizer import load_tokenizer
 from albef_lab.inference import Loaded, Workbench, folder_images, load_checkpoint
 
@@ -51,8 +51,9 @@ def vqa_stage_config(paths: DemoPaths, progress: bool = True, steps: int = VQA_S
                      extra: list[str] | None = None) -> Config:
     """The demo's VQA fine-tune: the tiny fine-tuning recipe (the learning tests'), capped at `VQA_MINUTES`.
     `extra` comes after the recipe (a test's smaller model)."""
-    recipe = [*tiny_finetune_overrides(steps), f"train.progress={str(progress).lower()}", "data.k_test=16"]
-    return stage_config(paths, "vqa", VQA_MINUTES, [*recipe, *(extra or [])])
+    return tiny_finetune_config(paths.data, paths.runs / "vqa", steps,
+                                [f"train.progress={str(progress).lower()}", "data.k_test=16", *(extra or []),
+                                 f"train.max_minutes={VQA_MINUTES}"])
 
 
 def ensure_demo_models(paths: DemoPaths, progress: bool = True) -> None:

@@ -5,7 +5,7 @@
 
 Each score stands beside its image-blind control (the same fine-tuned model, images shuffled across the
 examples) and its baseline (chance, the majority class or answer, a random proposal). NLVR2 starts from its
-text-assignment pre-training (`pretrain_nlvr`), as the paper's.
+text-assignment pre-training (`pretrain_nlvr`, in OUT/nlvr/text_assignment), as the paper's.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ import json
 import time
 from pathlib import Path
 
-from albef_lab.config import TINY_TEXT_ASSIGNMENT_STEPS, Config, load_config, tiny_finetune_overrides
+from albef_lab.config import TINY_TEXT_ASSIGNMENT_STEPS
 from albef_lab.eval.grounding import random_proposal_baseline
 from albef_lab.models.registry import task_spec
-from albef_lab.train.engine import evaluate, train
+from albef_lab.train.engine import evaluate, finetune_tiny
 
 # task -> [(metric shown, its name)], how the baseline is defined
 ROWS = {
@@ -43,12 +43,6 @@ def baseline(task: str, r: dict, root: str) -> float:
     return random_proposal_baseline(f"{root}/{task_spec('grounding').files[1]}", f"{root}/refcoco+")["acc_all"]
 
 
-def recipe(args: argparse.Namespace, task: str, steps: int) -> Config:
-    return load_config(None, [f"data.root={args.root}", f"train.output_dir={args.out}/{task}",
-                              *tiny_finetune_overrides(steps), "train.progress=false", "data.k_test=16", *args.set],
-                       "tiny")
-
-
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser()
     ap.add_argument("--init", required=True)
@@ -65,12 +59,8 @@ def main(argv: list[str] | None = None) -> dict:
     results = {}
     for task in args.tasks:
         t0 = time.perf_counter()
-        init = args.init
-        if task == "nlvr" and args.text_assignment_steps:
-            train(recipe(args, "pretrain_nlvr", args.text_assignment_steps), "pretrain_nlvr", init=init)
-            init = f"{args.out}/pretrain_nlvr/model.pth"
-        cfg = recipe(args, task, args.steps)
-        r = train(cfg, task, init=init)
+        r, cfg = finetune_tiny(task, args.root, Path(args.out) / task, args.init, args.steps,
+                               ["data.k_test=16", *args.set], args.text_assignment_steps)
         minutes = (time.perf_counter() - t0) / 60
         # grounding's control is the random proposal; the others are evaluated again with shuffled images
         blind = {} if task == "grounding" else evaluate(cfg, task, Path(args.out) / task / "model.pth",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from albef_lab.config import TINY_TEXT_ASSIGNMENT_STEPS, load_config, tiny_finetune_overrides
+from albef_lab.config import load_config
 from albef_lab.data.export import WorldSettings, write_world
 from albef_lab.eval.grounding import random_proposal_baseline
 from albef_lab.eval.retrieval import chance_recall
@@ -37,14 +37,8 @@ def pretrained(tmp_path_factory):
 
 
 def finetune(world: Path, run: Path, out: Path, task: str, steps: int = 120, *extra: str) -> tuple[dict, object]:
-    """Fine-tune from the pre-training in `run`; NLVR2 after its text-assignment pre-training, as the paper."""
-    init = Path(run) / "model.pth"
-    if task == "nlvr":
-        finetune(world, run, out / "text_assignment", "pretrain_nlvr", TINY_TEXT_ASSIGNMENT_STEPS)
-        init = out / "text_assignment" / "model.pth"
-    cfg = load_config(None, [f"data.root={world}", f"train.output_dir={out}", *tiny_finetune_overrides(steps),
-                             "train.progress=false", *extra], "tiny")
-    return E.train(cfg, task, init=str(init)), cfg
+    """Fine-tune from the pre-training in `run` (NLVR2 after its text assignment, as the paper)."""
+    return E.finetune_tiny(task, world, out, run / "model.pth", steps, extra)
 
 
 def test_pretraining_lifts_zero_shot_retrieval_to_ten_times_chance(pretrained):

@@ -176,7 +176,7 @@ def test_the_results_script_prints_each_score_beside_its_control(world, tmp_path
     assert (f"| ve | accuracy (3-way) | {ve['acc']:.1f} | {ve['blind']['acc']:.1f} | {ve['baseline']:.1f} | "
             "majority class | 3 |") in printed
     assert "| grounding | accuracy, ITM Grad-CAM" in printed
-    ta = out / "pretrain_nlvr"
+    ta = out / "nlvr" / "text_assignment"
     assert [r["step"] for r in metric_rows(ta) if "val_ta_acc" in r] == [2]
     assert f"initialised nlvr from {ta / 'model.pth'}" in printed
     assert json.loads((out / "results.json").read_text())["ve"]["acc"] == ve["acc"]

@@ -11,6 +11,7 @@ import random
 import re
 import sys
 import time
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from albef_lab import distributed as D
-from albef_lab.config import Config, model_config_from_dict, to_dict
+from albef_lab.config import TINY_TEXT_ASSIGNMENT_STEPS, Config, model_config_from_dict, tiny_finetune_config, to_dict
 from albef_lab.data.export import ensure_world
 from albef_lab.data.formats import resolve
 from albef_lab.data.tokenizer import Tokenizer, load_tokenizer
@@ -536,6 +537,20 @@ def train(cfg: Config, task: str = "pretrain", resume: str | None = None, init: 
 
 def pretrain(cfg: Config, resume: str | None = None) -> dict:
     return train(cfg, "pretrain", resume)
+
+
+def finetune_tiny(task: str, root: str | Path, out: str | Path, init: str | Path, steps: int,
+                  extra: Sequence[str] = (), text_assignment_steps: int = TINY_TEXT_ASSIGNMENT_STEPS
+                  ) -> tuple[dict, Config]:
+    """The tiny model's fine-tuning on ShapesWorld (`tiny_finetune_config`), shared by the learning tests and the
+    README's table. NLVR2 first learns text assignment (`pretrain_nlvr`, in OUT/text_assignment; `extra` applies
+    to it too) and starts from it, as the paper's: the doubled fusion layers, two copies of one pre-trained
+    layer, get a reason to tell their images apart. Returns (the task's result, its config)."""
+    if task == "nlvr" and text_assignment_steps:
+        finetune_tiny("pretrain_nlvr", root, Path(out) / "text_assignment", init, text_assignment_steps, extra)
+        init = Path(out) / "text_assignment" / "model.pth"
+    cfg = tiny_finetune_config(root, out, steps, extra)
+    return train(cfg, task, init=str(init)), cfg
 
 
 def evaluate(cfg: Config, task: str, checkpoint: str | Path, blind: str = "", out_dir: str | Path | None = None,
