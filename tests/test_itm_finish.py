@@ -106,6 +106,19 @@ def test_a_budget_spent_before_the_step_is_reported_as_cut(tmp_path, capsys):
     assert "stopped pretrain 1 of 3 steps, itm_finish 0 of 25 steps" in out and "train.max_minutes=0 runs" in out
 
 
+def test_the_pretraining_clock_keeps_minutes_for_the_step(tmp_path, capsys):
+    """`train.itm_finish_minutes`: with a clock, pre-training stops that many minutes early and the step gets them
+    (on a slow machine the clock left it nothing). Off, the same budget lets pre-training make every step."""
+    world = make_world(tmp_path / "w", images=60, seed=3)
+    clock = [*STEP, "train.max_minutes=0.5"]
+    kept = E.pretrain(cfg(world, tmp_path / "kept", *clock, "train.itm_finish_minutes=0.5"))  # all of it kept
+    assert kept["step"] == 1 and kept["itm_finish"]["steps"] == 25, kept
+    assert kept["clock_cuts"] == {"pretrain": [1, 3]}, kept
+    assert "of which train.itm_finish_minutes=0.5 are kept for the ITM step" in capsys.readouterr().out
+    plain = E.pretrain(cfg(world, tmp_path / "plain", *clock, "train.itm_finish_minutes=0"))
+    assert plain["step"] == 3 and plain["itm_finish"]["steps"] == 25 and "clock_cuts" not in plain, plain
+
+
 def test_the_step_needs_scene_graphs(tmp_path):
     import pytest
 

@@ -321,7 +321,7 @@ class Trainer:
                 lr = self._optimizer_step()
                 if st.step % t.log_every == 0 or st.step == self.total_steps:
                     self._log_window(meter, lr, alpha)
-                out_of_time = t.max_minutes > 0 and self.seconds_used() > 60 * t.max_minutes
+                out_of_time = t.max_minutes > 0 and self.seconds_used() > 60 * (t.max_minutes - self.kept_minutes())
                 stop = st.step >= self.total_steps or out_of_time
                 epoch_end = self._advance_epoch()
                 best = False
@@ -332,10 +332,17 @@ class Trainer:
                 if stop or epoch_end:
                     break
         if out_of_time and self.main:
-            self.bar.write(f"stopped after {t.max_minutes} minutes (train.max_minutes) at step {st.step}")
+            kept = f", of which train.itm_finish_minutes={self.kept_minutes():g} are kept for the ITM step" \
+                if self.kept_minutes() else ""
+            self.bar.write(f"stopped at step {st.step} by the clock: train.max_minutes={t.max_minutes:g}{kept}")
         if self.task.name == "pretrain" and t.itm_finish_steps and not st.itm_finished:
             last_eval = self.finish_itm(last_eval)
         return self._finish(last_eval)
+
+    def kept_minutes(self) -> float:
+        """Of `train.max_minutes`, the minutes the pre-training leaves to the last ITM step."""
+        t = self.cfg.train
+        return t.itm_finish_minutes if self.task.name == "pretrain" and t.itm_finish_steps and t.max_minutes else 0.0
 
     def seconds_used(self) -> float:
         """Of `train.max_minutes`: the training so far and the vision warm-up before it."""
