@@ -138,6 +138,13 @@ def test_pretrain_warms_up_its_own_encoder_inside_the_time_budget(tmp_path):
     assert "clock_cuts" not in capped, capped  # every stage made its steps
     with pytest.raises(ValueError, match="leaves nothing of train.max_minutes"):  # a warm-up as long as the budget
         timed(0.05, 0.05)
+    # the minutes kept for the last ITM step count too: a warm-up shorter than the budget may still leave nothing
+    kept = ["train.itm_finish_steps=1", "train.itm_finish_minutes=0.06"]
+    with pytest.raises(ValueError, match=r"vision_warmup_minutes=0.05 with train.itm_finish_minutes=0.06 leaves "
+                                         r"nothing of train.max_minutes=0.1"):
+        E.pretrain(load_config(None, [*CFG, f"data.root={world}", f"train.output_dir={tmp_path / 'kept'}",
+                                      "train.vision_warmup_minutes=0.05", "train.max_minutes=0.1",
+                                      "train.vision_warmup_max_steps=0", *kept], "tiny"))
 
 
 def test_a_clock_that_cuts_the_recipe_short_says_so_and_how_to_run_every_step(tmp_path, capsys):

@@ -198,8 +198,10 @@ class Trainer:
         """The image encoder learns ShapesWorld's objects before ALBEF starts (every rank the same way; DDP
         starts from rank 0's weights anyway); its minutes count against `train.max_minutes`."""
         t = self.cfg.train
-        if t.max_minutes and not t.vision_warmup_steps and t.vision_warmup_minutes >= t.max_minutes:
-            raise ValueError(f"train.vision_warmup_minutes={t.vision_warmup_minutes:g} leaves nothing of "
+        kept = self.kept_minutes()  # the last ITM step's minutes come out of the same budget
+        if t.max_minutes and not t.vision_warmup_steps and t.vision_warmup_minutes + kept >= t.max_minutes:
+            also = f" with train.itm_finish_minutes={kept:g}" if kept else ""
+            raise ValueError(f"train.vision_warmup_minutes={t.vision_warmup_minutes:g}{also} leaves nothing of "
                              f"train.max_minutes={t.max_minutes:g} for pre-training: raise max_minutes, or lower the "
                              f"warm-up (0 = none)")
         wcfg = warmup_config(t, progress=t.progress and self.main)
