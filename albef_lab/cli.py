@@ -98,7 +98,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from albef_lab.config import load_config
     from albef_lab.train.engine import train
 
-    cfg = load_config(args.config, args.overrides, args.preset)
+    cfg = load_config(args.config, args.overrides, args.preset, args.task)
     if not any(o.startswith("train.output_dir=") for o in args.overrides) and cfg.train.output_dir.startswith("runs/"):
         cfg.train.output_dir = f"runs/{args.task}_{cfg.preset}"
     from albef_lab import distributed as D

@@ -51,3 +51,27 @@ def test_yaml_files_load_onto_their_presets(tmp_path):
     assert load_config(f, ["model.queue_size=64"]).model.embed_dim == 32
     with pytest.raises(FileNotFoundError, match="missing.yaml"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_tiny_grounding_trains_the_image_encoder_faster_and_files_and_overrides_still_win(tmp_path, monkeypatch):
+    """`TASK_OVERRIDES`: the tiny preset fine-tunes grounding with the image encoder at 3x the lr (ITC Grad-CAM
+    needs [CLS] to move); no other task or preset changes, and a file or an override set by the user wins."""
+    assert load_config(None, [], "tiny").train.vision_lr_scale == 0.1
+    assert load_config(None, [], "tiny", task="grounding").train.vision_lr_scale == 3.0
+    assert load_config(None, [], "tiny", task="vqa").train.vision_lr_scale == 0.1
+    assert load_config(None, [], "base", task="grounding").train.vision_lr_scale == 1.0  # the original's one lr
+    assert load_config(None, ["train.vision_lr_scale=0.5"], "tiny", "grounding").train.vision_lr_scale == 0.5
+    f = tmp_path / "g.yaml"
+    f.write_text("preset: tiny\ntrain:\n  vision_lr_scale: 2\n")
+    assert load_config(f, task="grounding").train.vision_lr_scale == 2.0
+
+    # `albef-lab finetune grounding` trains with it; `albef-lab pretrain` does not
+    import albef_lab.train.engine as E
+    from albef_lab import cli
+
+    seen = {}
+    monkeypatch.setattr(E, "train", lambda cfg, task, **kw: seen.update({task: cfg.train.vision_lr_scale}) or {})
+    monkeypatch.setattr(E, "pretrain", lambda cfg, resume=None: seen.update(pretrain=cfg.train.vision_lr_scale) or {})
+    for argv in (["finetune", "grounding"], ["finetune", "retrieval"], ["pretrain"]):
+        cli.main([*argv, f"train.output_dir={tmp_path / argv[-1]}"])
+    assert seen == {"grounding": 3.0, "retrieval": 0.1, "pretrain": 0.1}, seen

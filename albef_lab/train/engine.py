@@ -558,7 +558,7 @@ def finetune_tiny(task: str, root: str | Path, out: str | Path, init: str | Path
     if task == "nlvr" and text_assignment_steps:
         finetune_tiny("pretrain_nlvr", root, Path(out) / "text_assignment", init, text_assignment_steps, extra)
         init = Path(out) / "text_assignment" / "model.pth"
-    cfg = tiny_finetune_config(root, out, steps, extra)
+    cfg = tiny_finetune_config(root, out, steps, extra, task)
     return train(cfg, task, init=str(init)), cfg
 
 
