@@ -138,9 +138,10 @@ class DataConfig:
     max_words: int = 30
     max_tokens: int = 25  # tokenizer truncation, as the original's pre-training
     num_workers: int = 2
-    randaugment: bool = True
+    randaugment: bool = True  # the original's RandomAugment(2, 7) (albef_lab/data/randaugment.py)
+    fix_autocontrast: bool = False  # PIL's autocontrast; the original's wraps and whitens a channel whose min > 0
     crop_min_scale: float = 0.2  # random resized crop keeps 20-100 % of the image (the paper)
-    flip_text: str = "swap"  # swap | skip | ignore (the original's behaviour)
+    flip_text: str = "ignore"  # ignore (the original: the caption stays as it is) | swap left/right | skip
 
 
 @dataclass
@@ -251,7 +252,8 @@ def _tiny() -> Config:
                         vision_warmup_minutes=3.5, vision_warmup_max_steps=1000, vision_warmup_tokens=True,
                         vision_lr_scale=0.1, itm_finish_steps=1000, itm_finish_minutes=1.0)
     # Small synthetic scenes: a crop may cut objects that the caption names, so crop gently, no RandAugment.
-    data = DataConfig(randaugment=False, crop_min_scale=0.8)
+    # A flip swaps 'left' and 'right' in the caption, which relation captions need to stay true.
+    data = DataConfig(randaugment=False, crop_min_scale=0.8, flip_text="swap")
     return Config(preset="tiny", model=model, data=data, train=train)
 
 

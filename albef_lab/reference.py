@@ -410,10 +410,39 @@ def verify_pretrain_generated(fx: dict, dtype: torch.dtype) -> list[Check]:
     return checks
 
 
+def verify_randaugment(fx: dict, dtype: torch.dtype) -> list[Check]:
+    """The original's augmentation, op by op and end to end under its numpy seeds: exact (uint8), whatever
+    `dtype` (the ops are integer arithmetic)."""
+    import numpy as np
+
+    from albef_lab.data.randaugment import RandomAugment, apply_op
+
+    image = fx["inputs"]["image"].numpy().astype(np.uint8)
+    checks = []
+    for case in fx["cases"]:
+        sign = "" if not case["args"] else ("+" if case["args"][0] > 0 else "-")
+        out = apply_op(case["op"], image, case["args"])
+        checks.append(compare(f"cases.{case['op']}{sign}", torch.from_numpy(out), case["output"], rtol=0, atol=0))
+    aug = RandomAugment(2, fx["level"], fx["augs"])
+    for entry in fx["pipeline"]:
+        state = np.random.get_state()
+        np.random.seed(entry["np_seed"])
+        try:
+            out = aug(image)
+        finally:
+            np.random.set_state(state)
+        drawn = [(a["op"], tuple(a["args"])) for a in entry["applied"]]
+        check = compare(f"pipeline.seed{entry['np_seed']}", torch.from_numpy(out), entry["output"], rtol=0, atol=0)
+        if aug.applied != drawn:
+            check.ok, check.detail = False, f"applied {aug.applied}, the original {drawn}"
+        checks.append(check)
+    return checks
+
+
 VERIFIERS: dict[str, Callable[[dict, torch.dtype], list[Check]]] = {
     "pretrain": verify_pretrain, "retrieval": verify_retrieval, "vqa": verify_vqa, "nlvr": verify_classifier,
     "ve": verify_classifier, "pretrain_nlvr": verify_pretrain_nlvr, "grounding": verify_grounding,
-    "pretrain_generated": verify_pretrain_generated,
+    "pretrain_generated": verify_pretrain_generated, "randaugment": verify_randaugment,
 }
 
 
@@ -422,7 +451,7 @@ def verify_file(path: str | Path, dtype: torch.dtype = torch.float32) -> list[Ch
     if not path.is_file():
         raise FileNotFoundError(f"reference dump not found: {path}")
     fx = torch.load(path, map_location="cpu", weights_only=True)
-    kind = fx.get("meta", {}).get("kind")
+    kind = fx.get("meta", {}).get("kind") or fx.get("kind")
     if kind not in VERIFIERS:
         raise ValueError(f"{path}: unsupported reference kind {kind!r}; supported: {sorted(VERIFIERS)}")
     return VERIFIERS[kind](fx, dtype)

@@ -5,6 +5,7 @@ import random
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageOps
@@ -23,10 +24,10 @@ from albef_lab.data.datasets import (
     vqa_collate,
 )
 from albef_lab.data.export import WorldSettings, write_world
+from albef_lab.data.randaugment import PRETRAIN_OPS, RandomAugment, autocontrast
 from albef_lab.data.tokenizer import Tokenizer, load_tokenizer, write_vocab
 from albef_lab.data.transforms import (
     ImageTextTransform,
-    RandAugment,
     eval_transform,
     pretrain_transform,
     swap_left_right,
@@ -139,7 +140,7 @@ def test_flip_swaps_left_and_right_in_the_text():
     assert swap_left_right("a dog left of a cat, Right?") == "a dog right of a cat, Left?"
     img = Image.new("RGB", (16, 16))
     img.paste((255, 0, 0), (0, 0, 8, 16))
-    t = ImageTextTransform(16, train=True, scale=(1.0, 1.0), randaugment=False)
+    t = ImageTextTransform(16, train=True, scale=(1.0, 1.0), randaugment=False, flip_text="swap")
     plain = eval_transform(16)(img)[0]
     mirrored = eval_transform(16)(ImageOps.mirror(img))[0]
     seen = set()
@@ -158,15 +159,76 @@ def test_flip_swaps_left_and_right_in_the_text():
         assert torch.allclose(x, plain, atol=1e-5) and text.endswith("left")
 
 
-def test_randaugment_uses_the_papers_ops_and_keeps_size():
-    aug = RandAugment(2, 7)
-    assert set(aug.ops) == {"Identity", "AutoContrast", "Equalize", "Brightness", "Sharpness", "ShearX",
-                            "ShearY", "TranslateX", "TranslateY", "Rotate"}
-    img = Image.new("RGB", (20, 20), (100, 50, 25))
-    random.seed(0)
-    assert all(aug(img).size == (20, 20) for _ in range(30))
-    with pytest.raises(ValueError, match="unknown RandAugment"):
-        RandAugment(ops=["Solarize"])
+def test_random_augment_uses_the_originals_ops_and_keeps_size_and_type():
+    aug = RandomAugment(2, 7)
+    assert aug.ops == list(PRETRAIN_OPS) == ["Identity", "AutoContrast", "Equalize", "Brightness", "Sharpness",
+                                             "ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate"]
+    img = Image.new("RGB", (20, 14), (100, 50, 25))
+    rng = np.random.RandomState(0)
+    fired = set()
+    for _ in range(40):
+        out = aug(img, rng)
+        assert out.shape == (14, 20, 3) and out.dtype == np.uint8
+        fired.update(name for name, _ in aug.applied)
+    assert len(fired) >= 8  # the draws reach (almost) every op
+    with pytest.raises(ValueError, match="unknown RandomAugment"):
+        RandomAugment(ops=["Solarize"])
+
+
+def test_autocontrast_whitens_like_the_original_unless_fixed():
+    """The original negates a uint8 minimum: every channel whose minimum is above 0 comes out all 255.
+    `fix_autocontrast` gives PIL's autocontrast instead."""
+    rng = np.random.default_rng(0)
+    arr = rng.integers(30, 200, (12, 16, 3), dtype=np.uint8)
+    arr[..., 2] = rng.integers(0, 200, (12, 16), dtype=np.uint8)
+    arr[0, 0, 2] = 0  # this channel reaches 0: no wrap there
+    out = autocontrast(arr)
+    assert (out[..., :2] == 255).all() and out[..., 2].min() == 0 and out[..., 2].max() == 255
+    fixed = autocontrast(arr, fix=True)
+    assert np.array_equal(fixed, np.asarray(ImageOps.autocontrast(Image.fromarray(arr))))
+    t = ImageTextTransform(16, train=True, scale=(1.0, 1.0), flip=False, fix_autocontrast=True)
+    assert t.randaug.fix_autocontrast and not ImageTextTransform(16, train=True).randaug.fix_autocontrast
+
+
+def test_the_original_flip_leaves_the_caption_as_it_is():
+    """The paper's configs flip the image only (the original); swapping left and right is a switch."""
+    from albef_lab.config import preset
+
+    assert preset("base").data.flip_text == "ignore" and preset("tiny").data.flip_text == "swap"
+    img = Image.new("RGB", (16, 16))
+    img.paste((255, 0, 0), (0, 0, 8, 16))
+    t = ImageTextTransform(16, train=True, scale=(1.0, 1.0), randaugment=False)
+    mirrored = eval_transform(16)(ImageOps.mirror(img))[0]
+    flips = 0
+    for seed in range(12):
+        random.seed(seed)
+        x, (text,) = t(img, ["the red half is on the left"])
+        flips += torch.allclose(x, mirrored, atol=1e-5)
+        assert text == "the red half is on the left"
+    assert 0 < flips < 12
+
+
+def test_seeded_items_augment_the_same_in_any_process_order():
+    """RandomAugment draws from numpy: a seeded item gets the same draws whatever was drawn before it, and the
+    caller's numpy stream is left as it was."""
+    from albef_lab.train.data import SeededDataset
+
+    class Augmented(torch.utils.data.Dataset):
+        def __len__(self):
+            return 8
+
+        def __getitem__(self, i):
+            arr = np.random.default_rng(i).integers(0, 255, (10, 10, 3), dtype=np.uint8)
+            return torch.from_numpy(RandomAugment(2, 7)(arr).copy())
+
+    ds = SeededDataset(Augmented(), seed=3)
+    first = [ds[i] for i in range(8)]
+    np.random.seed(123)
+    before = np.random.get_state()[1].copy()
+    again = [ds[i] for i in reversed(range(8))][::-1]
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    assert np.array_equal(np.random.get_state()[1], before)
+    assert not all(torch.equal(first[0], x) for x in first[1:])
 
 
 def test_reference_tokenizer_gives_the_reference_ids(reference):

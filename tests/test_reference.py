@@ -12,7 +12,8 @@ from albef_lab.reference import format_checks, verify_file
 
 # every fixture file and how many quantities its verification compares
 FIXTURES = {"pretrain_A.pt": 42, "pretrain_B.pt": 42, "retrieval.pt": 46, "vqa.pt": 29, "vqa_nodistill.pt": 25,
-            "nlvr.pt": 12, "ve.pt": 10, "pretrain_nlvr.pt": 11, "grounding.pt": 20, "pretrain_base.pt": 30}
+            "nlvr.pt": 12, "ve.pt": 10, "pretrain_nlvr.pt": 11, "grounding.pt": 20, "pretrain_base.pt": 30,
+            "randaugment.pt": 27}
 FULL_SIZE = {"pretrain_base.pt"}  # the paper's size: about a minute per dtype on 2 cores
 MODELS = {"pretrain": "model_pretrain", "retrieval": "model_retrieval", "grounding": "grounding__model_retrieval",
           "vqa": "model_vqa", "nlvr": "model_nlvr", "ve": "model_ve", "pretrain_nlvr": "model_pretrain_nlvr"}
@@ -86,6 +87,23 @@ def test_full_size_fixture_matches(reference, name):
     checks = verify_file(reference / "fixtures" / name, torch.float32)
     assert len(checks) == FIXTURES[name]
     assert all(c.ok for c in checks), format_checks(checks)
+
+
+def test_randaugment_matches_exactly_and_one_changed_pixel_fails(reference, tmp_path):
+    """The original's augmentation, bit for bit: a copy with one output pixel moved by one fails that check only;
+    the CLI reads the file's kind."""
+    src = reference / "fixtures" / "randaugment.pt"
+    assert main(["verify-reference", str(src)]) == 0
+    fx = torch.load(src, weights_only=True)
+    case = next(c for c in fx["cases"] if c["op"] == "Rotate" and c["args"][0] < 0)
+    case["output"][10, 20, 1] = (case["output"][10, 20, 1] + 1) % 256
+    fx["pipeline"][3]["applied"] = [{"op": "Rotate", "args": [-21.0]}]
+    bad = tmp_path / "bad_randaugment.pt"
+    torch.save(fx, bad)
+    checks = {c.name: c for c in verify_file(bad)}
+    assert [n for n, c in checks.items() if not c.ok] == ["cases.Rotate-", "pipeline.seed3"]
+    assert checks["cases.Rotate-"].max_abs == 1.0 and "applied" in checks["pipeline.seed3"].detail
+    assert main(["verify-reference", str(bad)]) == 1
 
 
 def test_a_changed_gradcam_value_fails_the_grounding_check(reference, tmp_path):

@@ -9,12 +9,14 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
 
 class SeededDataset(Dataset):
-    """Seeds Python's and torch's RNG per item (restoring them after), from (seed, epoch, index)."""
+    """Seeds Python's, numpy's and torch's RNG per item (restoring them after), from (seed, epoch, index): the
+    crop and flip draw from torch and Python, the original's RandomAugment from numpy."""
 
     def __init__(self, dataset: Dataset, seed: int):
         self.dataset, self.seed, self.epoch = dataset, seed, 0
@@ -27,13 +29,16 @@ class SeededDataset(Dataset):
 
     def __getitem__(self, index: int):
         s = ((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index) % (2**63)
-        state = random.getstate()
-        with torch.random.fork_rng(devices=[]):
-            random.seed(s)
-            torch.manual_seed(s)
-            item = self.dataset[index]
-        random.setstate(state)
-        return item
+        state, np_state = random.getstate(), np.random.get_state()
+        try:
+            with torch.random.fork_rng(devices=[]):
+                random.seed(s)
+                np.random.seed(s % 2**32)
+                torch.manual_seed(s)
+                return self.dataset[index]
+        finally:
+            random.setstate(state)
+            np.random.set_state(np_state)
 
     def __getattr__(self, name: str):
         if name in ("dataset", "seed", "epoch"):
