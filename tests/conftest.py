@@ -8,14 +8,39 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def reference_dir() -> Path | None:
-    """The reference data: $ALBEF_REFERENCE_DIR, else ../shared/reference beside the checkout."""
+    """The reference data: $ALBEF_REFERENCE_DIR (which must hold it), else ../shared/reference beside the
+    checkout."""
     env = os.environ.get("ALBEF_REFERENCE_DIR")
-    candidates = [Path(env)] if env else []
-    candidates.append(ROOT.parent / "shared" / "reference")
-    for c in candidates:
-        if (c / "fixtures").is_dir():
-            return c
-    return None
+    if env:
+        if not (Path(env) / "fixtures").is_dir():
+            raise pytest.UsageError(f"ALBEF_REFERENCE_DIR={env} has no fixtures/ folder: point it at the reference "
+                                    "data (shared/reference), or unset it")
+        return Path(env)
+    default = ROOT.parent / "shared" / "reference"
+    return default if (default / "fixtures").is_dir() else None
+
+
+def pytest_configure(config):
+    reference_dir()  # a wrong ALBEF_REFERENCE_DIR stops the run before any test
+
+
+_SKIPPED: list[str] = []
+
+
+def pytest_runtest_logreport(report):
+    if report.skipped and not hasattr(report, "wasxfail"):
+        _SKIPPED.append(f"{report.nodeid}: {report.longrepr[2] if isinstance(report.longrepr, tuple) else ''}")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """In CI a skipped test is a missing install step (a package, the browser, the reference data): fail."""
+    if os.environ.get("CI") and _SKIPPED and session.exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(f"CI: {len(_SKIPPED)} test(s) skipped; in CI every test must run:", red=True)
+            for line in _SKIPPED[:20]:
+                reporter.write_line(f"  {line}", red=True)
 
 
 @pytest.fixture(scope="session")
