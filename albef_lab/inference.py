@@ -11,6 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -188,6 +191,40 @@ def gallery_key(model_id: str, paths: list[Path], res: int) -> str:
 
 # --- the workbench ----------------------------------------------------------------------------
 
+class SharedLock:
+    """Many holders at once (`shared`), or one alone (`exclusive`); a waiting `exclusive` goes first."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._holders, self._alone, self._waiting = 0, False, 0
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not (self._alone or self._waiting))
+            self._holders += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._holders -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            self._waiting += 1
+            self._cond.wait_for(lambda: not (self._alone or self._holders))
+            self._waiting -= 1
+            self._alone = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._alone = False
+                self._cond.notify_all()
+
+
 class Workbench:
     """Loaded models, the tokenizer, the gallery index and the caption / answer sets; every tab's computation."""
 
@@ -208,6 +245,10 @@ class Workbench:
         self._caption_feats: Tensor | None = None
         self._answer_tokens: tuple[Tensor, Tensor] | None = None
         self._proposals: dict[str, list[list[float]]] = {}
+        # Every call keeps its own state (Grad-CAM's maps too), so calls share the models; pytorch-grad-cam hooks
+        # the image encoder itself, and those hooks would see every other call's forward: it runs alone.
+        self.lock = SharedLock()
+        self._cache_lock = threading.Lock()
 
     @property
     def model(self) -> nn.Module:
@@ -280,9 +321,10 @@ class Workbench:
         """Text -> the k best gallery images by ITC similarity, re-ranked by ITM match probability."""
         if self.gallery is None:
             raise InputError("no gallery is indexed")
+        k = count(k, "the number of images")
         t = self.text(query, "query")
         model = self.model
-        with eval_mode(model):
+        with self.lock.shared(), eval_mode(model):
             text_states, text_feat = model.encode_text(t.ids, t.mask)
             sims = (self.gallery.feats @ text_feat[0]).cpu()
             top = sims.topk(min(k, len(sims))).indices.tolist()
@@ -292,7 +334,7 @@ class Workbench:
                 image_states, _ = model.encode_image(images)
                 n = len(rows)
                 logits = model.itm_logits(text_states.expand(n, -1, -1), t.mask.expand(n, -1), image_states)
-                for r, p in zip(rows, logits.softmax(-1)[:, 1].tolist(), strict=True):
+                for r, p in zip(rows, match_probability(logits).tolist(), strict=True):
                     r["itm"] = p
                 rows.sort(key=lambda r: -r["itm"])
         return rows, t.notes
@@ -302,14 +344,16 @@ class Workbench:
         """Image -> the k captions of the caption set with the highest ITC similarity."""
         if not self.captions:
             raise InputError("no caption set is loaded")
+        k = count(k, "the number of captions")
         model = self.model
-        with eval_mode(model):
-            if self._caption_feats is None:
-                feats = []
-                for a in range(0, len(self.captions), 256):
-                    ids, mask = self.tok(self.captions[a:a + 256], max_length=self.max_tokens)
-                    feats.append(model.encode_text(ids.to(self.device), mask.to(self.device))[1])
-                self._caption_feats = torch.cat(feats)
+        with self.lock.shared(), eval_mode(model):
+            with self._cache_lock:  # the caption set is encoded once, by the first call that needs it
+                if self._caption_feats is None:
+                    feats = []
+                    for a in range(0, len(self.captions), 256):
+                        ids, mask = self.tok(self.captions[a:a + 256], max_length=self.max_tokens)
+                        feats.append(model.encode_text(ids.to(self.device), mask.to(self.device))[1])
+                    self._caption_feats = torch.cat(feats)
             _, feat = model.encode_image(self.pixels(image))
             sims = (self._caption_feats @ feat[0]).cpu()
         top = sims.topk(min(k, len(sims)))
@@ -323,15 +367,17 @@ class Workbench:
         """The k best answers of the answer list (top `candidates` by first token, rescored by the sequence)."""
         if self.vqa is None or not self.answer_list:
             raise InputError("no VQA model (and answer list) is loaded")
+        k = count(k, "the number of answers")
         q = self.text(question, "question")
         model = self.vqa.model
-        if self._answer_tokens is None:  # the answer list is tokenised once, not per request
-            ids, mask = self.tok([a + "[SEP]" for a in self.answer_list], max_length=self.max_tokens)
-            self._answer_tokens = ids.to(self.device), mask.to(self.device)
+        with self._cache_lock:  # the answer list is tokenised once, not per request
+            if self._answer_tokens is None:
+                ids, mask = self.tok([a + "[SEP]" for a in self.answer_list], max_length=self.max_tokens)
+                self._answer_tokens = ids.to(self.device), mask.to(self.device)
         a_ids, a_mask = self._answer_tokens
-        with eval_mode(model):
+        with self.lock.shared(), eval_mode(model):
             ids, probs = model.rank_answers(self.pixels(image, model), q.ids, q.mask, a_ids, a_mask,
-                                            min(candidates, len(self.answer_list)))
+                                            min(max(candidates, k), len(self.answer_list)))
         top = [{"answer": self.answer_list[i], "score": p} for i, p in zip(ids[0].tolist(), probs[0].tolist(),
                                                                            strict=True)]
         return top[:k], q.notes
@@ -346,27 +392,44 @@ class Workbench:
 
     def explain(self, image: Image.Image, text: str, mode: str = "itm", layer: int | None = None) -> dict:
         """ITM probability, ITC similarity, the sentence map and one map per word ([s, s] each, patch grid)."""
-        t = self.text(text)
+        with self.lock.shared():
+            return self._explain(image, text, mode, layer)
+
+    def _explain(self, image: Image.Image, text: str, mode: str, layer: int | None) -> dict:
         model = self.model
+        layer = self._layer(mode, layer)
+        t = self.text(text)
         x = self.pixels(image)
         with eval_mode(model), torch.no_grad():
             image_states, image_feat = model.encode_image(x)
             text_states, text_feat = model.encode_text(t.ids, t.mask)
-            itm = float(model.itm_logits(text_states, t.mask, image_states).softmax(-1)[0, 1])
+            itm = float(match_probability(model.itm_logits(text_states, t.mask, image_states))[0])
             itc = float(image_feat[0] @ text_feat[0])
         with eval_mode(model):
             if mode == "itm":
-                layer = default_itm_layer(model) if layer is None else int(layer)
                 per_word = itm_gradcam(model, x, t.ids, t.mask, layer, per_token=True)[0]  # [L, s, s]
                 sentence = per_word.mean(0)
                 words = [(tok, per_word[i]) for i, tok in enumerate(t.tokens) if i > 0]
-            elif mode == "itc":
-                layer = -1 if layer is None else int(layer)
-                sentence, words = itc_gradcam(model, x, t.ids, t.mask, layer)[0], []
             else:
-                raise InputError(f"Grad-CAM mode must be 'itm' or 'itc', not {mode!r}")
+                sentence, words = itc_gradcam(model, x, t.ids, t.mask, layer)[0], []
         return {"itm_prob": itm, "itc_sim": itc, "sentence": sentence, "words": words, "layer": layer,
                 "mode": mode, "notes": t.notes}
+
+    def _layer(self, mode: str, layer: int | None) -> int:
+        """The layer a Grad-CAM mode reads: a cross-attention layer (itm) or a ViT block (itc)."""
+        if mode == "itm":
+            layers = cross_attention_layers(self.model)
+            chosen = default_itm_layer(self.model) if layer is None else int(layer)
+            if chosen not in layers:
+                raise InputError(f"layer {layer} has no cross-attention: choose one of {layers}")
+            return chosen
+        if mode == "itc":
+            blocks = len(self.model.visual_encoder.blocks)
+            chosen = -1 if layer is None else int(layer)
+            if not -blocks <= chosen < blocks:
+                raise InputError(f"the image encoder has {blocks} blocks: choose a block from 0 to {blocks - 1}")
+            return chosen
+        raise InputError(f"Grad-CAM mode must be 'itm' or 'itc', not {mode!r}")
 
     def cam_methods(self, image: Image.Image, text: str, methods: tuple[str, ...] = ("GradCAM", "GradCAM++",
                     "EigenCAM", "ScoreCAM")) -> dict[str, np.ndarray]:
@@ -374,7 +437,7 @@ class Workbench:
         from albef_lab.viz.camlib import similarity_cams
 
         t = self.text(text)
-        with eval_mode(self.model):
+        with self.lock.exclusive(), eval_mode(self.model):
             return similarity_cams(self.model, self.pixels(image), t.ids, t.mask, methods)
 
     # --- grounding ---
@@ -394,12 +457,25 @@ class Workbench:
 
     def ground(self, image: Image.Image, expression: str, image_path: str | None = None, mode: str = "itm",
                layer: int | None = None) -> dict:
-        """The proposal with the most heat per area**0.5 (the paper's rule) under the expression's Grad-CAM map."""
+        """The proposal with the most heat per area**0.5 (the paper's rule) under the expression's Grad-CAM map;
+        `box` is None only where the map has no heat at all."""
         result = self.explain(image, expression, mode, layer)
         proposals, source = self.proposals_for(image_path, image.width, image.height)
         heat = upsample(result["sentence"][None], image.height, image.width)[0]
         box = best_proposal(heat, proposals)
         return {**result, "box": box, "proposals": proposals, "proposal_source": source}
+
+
+def count(k, what: str) -> int:
+    """A number of results the user asked for: a whole number of at least 1."""
+    if isinstance(k, bool) or not isinstance(k, int | float) or k != int(k) or k < 1:
+        raise InputError(f"{what} must be a whole number of at least 1, not {k!r}")
+    return int(k)
+
+
+def match_probability(itm_logits: Tensor) -> Tensor:
+    """P(match) of ITM logits [B, 2] ordered {no match, match}, as the ITM head is trained (`itm_loss`)."""
+    return itm_logits.softmax(-1)[:, 1]
 
 
 def sliding_windows(width: int, height: int, scales: tuple[float, ...] = (0.25, 0.4, 0.6, 0.85),

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import argparse
 import functools
+import hashlib
+import io
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import gradio as gr
@@ -42,6 +46,28 @@ def user_errors(fn):
     return wrapper
 
 
+class ImageFiles:
+    """Output images as PNG files named by their content, each written once and renamed into place. Gradio
+    rewrites a PIL output's cache file in place, so two requests with the same picture at the same moment could
+    serve each other a half-written file; a finished file of ours it only copies."""
+
+    def __init__(self):
+        self._dir = tempfile.TemporaryDirectory(prefix="albef-lab-app-")
+        self.root = Path(self._dir.name)
+
+    def __call__(self, image) -> str:
+        buf = io.BytesIO()
+        image.save(buf, format="PNG")
+        data = buf.getvalue()
+        path = self.root / f"{hashlib.sha256(data).hexdigest()[:24]}.png"
+        if not path.is_file():
+            fd, tmp = tempfile.mkstemp(dir=self.root, suffix=".tmp")
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        return str(path)
+
+
 def warn(notes: list[str]) -> str:
     for n in notes:
         gr.Warning(n)
@@ -56,23 +82,24 @@ def image_arg(image: str | None) -> str:
 
 def build_app(wb: Workbench) -> gr.Blocks:
     examples = [str(p) for p in (wb.gallery.paths[:4] if wb.gallery else [])]
+    as_file = ImageFiles()
     layers = wb.layers() if wb.matcher else []
     default_layer = wb.default_layer() if wb.matcher else None
 
     @user_errors
     def search(query: str, k: float = 8, rerank: bool = True):
-        rows, notes = wb.search(query, int(k), rerank)
+        rows, notes = wb.search(query, k, rerank)
         items = [(r["path"], f"ITC {r['itc']:.3f}" + (f" · ITM {r['itm']:.2f}" if "itm" in r else "")) for r in rows]
         return items, warn(notes)
 
     @user_errors
     def describe(image: str, k: float = 5):
-        rows = wb.describe(read_image(image_arg(image)), int(k))
+        rows = wb.describe(read_image(image_arg(image)), k)
         return "\n".join(f"{i + 1}. {r['caption']} (ITC {r['itc']:.3f})" for i, r in enumerate(rows))
 
     @user_errors
     def answer(image: str, question: str, k: float = 5):
-        rows, notes = wb.answer(read_image(image_arg(image)), question, int(k))
+        rows, notes = wb.answer(read_image(image_arg(image)), question, k)
         return {r["answer"]: r["score"] for r in rows}, warn(notes)
 
     @user_errors
@@ -80,15 +107,15 @@ def build_app(wb: Workbench) -> gr.Blocks:
         img = read_image(image_arg(image))
         r = wb.explain(img, text, mode, None if layer is None or mode == "itc" else int(layer))
         shown, _ = enlarge(img)
-        words = [(overlay(shown, m), tok) for tok, m in r["words"]]
+        words = [(as_file(overlay(shown, m)), tok) for tok, m in r["words"]]
         cams = []
         if cam_methods:
-            cams = [(overlay(shown, _tensor(m)), name) for name, m in wb.cam_methods(img, text).items()]
+            cams = [(as_file(overlay(shown, _tensor(m))), name) for name, m in wb.cam_methods(img, text).items()]
         where = f"cross-attention layer {r['layer']}" if mode == "itm" else f"ViT block {r['layer']}"
         summary = (f"**ITM match probability** {r['itm_prob']:.3f} · **ITC similarity** {r['itc_sim']:.3f} · "
                    f"Grad-CAM of {mode.upper()} on {where}")
         notes = warn(r["notes"])
-        return summary, overlay(shown, r["sentence"]), words, cams, notes
+        return summary, as_file(overlay(shown, r["sentence"])), words, cams, notes
 
     @user_errors
     def ground(image: str, expression: str, mode: str = "itm", layer: float | None = None):
@@ -102,8 +129,8 @@ def build_app(wb: Workbench) -> gr.Blocks:
         boxes = [([v * scale for v in box], colour) for box, colour in boxes]
         info = (f"{len(r['proposals'])} {r['proposal_source']}; chosen box (x, y, w, h): "
                 f"{[round(v, 1) for v in r['box']] if r['box'] else 'none (the map is empty)'}")
-        return draw_boxes(shown, boxes), overlay(shown, r["sentence"]), info + ("\n" + warn(r["notes"]) if r["notes"]
-                                                                               else "")
+        notes = "\n" + warn(r["notes"]) if r["notes"] else ""
+        return as_file(draw_boxes(shown, boxes)), as_file(overlay(shown, r["sentence"])), info + notes
 
     with gr.Blocks(title="albef-lab workbench") as demo:
         gr.Markdown("# albef-lab workbench\nALBEF (Align before Fuse): retrieval, VQA, Grad-CAM and grounding.")

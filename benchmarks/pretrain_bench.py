@@ -21,7 +21,7 @@ import torch
 
 from albef_lab.config import preset
 from albef_lab.models.albef import ALBEF
-from albef_lab.models.attention import set_keep_attention
+from albef_lab.models.attention import attention_modules, capture_attention
 from albef_lab.train.schedule import adamw
 
 # The first row is the baseline: the per-pair cross-attention keys/values of before (model.share_cross_kv=false).
@@ -82,7 +82,7 @@ def run_variant(base: ALBEF, batch: tuple, device: torch.device, steps: int, kee
     """`in_place`: train `base` itself (one copy of the weights in memory, for a process's peak RSS)."""
     model = (base if in_place else copy.deepcopy(base)).to(device)
     model.cfg.share_cross_kv = share
-    set_keep_attention(model, keep_attention)
+    kept = attention_modules(model) if keep_attention else []  # the explicit path, as Grad-CAM takes it
     model.set_grad_checkpointing(ckpt)
     opt = adamw(model, 1e-4, 0.02)  # as the training engine
     images, ids, mask = (x.to(device) for x in batch)
@@ -90,7 +90,7 @@ def run_variant(base: ALBEF, batch: tuple, device: torch.device, steps: int, kee
     cast = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 
     def step(hooks=None):
-        with hooks or nullcontext(), cast:
+        with hooks or nullcontext(), cast, capture_attention(*kept):
             loss = model(images, ids, mask, 0.4, generator=gen)["loss"]
         loss.backward()
         opt.step()

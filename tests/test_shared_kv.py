@@ -120,7 +120,7 @@ def test_retrieval_chunks_compute_keys_values_once_per_image_and_layer(monkeypat
 
 
 def test_itm_score_computes_cls_only_in_the_last_layer_unless_attention_is_kept():
-    from albef_lab.models.attention import set_keep_attention
+    from albef_lab.models.attention import capture_attention
 
     torch.manual_seed(0)
     model = ALBEF(small_config()).eval()
@@ -133,9 +133,9 @@ def test_itm_score_computes_cls_only_in_the_last_layer_unless_attention_is_kept(
         assert first.shape[1] == 1 and full.shape[1] == ids.shape[1]
         assert torch.allclose(first[:, 0], full[:, 0], atol=1e-5)
         last = model.text_encoder.bert.encoder.layer[-1].crossattention.self
-        set_keep_attention(last)  # Grad-CAM reads every token's map of the layer: computed in full
-        model.itm_logits(txt, mask, img)
-        assert last.attention_map.shape[2] == ids.shape[1]
+        with capture_attention(last) as captured:  # Grad-CAM reads every token's map of the layer: in full
+            model.itm_logits(txt, mask, img)
+        assert captured[last][0].shape[2] == ids.shape[1]
 
 
 def test_decoding_after_a_recorded_prefix_equals_decoding_the_whole_sequence():

@@ -11,7 +11,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from albef_lab.models.attention import set_keep_attention
+from albef_lab.models.attention import capture_attention
 from albef_lab.models.base import eval_mode
 from albef_lab.objectives.itm import negative_weights, random_negatives, sample_negatives
 from albef_lab.objectives.mlm import apply_mask, draw_mask
@@ -115,14 +115,10 @@ def cls_attention_on_objects(vit: nn.Module, images: Tensor, scenes: list, batch
         for o in sc.objects:
             inside[i, patches_under(o.box, grid)] = 1.0
     on = torch.zeros(len(vit.blocks))
-    set_keep_attention(vit, True)
-    try:
-        with eval_mode(vit):
-            for a in range(0, len(scenes), batch):
-                vit(images[a:a + batch])
-                for b, blk in enumerate(vit.blocks):
-                    cls_row = blk.attn.attention_map.mean(1)[:, 0]  # [images, tokens]
-                    on[b] += (cls_row * inside[a:a + batch]).sum().item()
-    finally:
-        set_keep_attention(vit, False)
+    with eval_mode(vit), capture_attention(*(blk.attn for blk in vit.blocks)) as captured:
+        for a in range(0, len(scenes), batch):
+            vit(images[a:a + batch])
+            for b, blk in enumerate(vit.blocks):
+                cls_row = captured[blk.attn][-1].mean(1)[:, 0]  # [images, tokens]
+                on[b] += (cls_row * inside[a:a + batch]).sum().item()
     return [round(100.0 * v / len(scenes), 1) for v in on.tolist()], round(100.0 * inside[:, 1:].mean().item(), 1)

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from albef_lab.config import TextConfig
-from albef_lab.models.attention import attend, merge_heads, split_heads
+from albef_lab.models.attention import attend, capturing, merge_heads, split_heads
 
 MODES = ("text", "fusion", "multi_modal")
 
@@ -87,6 +87,8 @@ class BertEmbeddings(nn.Module):
 
 
 class BertSelfAttention(nn.Module):
+    attends = True  # albef_lab.models.attention.capture_attention can record its probabilities
+
     def __init__(self, cfg: TextConfig, cross: bool):
         super().__init__()
         h = cfg.hidden_size
@@ -98,8 +100,6 @@ class BertSelfAttention(nn.Module):
         self.key = nn.Linear(kv_width, h)
         self.value = nn.Linear(kv_width, h)
         self.dropout_p = cfg.attention_probs_dropout_prob
-        self.keep_attention = False
-        self.attention_map: Tensor | None = None
 
     def forward(self, x: Tensor, context: Tensor, mask: Tensor | None, shared: Shared | None = None,
                 prefix: Prefix | None = None) -> Tensor:
@@ -180,7 +180,7 @@ class BertLayer(nn.Module):
                 states_mask: Tensor | None = None, shared: Shared | None = None, prefix: Prefix | None = None,
                 first_only: bool = False) -> Tensor:
         """`first_only`: compute the output at position 0 only (all positions still serve as keys and values)."""
-        if first_only and not any(m.keep_attention for m in self.modules() if hasattr(m, "keep_attention")):
+        if first_only and not capturing(self):  # a captured map needs every position
             if mask is not None and mask.shape[2] > 1:
                 mask = mask[:, :, :1]
             x = self.attention(x[:, :1], x, mask, prefix=prefix)

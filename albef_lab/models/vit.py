@@ -40,13 +40,13 @@ class PatchEmbed(nn.Module):
 
 
 class Attention(nn.Module):
+    attends = True  # albef_lab.models.attention.capture_attention can record its probabilities
+
     def __init__(self, cfg: VisionConfig):
         super().__init__()
         self.num_heads = cfg.num_heads
         self.qkv = nn.Linear(cfg.width, cfg.width * 3, bias=cfg.qkv_bias)
         self.proj = nn.Linear(cfg.width, cfg.width)
-        self.keep_attention = False
-        self.attention_map: Tensor | None = None
 
     def forward(self, x: Tensor) -> Tensor:
         b, n, d = x.shape

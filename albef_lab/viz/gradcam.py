@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from albef_lab.models.attention import capture_attention
 from albef_lab.models.record import record
 
 
@@ -25,18 +26,15 @@ def _grid(n_patches: int) -> int:
     return side
 
 
-def _map_and_grad(model: nn.Module, attn: nn.Module, score_fn: Callable[[], Tensor]) -> tuple[Tensor, Tensor]:
-    """Run `score_fn()` (a scalar) with `attn` keeping its probabilities; return them and their gradient."""
-    attn.keep_attention = True
-    try:
-        with torch.enable_grad():
-            score = score_fn()
-            model.zero_grad(set_to_none=True)
-            score.backward()
-        return attn.attention_map.detach(), attn.attention_map.grad.detach()
-    finally:
-        attn.keep_attention = False
-        attn.attention_map = None
+def _map_and_grad(attn: nn.Module, score_fn: Callable[[], Tensor]) -> tuple[Tensor, Tensor]:
+    """Run `score_fn()` (a scalar) capturing `attn`'s probabilities; return them and the score's gradient with
+    respect to them. Per call: nothing is kept on the model and no parameter gets a gradient, so requests that
+    share a model do not disturb each other."""
+    with torch.enable_grad(), capture_attention(attn) as captured:
+        score = score_fn()
+        (attention,) = captured[attn]
+        (grad,) = torch.autograd.grad(score, attention)
+    return attention.detach(), grad
 
 
 def cross_attention_layers(model: nn.Module) -> list[int]:
@@ -66,7 +64,7 @@ def itm_gradcam(model: nn.Module, image: Tensor, ids: Tensor, mask: Tensor, laye
         record(itm_logits=logits)
         return logits[:, 1].sum()
 
-    cam, grad = _map_and_grad(model, attn, score)
+    cam, grad = _map_and_grad(attn, score)
     b, heads, length, n = cam.shape
     side = _grid(n - 1)
     m = mask.view(b, 1, length, 1, 1).to(cam.dtype)
@@ -88,7 +86,7 @@ def itc_gradcam(model: nn.Module, image: Tensor, ids: Tensor, mask: Tensor, bloc
         record(sim=sim)
         return sim.diagonal().sum()
 
-    cam, grad = _map_and_grad(model, attn, score)
+    cam, grad = _map_and_grad(attn, score)
     b, heads, _, n = cam.shape
     side = _grid(n - 1)
     record(cls_attention_map=cam[:, :, 0], cls_attn_gradients=grad[:, :, 0])
