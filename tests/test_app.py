@@ -80,6 +80,49 @@ def test_a_corrupt_upload_is_named_and_the_server_goes_on(served):
     assert "ITC" in summary
 
 
+BAD = "holiday.png"
+
+
+@pytest.mark.parametrize("endpoint,args,message", [
+    ("/search", ("", 8, True), "empty"), ("/search", ("a red circle", -3, True), "less than minimum"),
+    ("/search", ("a red circle", 2.5, True), "whole number"),
+    ("/describe", (None, 5), "no image"), ("/describe", (BAD, 5), "holiday.png is not an image"),
+    ("/answer", (None, "what color is it", 5), "no image"), ("/answer", ("IMAGE", " ", 5), "empty"),
+    ("/answer", (BAD, "what color is it", 5), "holiday.png is not an image"),
+    ("/gradcam", (None, "a red circle", "itm", None, False), "no image"),
+    ("/gradcam", ("IMAGE", "", "itm", None, False), "empty"),
+    ("/gradcam", (BAD, "a red circle", "itm", None, False), "holiday.png is not an image"),
+    ("/gradcam", ("IMAGE", "a red circle", "itm", 0, False), "not in the list of choices"),
+    ("/gradcam", ("IMAGE", "a red circle", "grey", None, False), "not in the list of choices"),
+    ("/ground", (None, "the red shape", "itm", None), "no image"), ("/ground", ("IMAGE", "  ", "itm", None), "empty"),
+    ("/ground", (BAD, "the red shape", "itm", None), "holiday.png is not an image"),
+    ("/ground", ("IMAGE", "the red shape", "itm", 0), "not in the list of choices"),
+])
+def test_bad_input_on_every_endpoint_gets_its_message_and_the_server_goes_on(served, endpoint, args, message):
+    wb, client, root = served
+    (root / BAD).write_bytes(b"\x89PNG\r\n\x1a\n but then nothing useful")
+    files = {BAD: gradio_client.handle_file(str(root / BAD)), "IMAGE": image(wb)}
+    with pytest.raises(Exception, match=message):
+        client.predict(*[files.get(a, a) if isinstance(a, str) else a for a in args], api_name=endpoint)
+    items, _ = client.predict("a red circle", api_name="/search")
+    assert items
+
+
+def test_grounding_a_wide_photo_returns_a_box_inside_it(served):
+    """No ShapesWorld proposals for an image of the user's own: sliding windows over its width and height."""
+    wb, client, root = served
+    path = root / "wide.png"
+    Image.open(wb.gallery.paths[0]).resize((150, 60)).save(path)
+    r = wb.ground(Image.open(path).convert("RGB"), "the red shape", image_path=str(path))
+    assert r["proposal_source"] == "sliding windows" and r["box"] is not None
+    x, y, w, h = r["box"]
+    assert 0 <= x and 0 <= y and x + w <= 150 + 1e-6 and y + h <= 60 + 1e-6
+    assert r["box"] in [p[:4] for p in r["proposals"]]
+    boxed, _, info = client.predict(gradio_client.handle_file(str(path)), "the red shape", api_name="/ground")
+    assert "sliding windows" in info and "none" not in info
+    assert Image.open(boxed).size == (384, round(60 * 384 / 150))
+
+
 def test_a_missing_image_is_asked_for(served):
     _, client, _ = served
     with pytest.raises(Exception, match="no image"):

@@ -72,6 +72,17 @@ def test_interrupted_and_resumed_equals_uninterrupted(world, tmp_path, monkeypat
         assert torch.equal(v, got[k]), k  # weights, momentum weights, queues, pointer: bit-exact
 
 
+def test_resuming_with_another_model_config_is_refused(world, tmp_path):
+    """A checkpoint's weights and optimiser belong to its model config: another one is an error, not a guess."""
+    out = tmp_path / "run"
+    E.pretrain(small_cfg(world, out, "train.max_steps=2", "train.save_every=2"))
+    with pytest.raises(ValueError, match="another model config"):
+        E.Trainer(small_cfg(world, out, "train.max_steps=4", "model.momentum=0.9"), resume="auto")
+    with pytest.raises(ValueError, match="another model config"):
+        E.Trainer(small_cfg(world, out, "train.max_steps=4", "model.fix_mlm_nan=true"), resume="auto")
+    assert E.Trainer(small_cfg(world, out, "train.max_steps=4"), resume="auto").state.step == 2  # same: resumes
+
+
 def test_a_save_killed_half_way_leaves_the_previous_checkpoint(world, tmp_path, monkeypatch):
     run = tmp_path / "r"
     calls = {"n": 0}

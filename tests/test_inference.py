@@ -66,6 +66,24 @@ def test_text_notes_truncation_and_unknown_words(wb):
             wb.text(empty, "question")
 
 
+@pytest.mark.parametrize("call", ["search", "describe", "answer"])
+@pytest.mark.parametrize("k", [-3, 0, 2.5, "8", True])
+def test_a_count_that_is_not_a_whole_number_of_at_least_one_is_refused(wb, call, k):
+    img = read_image(wb.gallery.paths[0])
+    args = {"search": ("a red circle",), "describe": (img,), "answer": (img, "what color is it")}[call]
+    with pytest.raises(InputError, match="whole number of at least 1"):
+        getattr(wb, call)(*args, k=k)
+
+
+@pytest.mark.parametrize("mode,layer,message", [("itm", 0, "has no cross-attention"), ("itm", 99, "no cross"),
+                                                ("itc", 7, "blocks: choose"), ("grey", None, "must be 'itm' or 'itc'")])
+def test_a_grad_cam_mode_or_layer_that_does_not_exist_is_refused(wb, mode, layer, message):
+    img = read_image(wb.gallery.paths[0])
+    for call in (wb.explain, wb.ground):
+        with pytest.raises(InputError, match=message):
+            call(img, "a red circle", mode=mode, layer=layer)
+
+
 def test_search_ranks_the_gallery_and_reranks_by_itm(wb):
     rows, notes = wb.search("a red circle", k=3)
     assert len(rows) == 3 and not notes
@@ -93,6 +111,22 @@ def test_gallery_index_is_cached_and_skips_broken_files(wb, tmp_path, monkeypatc
         assert len(wb.index_gallery(folder_images(folder), cache_dir=tmp_path / "cache", progress=False).paths) == 4
     finally:
         wb.gallery = world_gallery
+
+
+def test_describe_returns_the_captions_of_highest_itc_similarity(wb):
+    """The k captions a brute-force ITC ranking of the whole caption set puts first, best first."""
+    img = read_image(wb.gallery.paths[2])
+    rows = wb.describe(img, k=4)
+    model = wb.model
+    with torch.no_grad():
+        _, feat = model.encode_image(wb.pixels(img))
+        ids, mask = wb.tok(wb.captions, max_length=wb.max_tokens)
+        _, text_feat = model.encode_text(ids, mask)
+    sims = (text_feat @ feat[0]).tolist()
+    best = sorted(range(len(sims)), key=lambda i: -sims[i])[:4]
+    assert [r["caption"] for r in rows] == [wb.captions[i] for i in best]
+    assert [r["itc"] for r in rows] == pytest.approx([sims[i] for i in best], abs=1e-5)
+    assert rows[0]["itc"] >= max(sims) - 1e-5 > min(sims) + 1e-3
 
 
 def test_answer_returns_the_top_answers_of_the_list(wb):
@@ -123,8 +157,7 @@ def test_ground_uses_world_proposals_or_sliding_windows(wb):
     path = wb.gallery.paths[0]
     img = read_image(path)
     r = wb.ground(img, "the red circle", image_path=str(path))
-    assert r["proposal_source"] == "ShapesWorld proposals" and (r["box"] is None or r["box"] in
-                                                                 [p[:4] for p in r["proposals"]])
+    assert r["proposal_source"] == "ShapesWorld proposals" and r["box"] in [p[:4] for p in r["proposals"]]
     other = wb.ground(img, "the red circle", image_path="not_from_the_world.png")
     assert other["proposal_source"] == "sliding windows"
 
@@ -144,3 +177,26 @@ def test_object_query_accuracy_is_measured_against_chance(wb, tmp_path):
     data = wb.gallery.paths[0].parents[1]
     out = object_query_accuracy(wb, data)
     assert out["queries"] > 0 and 0 <= out["top1_acc"] <= 100 and 0 < out["chance"] < 100
+
+
+@pytest.mark.parametrize("file,task", [("ALBEF.pth", "pretrain"), ("refcoco.pth", "retrieval"), ("vqa.pth", "vqa")])
+def test_an_official_file_is_built_at_the_image_size_of_its_position_table(tmp_path, monkeypatch, file, task):
+    """Official files carry no config: the preset gives the architecture, the position table the image size
+    (the fine-tuned files are at 384 px where the preset says 256); the load is strict, nothing resized."""
+    from albef_lab import config as C
+    from albef_lab.inference import load_checkpoint
+    from albef_lab.models.factory import create_model
+    from tests.helpers import small_config
+
+    monkeypatch.setitem(C.PRESETS, "small", lambda: C.Config(preset="small", model=small_config()))
+    cfg = small_config()
+    cfg.vision.image_res = 48  # 3 x 3 patches of 16 where the preset builds 2 x 2 (32 px)
+    torch.manual_seed(0)
+    src = create_model(task, cfg)
+    torch.save({"model": src.state_dict(), "epoch": 3}, tmp_path / file)  # the published layout
+    loaded = load_checkpoint(tmp_path / file, "small")
+    assert loaded.task == task and loaded.cfg.vision.image_res == 48
+    assert loaded.report.clean and not loaded.report.resized
+    assert loaded.model.visual_encoder.pos_embed.shape[1] == 1 + 9
+    for k, v in src.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[k], v), k

@@ -82,9 +82,22 @@ def test_vqa_ranking_and_training_match_the_per_question_copies():
     a_mask = torch.ones_like(answers)
     ra, rb = (m.rank_answers(image, ids[:2], mask[:2], answers, a_mask, 5) for m in (shared, per_pair))
     assert torch.equal(ra[0], rb[0]) and torch.allclose(ra[1], rb[1], atol=1e-6)
+    shared.train(), per_pair.train()
     la, lb = (m(image, ids[:2], mask[:2], answers[:5], a_mask[:5], [2, 3], torch.ones(5), 0.3)
               for m in (shared, per_pair))
     assert torch.allclose(la, lb, rtol=1e-5)
+    la.backward()
+    lb.backward()
+    grads = dict(per_pair.named_parameters())
+    compared = 0
+    for name, p in shared.named_parameters():  # every gradient, the question states' way back included
+        other = grads[name].grad
+        assert (p.grad is None) == (other is None), name
+        if p.grad is not None:
+            assert torch.allclose(p.grad, other, rtol=1e-4, atol=1e-6), name
+            compared += 1
+    assert shared.text_encoder.encoder.layer[-1].crossattention.self.key.weight.grad.abs().sum() > 0
+    assert compared == sum(p.requires_grad for p in shared.parameters())
 
 
 def test_token_nll_equals_the_full_head_nll_with_padding():
