@@ -159,3 +159,50 @@ def test_a_seeds_warmed_encoder_is_made_once_and_pretraining_keeps_it_frozen(tmp
     scratch, zero_shot = pretrain_variant("itc", 0.0, 0, tmp_path, replace(budget, warmup_steps=0))
     assert "vision_warmup" not in zero_shot
     assert not any("stem" in k for k in _vision(scratch)) and any("stem" in k for k in trained)
+
+
+def _config_of(run_dir):
+    import json
+
+    return json.loads((run_dir / "config.json").read_text())
+
+
+def test_each_variant_pretrains_and_finetunes_with_its_own_switches(tmp_path):
+    """What a run of each row really trained with (the config its pre-training and fine-tuning recorded), and the
+    MoD rows' losses apart from the same seed's row without MoD."""
+    import json
+
+    from albef_lab.ablation import finetune_tasks, pretrain_variant
+
+    budget = Budget.quick()
+    losses = {}
+    for name, v in VARIANTS.items():
+        checkpoint, _ = pretrain_variant(name, 0.0, 0, tmp_path, budget)
+        m = _config_of(checkpoint.parent)["model"]
+        expected = load_config(None, list(v.pretrain), "tiny").model
+        assert (m["use_itc"], m["hard_negatives"], m["distill"], m["distill_mlm"]) == (
+            expected.use_itc, expected.hard_negatives, expected.distill, expected.distill_mlm), name
+        rows = [json.loads(x) for x in (checkpoint.parent / "metrics.jsonl").read_text().splitlines()]
+        losses[name] = [(r["loss_ita"], r["loss_mlm"]) for r in rows if "loss_ita" in r]
+        if name in ("itc", "full_mod_ft"):
+            finetune_tasks(checkpoint, name, 0.0, 0, tmp_path / name, tmp_path, budget, tasks=("retrieval",))
+            assert _config_of(tmp_path / name / "retrieval")["model"]["distill"] is (name == "full_mod_ft")
+    assert losses["itc_mod"] != losses["itc_hardneg"]  # the teacher's targets moved ITC
+    assert [i for i, _ in losses["itc_mod"]] != [i for i, _ in losses["itc_hardneg"]]
+    assert [m for _, m in losses["full"]] != [m for _, m in losses["itc_mod"]]  # and MLM's, where it is distilled
+    assert losses["full_mod_ft"] == losses["full"]  # one pre-training serves both rows
+
+
+def test_the_noise_level_reaches_the_world(tmp_path):
+    """A sweep's noise corrupts that share of the pre-training captions; the other files stay the clean world's."""
+    import json
+
+    from albef_lab.ablation import make_world
+
+    budget = Budget.quick()
+    clean, noisy = make_world(tmp_path, 0.0, budget), make_world(tmp_path, 0.4, budget)
+    a, b = (json.loads((w / "pretrain.json").read_text()) for w in (clean, noisy))
+    assert len(a) == len(b) and [e["image"] for e in a] == [e["image"] for e in b]
+    changed = sum(x["caption"] != y["caption"] for x, y in zip(a, b, strict=True)) / len(a)
+    assert abs(changed - 0.4) < 0.03, changed  # the share asked, up to corruptions that repeat the caption
+    assert (clean / "coco_test.json").read_text() == (noisy / "coco_test.json").read_text()

@@ -88,11 +88,20 @@ def test_grounding_records_agree_with_the_accuracy(grounded):
     assert len(grounding_records(*args, limit=3)) == 3
 
 
-def test_layer_sweep_covers_every_cross_attention_layer_and_vit_block(grounded):
+def test_layer_sweep_covers_every_cross_attention_layer_and_vit_block(grounded, monkeypatch):
+    """Each row is computed at the layer it names: the maps are asked for at that layer, and the row equals a
+    direct evaluation there (tests/test_learning.py compares rows that differ, on a trained model)."""
+    import albef_lab.eval.grounding as G
+
     model, args = grounded
+    asked, real = [], G.gradcam
+    monkeypatch.setattr(G, "gradcam", lambda m, *a: asked.append(tuple(a[3:])) or real(m, *a))
     rows = layer_sweep(*args, limit=4)
     assert [(r["mode"], r["layer"]) for r in rows] == [("itm", 1), ("itc", 0)]
-    assert all(0 <= r["acc_all"] <= 100 for r in rows)
+    assert sorted(set(asked)) == [("itc", 0), ("itm", 1)]
+    for r in rows:
+        direct = evaluate_grounding(*args, block=r["layer"], mode=r["mode"], limit=4)
+        assert {k: v for k, v in r.items() if k.startswith("acc_")} == direct
 
 
 @pytest.mark.parametrize("method", ["GradCAM", "EigenCAM"])

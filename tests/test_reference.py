@@ -143,3 +143,58 @@ def test_changed_loss_fails_the_full_size_check_without_running_the_model(refere
     torch.save(fx, bad)
     checks = verify_file(bad)
     assert len(checks) == 1 and not checks[0].ok and "image_queue" in checks[0].detail
+
+
+def test_the_originals_constants_are_ours(reference):
+    """Constants the fixtures cannot resolve (their float32 rounding is ~1e-5 relative, and a BERT LayerNorm eps of
+    1e-5 for 1e-12 moves these activations by less) or never exercise (mask fills below about -100 give the same
+    softmax; the clamp bounds of a temperature of 0.07), checked directly: LayerNorm eps of each encoder, the
+    attention scale, exact GELU, the mask fills, the temperature clamp."""
+    import math
+
+    import torch.nn.functional as F
+
+    from albef_lab.config import model_config_from_reference
+    from albef_lab.models.albef import ALBEF
+    from albef_lab.models.attention import attend, capture_attention
+    from albef_lab.models.bert import BertIntermediate, cross_attention_mask, self_attention_mask
+    from albef_lab.models.vit import Mlp
+
+    c = torch.load(reference / "fixtures" / "pretrain_A.pt", weights_only=True)["config"]
+    cfg = model_config_from_reference(c["model_config"], c["bert_config"], c["vit"])
+    model = ALBEF(cfg)
+    norms = [(n, m.eps) for n, m in model.named_modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert {eps for n, eps in norms if n.startswith("visual_encoder")} == {1e-6}
+    assert {eps for n, eps in norms if n.startswith("text_encoder")} == {c["bert_config"]["layer_norm_eps"]} == {1e-12}
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 5, 8, generator=g, dtype=torch.float64) for _ in range(3))
+    mask = torch.zeros(2, 1, 1, 5, dtype=torch.float64)
+    mask[0, ..., -2:] = -10000.0
+    by_hand = ((q @ k.transpose(-1, -2)) / math.sqrt(8) + mask).softmax(-1) @ v
+    attn = model.visual_encoder.blocks[0].attn
+    assert torch.allclose(attend(attn, q, k, v, mask, 0.0), by_hand, atol=1e-12)
+    with capture_attention(attn):
+        assert torch.allclose(attend(attn, q, k, v, mask, 0.0), by_hand, atol=1e-12)
+
+    x = torch.randn(4, cfg.text.hidden_size, generator=g)
+    exact = lambda y: 0.5 * y * (1 + torch.erf(y / math.sqrt(2)))  # noqa: E731
+    inter = next(m for m in model.modules() if isinstance(m, BertIntermediate))
+    assert torch.allclose(inter(x), exact(inter.dense(x)), atol=1e-6)
+    assert not torch.allclose(exact(inter.dense(x)), F.gelu(inter.dense(x), approximate="tanh"), atol=1e-6)
+    mlp = next(m for m in model.modules() if isinstance(m, Mlp))
+    xv = torch.randn(4, cfg.vision.width, generator=g)
+    assert torch.allclose(mlp(xv), mlp.fc2(exact(mlp.fc1(xv))), atol=1e-6)
+
+    pad = torch.tensor([[1, 1, 0]])
+    assert self_attention_mask(pad, torch.float32)[0, 0, 0].tolist() == [0.0, 0.0, -10000.0]
+    assert cross_attention_mask(pad, torch.float64)[0, 0, 0].tolist() == [0.0, 0.0, -1e9]
+
+    image = torch.randn(2, 3, cfg.vision.image_res, cfg.vision.image_res, generator=g)
+    ids = torch.tensor([[101, 200, 201], [101, 202, 0]])
+    model.cfg.use_itm = model.cfg.use_mlm = False  # the clamp comes first; ITC alone reaches it
+    for start, clamped in ((0.9, 0.5), (1e-5, 0.001), (0.2, 0.2)):
+        with torch.no_grad():
+            model.temp.fill_(start)
+        model(image, ids, (ids != 0).long(), 0.0)
+        assert model.temp.item() == pytest.approx(clamped)
