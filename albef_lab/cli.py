@@ -188,8 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="evaluate a checkpoint on a task's evaluation split")
     p.add_argument("task", choices=tasks)
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--blind", choices=["shuffle", "blank"], default="",
-                   help="the image-blind control: every image swapped for another item's, or blanked")
+    p.add_argument("--blind", choices=["shuffle", "blank", "text"], default="",
+                   help="a control: every image swapped for another item's (shuffle) or blanked (blank); grounding: "
+                        "each expression's map scored against another object's box (text)")
     _add_config_args(p, None)
     p.set_defaults(func=cmd_evaluate)
 

@@ -131,7 +131,7 @@ def test_evaluate_cli_on_a_finetuned_checkpoint(world, tmp_path, capsys, monkeyp
     monkeypatch.setattr(VETask, "evaluate", spy)
     assert main(["evaluate", "ve", "--checkpoint", str(out / "model.pth"), f"data.root={world}"]) == 0
     metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert set(metrics) == {"acc", "majority_class_acc"}
+    assert set(metrics) == {"acc", "majority_class_acc", "text_only_acc"}
     saved = torch.load(out / "model.pth", weights_only=True)["model"]
     assert set(seen) == set(saved) and all(torch.equal(seen[k], saved[k]) for k in saved)  # the file's weights
 

@@ -6,6 +6,7 @@ The ranking and the IoU follow the original's `grounding_eval` / `computeIoU` ex
 
 from __future__ import annotations
 
+import random
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -88,20 +89,47 @@ def camlib_heat(model: nn.Module, method: str) -> HeatFn:
     return heat
 
 
+TEXT_CONTROLS = ("", "shuffle")
+
+
+def other_objects_texts(entries: list[dict], seed: int = 0) -> dict[int, str]:
+    """ref_id -> the expression of another object of the same image (of another image where it has one object):
+    the text-blind control. A map that ignores the words scores as high with these as with the right ones."""
+    rng = random.Random(seed)
+    by_image = defaultdict(list)
+    for e in entries:
+        by_image[e["image"]].append(e)
+    out = {}
+    for e in entries:
+        others = [o["text"] for o in by_image[e["image"]] if o["text"] != e["text"]]
+        while not others:  # a one-object image: an expression of some other image
+            o = entries[rng.randrange(len(entries))]
+            others = [o["text"]] if o["image"] != e["image"] else []
+        out[int(e["ref_id"])] = rng.choice(others)
+    return out
+
+
 def grounding_records(model: nn.Module, tokenizer: Tokenizer, ann_file: str | Path, image_root: str | Path,
                       refer_dir: str | Path, res: int, device: torch.device, heat: HeatFn | None = None,
-                      alpha: float = 0.5, batch_size: int = 32, limit: int | None = None) -> list[dict]:
+                      alpha: float = 0.5, batch_size: int = 32, limit: int | None = None,
+                      text_control: str = "") -> list[dict]:
     """One record per referring expression: ref_id, split, image file, text, the referred box, the chosen
     proposal (None if no proposal had heat) and hit (IoU >= 0.5). `heat` defaults to the paper's ITM Grad-CAM;
-    `limit` takes the first expressions only."""
+    `limit` takes the first expressions only; `text_control="shuffle"` maps each expression of another object of
+    the image instead (`other_objects_texts`), still scored against the referred box."""
+    if text_control not in TEXT_CONTROLS:
+        raise ValueError(f"text_control must be one of {TEXT_CONTROLS}, not {text_control!r}")
     heat = heat or gradcam_heat(model)
     refer = read_refer(refer_dir)
     ds = GroundingDataset(ann_file, image_root, eval_transform(res))
+    swapped = other_objects_texts(ds.entries) if text_control else {}
     if limit is not None:
         ds = Subset(ds, range(min(limit, len(ds))))
     records = []
     with eval_mode(model):
         for images, texts, ref_ids in DataLoader(ds, batch_size=batch_size, shuffle=False):
+            if swapped:
+                texts = [swapped[r] for r in ref_ids.tolist()]
             ids, mask = tokenizer(list(texts))
             maps = heat(images.to(device), ids.to(device), mask.to(device))
             for ref_id, text, cam in zip(ref_ids.tolist(), texts, maps, strict=True):
@@ -118,14 +146,15 @@ def grounding_records(model: nn.Module, tokenizer: Tokenizer, ann_file: str | Pa
 def evaluate_grounding(model: nn.Module, tokenizer: Tokenizer, ann_file: str | Path, image_root: str | Path,
                        refer_dir: str | Path, res: int, device: torch.device, block: int = -1, mode: str = "itm",
                        alpha: float = 0.5, batch_size: int = 32, heat: HeatFn | None = None,
-                       limit: int | None = None) -> dict[str, float]:
+                       limit: int | None = None, text_control: str = "") -> dict[str, float]:
     """Accuracy (IoU >= 0.5 of the chosen proposal with the referred box) per split and overall, in percent.
 
     `block`: cross-attention layer for mode 'itm' (-1 = `default_itm_layer`: the third fusion layer, block 8 of 12
     at base size), ViT block for mode 'itc' (-1 = the last). `heat`: any other map (e.g. `camlib_heat`) instead.
+    `text_control="shuffle"`: the text-blind control (`grounding_records`).
     """
     records = grounding_records(model, tokenizer, ann_file, image_root, refer_dir, res, device,
-                                heat or gradcam_heat(model, mode, block), alpha, batch_size, limit)
+                                heat or gradcam_heat(model, mode, block), alpha, batch_size, limit, text_control)
     return split_accuracy([r["hit"] for r in records], [r["split"] for r in records])
 
 
@@ -145,16 +174,45 @@ def layer_sweep(model: nn.Module, tokenizer: Tokenizer, ann_file: str | Path, im
     return rows
 
 
-def random_proposal_baseline(ann_file: str | Path, refer_dir: str | Path) -> dict[str, float]:
-    """Expected accuracy of picking a proposal uniformly at random, per split."""
+def _expected_accuracy(ann_file: str | Path, refer_dir: str | Path, p_hit: Callable[[dict, dict], float]
+                       ) -> dict[str, float]:
+    """Accuracy per split and overall of a guess whose chance of a hit on reference `ref` is `p_hit(ref, refer)`."""
     refer = read_refer(refer_dir)
     hits, counts = defaultdict(float), defaultdict(int)
     for e in read_entries(ann_file, GROUNDING):
         ref = refer["refs"][e["ref_id"]]
-        box = refer["anns"][ref["ann_id"]]["bbox"]
-        dets = refer["dets"][ref["image_id"]]
-        p = sum(iou_xywh(box, d[:4]) >= 0.5 for d in dets) / len(dets)
+        p = p_hit(ref, refer)
         for split in (ref["split"], "all"):
             hits[split] += p
             counts[split] += 1
     return {f"acc_{k}": 100.0 * hits[k] / counts[k] for k in counts}
+
+
+def random_proposal_baseline(ann_file: str | Path, refer_dir: str | Path) -> dict[str, float]:
+    """Expected accuracy of picking a proposal uniformly at random, per split (background proposals included)."""
+    def p_hit(ref: dict, refer: dict) -> float:
+        box, dets = refer["anns"][ref["ann_id"]]["bbox"], refer["dets"][ref["image_id"]]
+        return sum(iou_xywh(box, d[:4]) >= 0.5 for d in dets) / len(dets)
+
+    return _expected_accuracy(ann_file, refer_dir, p_hit)
+
+
+def random_object_baseline(ann_file: str | Path, refer_dir: str | Path, alpha: float = 0.5) -> dict[str, float]:
+    """Expected accuracy of a map that ignores the text and heats one of the image's objects at random (its box,
+    evenly), chosen by the same proposal rule: what a model that finds objects but not the one named scores."""
+    objects = {}
+
+    def p_hit(ref: dict, refer: dict) -> float:
+        if not objects:
+            for a in refer["anns"].values():
+                objects.setdefault(a["image_id"], []).append(a["bbox"])
+        image, target = refer["images"][ref["image_id"]], refer["anns"][ref["ann_id"]]["bbox"]
+        hits = 0
+        for x, y, w, h in objects[ref["image_id"]]:
+            heat = torch.zeros(image["height"], image["width"])
+            heat[int(y):int(y + h), int(x):int(x + w)] = 1.0
+            chosen = best_proposal(heat, refer["dets"][ref["image_id"]], alpha)
+            hits += chosen is not None and iou_xywh(target, chosen) >= 0.5
+        return hits / len(objects[ref["image_id"]])
+
+    return _expected_accuracy(ann_file, refer_dir, p_hit)

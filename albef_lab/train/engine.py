@@ -564,7 +564,8 @@ def finetune_tiny(task: str, root: str | Path, out: str | Path, init: str | Path
 
 def evaluate(cfg: Config, task: str, checkpoint: str | Path, blind: str = "", out_dir: str | Path | None = None,
              verbose: bool = False) -> dict:
-    """A task's evaluation of a checkpoint; `blind` ("shuffle" / "blank") runs its image-blind control.
+    """A task's evaluation of a checkpoint; `blind` runs a control: "shuffle" / "blank" the image-blind one,
+    "text" grounding's text-blind one.
 
     Ours carry their architecture (`cfg.model` is replaced by it); an official file is built from `cfg.model`.
     """

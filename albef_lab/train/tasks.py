@@ -17,9 +17,10 @@ from torch.utils.data import DataLoader, Dataset
 from albef_lab.config import Config
 from albef_lab.data import datasets as DS
 from albef_lab.data import world as W
-from albef_lab.data.formats import read_json, resolve
+from albef_lab.data.formats import NLVR, VE, VQA_TRAIN, read_entries, read_json, resolve
 from albef_lab.data.tokenizer import Tokenizer
 from albef_lab.data.transforms import ImageTextTransform, eval_transform
+from albef_lab.eval.controls import text_only_accuracy, vqa_text_only_accuracy
 from albef_lab.eval.retrieval import encode_split, recall_metrics, rerank_scores, zero_shot_eval
 from albef_lab.eval.vqa import majority_answer_accuracy, vqa_accuracy
 from albef_lab.models.albef import EditedNegatives
@@ -231,7 +232,8 @@ class VQATask(Task):
             tmp.write_text(json.dumps(results))
             tmp.replace(self.out_dir / "vqa_result.json")
         return {"vqa_acc": 100.0 * score / max(1, counted), "answered": len(results),
-                "majority_answer_acc": majority_answer_accuracy(test.entries)}
+                "majority_answer_acc": majority_answer_accuracy(test.entries),
+                "text_only_acc": vqa_text_only_accuracy(read_entries(self.train_file, VQA_TRAIN), test.entries)}
 
 
 class ClassifyTask(Task):
@@ -239,6 +241,7 @@ class ClassifyTask(Task):
 
     primary = "acc"
     dataset_cls: type[Dataset]
+    fields: dict  # the entry fields of its files (albef_lab.data.formats)
 
     def dataset(self, file: Path, transform: ImageTextTransform) -> Dataset:
         return self.dataset_cls(file, self.image_root, transform, self.cfg.data.max_words)
@@ -271,12 +274,13 @@ class ClassifyTask(Task):
                 correct += (pred == labels).sum().item()
                 n += labels.numel()
                 labels_seen.update(labels.tolist())
-        return {"acc": 100.0 * correct / max(1, n), "majority_class_acc": 100.0 * max(labels_seen.values()) / max(1, n)}
+        return {"acc": 100.0 * correct / max(1, n), "majority_class_acc": 100.0 * max(labels_seen.values()) / max(1, n),
+                "text_only_acc": text_only_accuracy(read_entries(self.train_file, self.fields), ds.entries)}
 
 
 class NLVRTask(ClassifyTask):
     name = "nlvr"
-    dataset_cls = DS.NLVRDataset
+    dataset_cls, fields = DS.NLVRDataset, NLVR
 
     def images(self, batch):
         img0, img1, text, labels = batch
@@ -285,7 +289,7 @@ class NLVRTask(ClassifyTask):
 
 class VETask(ClassifyTask):
     name = "ve"
-    dataset_cls = DS.VEDataset
+    dataset_cls, fields = DS.VEDataset, VE
 
     def images(self, batch):
         return batch
@@ -303,11 +307,19 @@ class GroundingTask(RetrievalTask):
                                    self.cfg.data.max_words, train=True)
 
     def evaluate(self, model, device):
-        from albef_lab.eval.grounding import evaluate_grounding
+        """Accuracy per split, beside a random proposal and a map on a random object (both ignore the text);
+        `blind="text"` scores each expression's map against another object's box (the text-blind control)."""
+        from albef_lab.eval.grounding import evaluate_grounding, random_object_baseline, random_proposal_baseline
 
         d = self.cfg.data
-        return evaluate_grounding(model, self.tok, self.val_file, self.image_root, resolve(d.root, d.refer_dir),
-                                  self.res, device, block=d.gradcam_block, mode=d.gradcam_mode)
+        if self.blind not in ("", "text"):
+            raise ValueError(f"grounding's control is blind='text' (the words of another object), not {self.blind!r}")
+        refer = resolve(d.root, d.refer_dir)
+        out = evaluate_grounding(model, self.tok, self.val_file, self.image_root, refer, self.res, device,
+                                 block=d.gradcam_block, mode=d.gradcam_mode,
+                                 text_control="shuffle" if self.blind else "")
+        return {**out, "random_proposal_acc": random_proposal_baseline(self.val_file, refer)["acc_all"],
+                "random_object_acc": random_object_baseline(self.val_file, refer)["acc_all"]}
 
 
 class TextAssignmentTask(Task):
