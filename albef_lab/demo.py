@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,3 +146,26 @@ def object_query_accuracy(wb: Workbench, data: str | Path, rerank: bool = True, 
         hits += v in scenes.get(Path(rows[0]["path"]).name, set())
         chance += sum(v in s for s in shown) / len(shown)
     return {"queries": len(values), "top1_acc": 100.0 * hits / len(values), "chance": 100.0 * chance / len(values)}
+
+
+def colour_word_hits(wb: Workbench, data: str | Path, limit: int = 100) -> dict[str, float]:
+    """On test images of two objects of different colours: how often the ITM Grad-CAM map of a colour word, in
+    "a <colour> <shape>" of either object, is hotter (mean over the patches under each box) on the object it names
+    than on the other one. 50 % is a map that ignores the word."""
+    from albef_lab.eval.inspect import patches_under
+    from albef_lab.inference import read_image
+
+    scenes = [s for s in json.loads((Path(data) / "scenes.json").read_text()) if s["split"] == "test"
+              and len(s["objects"]) == 2 and s["objects"][0]["colour"] != s["objects"][1]["colour"]][:limit]
+    hits = n = 0
+    for s in scenes:
+        image = read_image(Path(data) / s["image"])
+        for own, other in ((0, 1), (1, 0)):
+            o = s["objects"][own]
+            r = wb.explain(image, f"a {o['colour']} {o['shape']}")
+            heat = dict(r["words"])[o["colour"]].flatten()
+            grid = math.isqrt(heat.numel())
+            on = [heat[[i - 1 for i in patches_under(s["objects"][k]["box"], grid)]].mean() for k in (own, other)]
+            hits += bool(on[0] > on[1])
+            n += 1
+    return {"pairs": n, "hit_rate": 100.0 * hits / max(1, n)}

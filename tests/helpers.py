@@ -77,8 +77,10 @@ def demo_models(root):
     from albef_lab.train.engine import train
 
     world = make_world(root / "world", images=40, seed=3)
-    train(small_cfg(world, root / "pre", "train.max_steps=2", "model.decoder_layers=1"))
-    train(small_cfg(world, root / "vqa", "train.max_steps=1", "model.decoder_layers=1", "data.k_test=4"), "vqa",
+    # two fusion layers: the Grad-CAM layer (the last but one) then has word maps
+    small = ["model.decoder_layers=1", "model.text.num_hidden_layers=3"]
+    train(small_cfg(world, root / "pre", "train.max_steps=2", *small))
+    train(small_cfg(world, root / "vqa", "train.max_steps=1", *small, "data.k_test=4"), "vqa",
           init=str(root / "pre" / "model.pth"))
     return world, root / "pre" / "model.pth", root / "vqa" / "model.pth"
 

@@ -147,6 +147,35 @@ def test_explain_gives_a_sentence_map_and_one_map_per_word(wb):
     assert itc["words"] == [] and itc["sentence"].shape == (2, 2)
 
 
+def test_each_word_gets_its_own_tokens_map_and_the_probability_is_the_match_column(wb, monkeypatch):
+    """The map shown under a word is that token's map of `itm_gradcam` (not a neighbour's: here each token's map
+    holds its position), and the ITM probability is P(match) of the model's own logits, the column `itm_loss`
+    trains as the positive."""
+    import albef_lab.inference as I
+    from albef_lab.inference import match_probability
+    from albef_lab.objectives.itm import itm_loss
+
+    def numbered(model, image, ids, mask, layer, per_token=False):
+        return torch.arange(ids.shape[1], dtype=torch.float32).view(1, -1, 1, 1).expand(1, -1, 2, 2)
+
+    img = read_image(wb.gallery.paths[1])
+    t = wb.text("a red circle and a blue square")
+    with monkeypatch.context() as m:
+        m.setattr(I, "itm_gradcam", numbered)
+        r = wb.explain(img, "a red circle and a blue square")
+    assert [w for w, _ in r["words"]] == t.tokens[1:] == "a red circle and a blue square".split()
+    assert [float(m[0, 0]) for _, m in r["words"]] == [float(j) for j in range(1, len(t.tokens))]
+    assert float(r["sentence"][0, 0]) == sum(range(len(t.tokens))) / len(t.tokens)  # over every position
+    r = wb.explain(img, "a red circle and a blue square")
+    with torch.no_grad():
+        text_states, _ = wb.model.encode_text(t.ids, t.mask)
+        image_states, _ = wb.model.encode_image(wb.pixels(img))
+        logits = wb.model.itm_logits(text_states, t.mask, image_states)
+    assert r["itm_prob"] == pytest.approx(logits.softmax(-1)[0, 1].item(), abs=1e-6)
+    confident = torch.tensor([[-5.0, 5.0], [5.0, -5.0]])  # row 0 trained as the match, row 1 as a negative
+    assert itm_loss(confident, 1)[0] < 0.01 and match_probability(confident).tolist() == pytest.approx([1, 0], abs=1e-4)
+
+
 def test_pytorch_grad_cam_methods(wb):
     maps = wb.cam_methods(read_image(wb.gallery.paths[0]), "a red circle")
     assert set(maps) == {"GradCAM", "GradCAM++", "EigenCAM", "ScoreCAM"}
