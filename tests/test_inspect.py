@@ -88,20 +88,29 @@ def test_grounding_records_agree_with_the_accuracy(grounded):
     assert len(grounding_records(*args, limit=3)) == 3
 
 
-def test_layer_sweep_covers_every_cross_attention_layer_and_vit_block(grounded, monkeypatch):
-    """Each row is computed at the layer it names: the maps are asked for at that layer, and the row equals a
-    direct evaluation there (tests/test_learning.py compares rows that differ, on a trained model)."""
-    import albef_lab.eval.grounding as G
+def test_layer_sweep_covers_every_cross_attention_layer_and_vit_block(grounded, tmp_path):
+    """Each row, made in one pass over every layer, is that layer's own accuracy: a direct evaluation there, on a
+    model whose layers ground differently (tests/test_learning.py: the same on a trained model)."""
+    from albef_lab.viz.gradcam import itc_gradcam, itc_gradcam_blocks, itm_gradcam, itm_gradcam_layers
 
-    model, args = grounded
-    asked, real = [], G.gradcam
-    monkeypatch.setattr(G, "gradcam", lambda m, *a: asked.append(tuple(a[3:])) or real(m, *a))
-    rows = layer_sweep(*args, limit=4)
-    assert [(r["mode"], r["layer"]) for r in rows] == [("itm", 1), ("itc", 0)]
-    assert sorted(set(asked)) == [("itc", 0), ("itm", 1)]
+    _, args = grounded
+    cfg = load_config(None, [*SMALL, "model.vision.depth=3", "model.text.num_hidden_layers=4"], "tiny")
+    torch.manual_seed(1)
+    model = create_model("grounding", cfg.model).eval()
+    deeper = (model, *args[1:])
+    rows = layer_sweep(*deeper)
+    assert [(r["mode"], r["layer"]) for r in rows] == [("itm", 1), ("itm", 2), ("itm", 3), ("itc", 0), ("itc", 1),
+                                                       ("itc", 2)]
     for r in rows:
-        direct = evaluate_grounding(*args, block=r["layer"], mode=r["mode"], limit=4)
-        assert {k: v for k, v in r.items() if k.startswith("acc_")} == direct
+        assert {k: v for k, v in r.items() if k.startswith("acc_")} == evaluate_grounding(*deeper, block=r["layer"],
+                                                                                          mode=r["mode"])
+    assert len({r["acc_all"] for r in rows}) > 1, rows
+    image = torch.rand(2, 3, 32, 32)
+    ids, mask = args[1](["a red circle", "two shapes"])
+    for layer, maps in itm_gradcam_layers(model, image, ids, mask, [1, 2, 3]).items():  # one pass = one at a time
+        assert torch.allclose(maps, itm_gradcam(model, image, ids, mask, layer), atol=1e-6)
+    for block, maps in itc_gradcam_blocks(model, image, ids, mask, [0, 1, 2]).items():
+        assert torch.allclose(maps, itc_gradcam(model, image, ids, mask, block), atol=1e-6)
 
 
 @pytest.mark.parametrize("method", ["GradCAM", "EigenCAM"])

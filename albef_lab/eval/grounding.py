@@ -71,7 +71,8 @@ def split_accuracy(hits: list[bool], splits: list[str]) -> dict[str, float]:
     return {f"acc_{s}": 100.0 * n_hit[s] / n[s] for s in n}
 
 
-HeatFn = Callable[[Tensor, Tensor, Tensor], Tensor]  # (images, ids, mask) -> maps [B, s, s]
+# (images, ids, mask) -> maps [B, s, s], or {layer: maps} (each layer's records are then kept apart)
+HeatFn = Callable[[Tensor, Tensor, Tensor], Tensor | dict]
 
 
 def gradcam_heat(model: nn.Module, mode: str = "itm", block: int = -1) -> HeatFn:
@@ -132,14 +133,16 @@ def grounding_records(model: nn.Module, tokenizer: Tokenizer, ann_file: str | Pa
                 texts = [swapped[r] for r in ref_ids.tolist()]
             ids, mask = tokenizer(list(texts))
             maps = heat(images.to(device), ids.to(device), mask.to(device))
-            for ref_id, text, cam in zip(ref_ids.tolist(), texts, maps, strict=True):
-                ref = refer["refs"][ref_id]
-                image = refer["images"][ref["image_id"]]
-                box = refer["anns"][ref["ann_id"]]["bbox"]
-                chosen = choose_proposal(cam, image["height"], image["width"], refer["dets"][ref["image_id"]], alpha)
-                records.append({"ref_id": ref_id, "split": ref["split"], "file_name": image["file_name"],
-                                "text": text, "box": box, "chosen": chosen,
-                                "hit": chosen is not None and iou_xywh(box, chosen) >= 0.5})
+            for key, layer_maps in (maps if isinstance(maps, dict) else {None: maps}).items():
+                for ref_id, text, cam in zip(ref_ids.tolist(), texts, layer_maps, strict=True):
+                    ref = refer["refs"][ref_id]
+                    image = refer["images"][ref["image_id"]]
+                    box = refer["anns"][ref["ann_id"]]["bbox"]
+                    chosen = choose_proposal(cam, image["height"], image["width"], refer["dets"][ref["image_id"]],
+                                             alpha)
+                    records.append({"ref_id": ref_id, "split": ref["split"], "file_name": image["file_name"],
+                                    "text": text, "box": box, "chosen": chosen, "layer": key,
+                                    "hit": chosen is not None and iou_xywh(box, chosen) >= 0.5})
     return records
 
 
@@ -160,17 +163,22 @@ def evaluate_grounding(model: nn.Module, tokenizer: Tokenizer, ann_file: str | P
 
 def layer_sweep(model: nn.Module, tokenizer: Tokenizer, ann_file: str | Path, image_root: str | Path,
                 refer_dir: str | Path, res: int, device: torch.device, limit: int | None = None) -> list[dict]:
-    """Accuracy for Grad-CAM of ITM on every cross-attention layer and of ITC on every ViT block:
-    the evidence for the paper's choice of layer. Rows: {'mode', 'layer', 'acc_*'}."""
-    from albef_lab.viz.gradcam import cross_attention_layers
+    """Accuracy for Grad-CAM of ITM on every cross-attention layer and of ITC on every ViT block (one forward and
+    backward per batch and mode gives every layer's maps): the evidence for the paper's choice of layer.
+    Rows: {'mode', 'layer', 'acc_*'}."""
+    from albef_lab.viz.gradcam import cross_attention_layers, itc_gradcam_blocks, itm_gradcam_layers
 
+    itm_layers, blocks = cross_attention_layers(model), list(range(len(model.visual_encoder.blocks)))
+    heats = {"itm": lambda images, ids, mask: itm_gradcam_layers(model, images, ids, mask, itm_layers),
+             "itc": lambda images, ids, mask: itc_gradcam_blocks(model, images, ids, mask, blocks)}
     rows = []
-    settings = [("itm", i) for i in cross_attention_layers(model)]
-    settings += [("itc", b) for b in range(len(model.visual_encoder.blocks))]
-    for mode, layer in settings:
-        acc = evaluate_grounding(model, tokenizer, ann_file, image_root, refer_dir, res, device, layer, mode,
-                                 limit=limit)
-        rows.append({"mode": mode, "layer": layer, **acc})
+    for mode, layers in (("itm", itm_layers), ("itc", blocks)):
+        records = grounding_records(model, tokenizer, ann_file, image_root, refer_dir, res, device, heats[mode],
+                                    limit=limit)
+        for layer in layers:
+            mine = [r for r in records if r["layer"] == layer]
+            rows.append({"mode": mode, "layer": layer,
+                         **split_accuracy([r["hit"] for r in mine], [r["split"] for r in mine])})
     return rows
 
 

@@ -9,7 +9,7 @@ model with the ALBEF API (`encode_image`, `encode_text`, `itm_logits`): pre-trai
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -26,15 +26,15 @@ def _grid(n_patches: int) -> int:
     return side
 
 
-def _map_and_grad(attn: nn.Module, score_fn: Callable[[], Tensor]) -> tuple[Tensor, Tensor]:
-    """Run `score_fn()` (a scalar) capturing `attn`'s probabilities; return them and the score's gradient with
-    respect to them. Per call: nothing is kept on the model and no parameter gets a gradient, so requests that
-    share a model do not disturb each other."""
-    with torch.enable_grad(), capture_attention(attn) as captured:
+def _maps_and_grads(attns: list[nn.Module], score_fn: Callable[[], Tensor]) -> list[tuple[Tensor, Tensor]]:
+    """Run `score_fn()` (a scalar) capturing each module's attention probabilities; return them and the score's
+    gradient with respect to them, one forward and one backward for all. Per call: nothing is kept on the model
+    and no parameter gets a gradient, so requests that share a model do not disturb each other."""
+    with torch.enable_grad(), capture_attention(*attns) as captured:
         score = score_fn()
-        (attention,) = captured[attn]
-        (grad,) = torch.autograd.grad(score, attention)
-    return attention.detach(), grad
+        maps = [captured[a][0] for a in attns]
+        grads = torch.autograd.grad(score, maps)
+    return [(m.detach(), g) for m, g in zip(maps, grads, strict=True)]
 
 
 def cross_attention_layers(model: nn.Module) -> list[int]:
@@ -53,9 +53,16 @@ def default_itm_layer(model: nn.Module) -> int:
 def itm_gradcam(model: nn.Module, image: Tensor, ids: Tensor, mask: Tensor, layer: int, *,
                 per_token: bool = False) -> Tensor:
     """[B, side, side] sentence maps (or [B, L, side, side] per token) from cross-attention layer `layer`."""
-    if layer not in cross_attention_layers(model):
-        raise ValueError(f"layer {layer} has no cross-attention; choose one of {cross_attention_layers(model)}")
-    attn = model.bert.encoder.layer[layer].crossattention.self
+    return itm_gradcam_layers(model, image, ids, mask, [layer], per_token=per_token)[layer]
+
+
+def itm_gradcam_layers(model: nn.Module, image: Tensor, ids: Tensor, mask: Tensor, layers: Sequence[int], *,
+                       per_token: bool = False) -> dict[int, Tensor]:
+    """`itm_gradcam` of several cross-attention layers from one forward and backward: {layer: maps}."""
+    known = cross_attention_layers(model)
+    for layer in layers:
+        if layer not in known:
+            raise ValueError(f"layer {layer} has no cross-attention; choose one of {known}")
 
     def score() -> Tensor:
         image_states, _ = model.encode_image(image)
@@ -64,21 +71,28 @@ def itm_gradcam(model: nn.Module, image: Tensor, ids: Tensor, mask: Tensor, laye
         record(itm_logits=logits)
         return logits[:, 1].sum()
 
-    cam, grad = _map_and_grad(attn, score)
-    b, heads, length, n = cam.shape
-    side = _grid(n - 1)
-    m = mask.view(b, 1, length, 1, 1).to(cam.dtype)
-    cam = cam[..., 1:].reshape(b, heads, length, side, side) * m
-    grad = grad[..., 1:].clamp(min=0).reshape(b, heads, length, side, side) * m
-    record(attention_map=cam, attn_gradients=grad)
-    maps = (cam * grad).mean(1)  # over heads
-    return maps if per_token else maps.mean(1)  # the original averages over all positions, padding included
+    attns = [model.bert.encoder.layer[layer].crossattention.self for layer in layers]
+    out = {}
+    for layer, (cam, grad) in zip(layers, _maps_and_grads(attns, score), strict=True):
+        b, heads, length, n = cam.shape
+        side = _grid(n - 1)
+        m = mask.view(b, 1, length, 1, 1).to(cam.dtype)
+        cam = cam[..., 1:].reshape(b, heads, length, side, side) * m
+        grad = grad[..., 1:].clamp(min=0).reshape(b, heads, length, side, side) * m
+        record(attention_map=cam, attn_gradients=grad)
+        maps = (cam * grad).mean(1)  # over heads
+        out[layer] = maps if per_token else maps.mean(1)  # the original averages over all positions, padding too
+    return out
 
 
 def itc_gradcam(model: nn.Module, image: Tensor, ids: Tensor, mask: Tensor, block: int = -1) -> Tensor:
     """[B, side, side] maps of the ITC similarity on the [CLS] attention of ViT block `block`."""
-    attn = model.visual_encoder.blocks[block].attn
+    return itc_gradcam_blocks(model, image, ids, mask, [block])[block]
 
+
+def itc_gradcam_blocks(model: nn.Module, image: Tensor, ids: Tensor, mask: Tensor,
+                       blocks: Sequence[int]) -> dict[int, Tensor]:
+    """`itc_gradcam` of several ViT blocks from one forward and backward: {block: maps}."""
     def score() -> Tensor:
         _, image_feat = model.encode_image(image)
         _, text_feat = model.encode_text(ids, mask)
@@ -86,13 +100,16 @@ def itc_gradcam(model: nn.Module, image: Tensor, ids: Tensor, mask: Tensor, bloc
         record(sim=sim)
         return sim.diagonal().sum()
 
-    cam, grad = _map_and_grad(attn, score)
-    b, heads, _, n = cam.shape
-    side = _grid(n - 1)
-    record(cls_attention_map=cam[:, :, 0], cls_attn_gradients=grad[:, :, 0])
-    cam = cam[:, :, 0, 1:].reshape(b, heads, side, side)
-    grad = grad[:, :, 0, 1:].clamp(min=0).reshape(b, heads, side, side)
-    return (cam * grad).mean(1)
+    out = {}
+    attns = [model.visual_encoder.blocks[block].attn for block in blocks]
+    for block, (cam, grad) in zip(blocks, _maps_and_grads(attns, score), strict=True):
+        b, heads, _, n = cam.shape
+        side = _grid(n - 1)
+        record(cls_attention_map=cam[:, :, 0], cls_attn_gradients=grad[:, :, 0])
+        cam = cam[:, :, 0, 1:].reshape(b, heads, side, side)
+        grad = grad[:, :, 0, 1:].clamp(min=0).reshape(b, heads, side, side)
+        out[block] = (cam * grad).mean(1)
+    return out
 
 
 def gradcam(model: nn.Module, image: Tensor, ids: Tensor, mask: Tensor, mode: str = "itm",
