@@ -22,6 +22,24 @@ def reference_dir() -> Path | None:
 
 def pytest_configure(config):
     reference_dir()  # a wrong ALBEF_REFERENCE_DIR stops the run before any test
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # `-n N`: N workers share the cores, one thread each
+        os.environ["OMP_NUM_THREADS"] = "1"  # and so do the processes the tests start
+        torch.set_num_threads(1)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The longest chain first: the first test of the trained model builds it (on one worker, while the others
+    run the rest), slow tests next, the trained model's other tests last (by then it is built)."""
+    trained = [i for i in items if "pretrained" in getattr(i, "fixturenames", ())]
+    slow = [i for i in items if i.get_closest_marker("slow") and i not in trained]
+    rest = [i for i in items if i not in trained and i not in slow]
+    items[:] = trained[:1] + slow + rest + trained[1:]
+
+
+def shared_path(tmp_path_factory, name: str) -> Path:
+    """A path every worker of this run sees (`-n N` workers share the parent of their temp folders)."""
+    base = tmp_path_factory.getbasetemp()
+    return (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / name
 
 
 _SKIPPED: list[str] = []

@@ -81,3 +81,19 @@ def test_text_only_guesses_by_hand():
                 {"question": "q3", "answer": ["red"] * 10, "type": "colour"}]
     # per question: red (1.0), unseen -> blue (0.0) = 50 %; per type: colour -> blue = 0 %; the better one
     assert vqa_text_only_accuracy(vqa_train, vqa_test) == 50.0
+
+
+def test_the_random_recall_bar_is_passed_by_random_scores_as_often_as_its_quantile_says():
+    """Random score matrices, counted by `recall_metrics` itself, pass the 0.9 quantile about 10 % of the time."""
+    import numpy as np
+
+    from albef_lab.eval.controls import random_mean_recall
+
+    n, t = 10, 3
+    bar = random_mean_recall(n, t, 0.9)
+    rng = np.random.default_rng(5)
+    means = []
+    for _ in range(1000):
+        r = recall_metrics(torch.from_numpy(rng.random((n, n * t))), torch.arange(n).repeat_interleave(t))
+        means.append((r["txt_r_mean"] + r["img_r_mean"]) / 2)
+    assert 0.07 < np.mean(np.array(means) > bar) < 0.13

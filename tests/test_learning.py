@@ -4,6 +4,7 @@ same model with the images shuffled, a map on a random object, the same map for 
 minutes on 2 CPU cores. The trained model also answers the workbench's questions (search, the word maps), so
 those features are checked on a model that knows which image is right."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -22,26 +23,36 @@ STEPS = 360  # pre-training
 FINISH_STEPS = 600  # the last ITM step (the recipe's 1000)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def pretrained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("learn")
-    world = root / "world"
-    write_world(WorldSettings(out=str(world), images=3000, seed=0, res=64), progress=False)
-    run = root / "pretrain"
-    cfg = load_config(None, [f"data.root={world}", f"train.output_dir={run}", f"train.max_steps={STEPS}",
-                             "train.progress=false", f"train.eval_every={STEPS}", f"train.save_every={STEPS}",
-                             "train.max_minutes=0", f"train.vision_warmup_steps={WARMUP_STEPS}",
-                             f"train.itm_finish_steps={FINISH_STEPS}"], "tiny")
-    return world, run, E.pretrain(cfg)
+    """Built once per test run, by whichever worker asks first (the others wait for it and read it)."""
+    from filelock import FileLock
+
+    from tests.conftest import shared_path
+
+    root = shared_path(tmp_path_factory, "learn")
+    world, run, done = root / "world", root / "pretrain", root / "result.json"
+    with FileLock(f"{root}.lock"):
+        if not done.is_file():
+            write_world(WorldSettings(out=str(world), images=3000, seed=0, res=64), progress=False)
+            cfg = load_config(None, [f"data.root={world}", f"train.output_dir={run}", f"train.max_steps={STEPS}",
+                                     "train.progress=false", f"train.eval_every={STEPS}",
+                                     f"train.save_every={STEPS}", "train.max_minutes=0",
+                                     f"train.vision_warmup_steps={WARMUP_STEPS}",
+                                     f"train.itm_finish_steps={FINISH_STEPS}"], "tiny")
+            result = E.pretrain(cfg)
+            done.write_text(json.dumps(result))
+    return world, run, json.loads(done.read_text())
 
 
 @pytest.fixture(scope="module")
-def workbench(pretrained):
+def workbench(pretrained, tmp_path_factory):
     """The workbench on the trained model, its gallery the 300 held-out images."""
     from albef_lab.demo import build_workbench
 
     world, run, _ = pretrained
-    return build_workbench([str(run / "model.pth")], runs=str(run.parent / "demo"), data=str(world), progress=False)
+    return build_workbench([str(run / "model.pth")], runs=str(tmp_path_factory.mktemp("demo")), data=str(world),
+                           progress=False)
 
 
 def finetune(world: Path, run: Path, out: Path, task: str, steps: int = 120, *extra: str) -> tuple[dict, object]:
@@ -96,7 +107,6 @@ def test_search_puts_the_image_that_shows_the_query_first_and_the_itm_rerank_hel
 def test_describe_and_explain_read_the_image(pretrained, workbench):
     """On held-out images: the best caption of the caption set is true of the image (its scene graph says so) far
     more often than a random caption, and ITM's match probability of an image's own caption beats a false one's."""
-    import json
     import random
 
     from albef_lab.data import world as W
@@ -135,11 +145,11 @@ def test_a_colour_words_map_heats_the_object_it_names(pretrained, workbench):
     assert hits["pairs"] >= 100 and hits["hit_rate"] >= 75.0, hits
 
 
-def test_itm_reranking_does_not_lower_retrieval(pretrained):
+def test_itm_reranking_does_not_lower_retrieval(pretrained, tmp_path):
     """As in the paper, ITM re-ranks ITC's top-k: after a short retrieval fine-tuning, R@1 re-ranked is above
     ITC's own in both directions (by at least three of the 300 images)."""
     world, run, _ = pretrained
-    result, _ = finetune(world, run, run.parent / "retrieval", "retrieval", 40, "data.k_test=16")
+    result, _ = finetune(world, run, tmp_path / "retrieval", "retrieval", 40, "data.k_test=16")
     for d in ("img", "txt"):
         assert result[f"{d}_r1"] >= result[f"itc_{d}_r1"] + 1.0, result
 
@@ -192,11 +202,12 @@ def test_itm_and_itc_gradcam_ground_above_a_map_on_a_random_object(pretrained, t
 
 def test_itm_gradcam_grounds_before_any_grounding_finetuning(pretrained, tmp_path):
     """The pre-trained fused half grounds by itself: ITM Grad-CAM of the pre-training checkpoint, no grounding
-    steps, above its text-blind control (the words of another object)."""
+    steps, far above its text-blind control (the words of another object) and, by a few points only, above a map
+    on a random object (docs/results.md)."""
     world, run, _ = pretrained
     cfg = load_config(None, [f"data.root={world}", f"train.output_dir={tmp_path}", "train.progress=false",
                              "data.gradcam_mode=itm"], "tiny")
     result = E.evaluate(cfg, "grounding", run / "model.pth", out_dir=tmp_path)
     text_blind = E.evaluate(cfg, "grounding", run / "model.pth", out_dir=tmp_path, blind="text")
     assert result["acc_all"] >= text_blind["acc_all"] + 10.0, (result, text_blind)
-    assert result["acc_all"] >= 2 * result["random_proposal_acc"], result
+    assert result["acc_all"] >= result["random_object_acc"] + 2.0, result

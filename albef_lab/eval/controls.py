@@ -40,3 +40,23 @@ def vqa_text_only_accuracy(train: list[dict], test: list[dict]) -> float:
         guesses = text_only_guesses(train, labelled, key, lambda e: e["answer"])
         best = max(best, sum(vqa_accuracy(g, e["answer"]) for g, e in zip(guesses, labelled, strict=True)))
     return 100.0 * best / len(labelled)
+
+
+def random_mean_recall(n_images: int, texts_per_image: int, quantile: float, draws: int = 5000,
+                       seed: int = 0) -> float:
+    """The `quantile` of the mean of R@1/5/10 in both directions (percent) that random scores reach on a split of
+    `n_images` images with `texts_per_image` captions each (text t of image t // texts_per_image), as
+    `recall_metrics` counts them: a bar that chance passes 1 - quantile of the time."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    n, t = n_images, texts_per_image
+    means, own = [], np.arange(n * t) // t
+    for start in range(0, draws, 100):
+        s = rng.random((min(100, draws - start), n, n * t))  # [draw, image, text]
+        pos_t = s[:, own, np.arange(n * t)]  # each text's score with its own image
+        t2i = (s > pos_t[:, None, :]).sum(1)  # images above it, per text
+        best = s.reshape(len(s), n, n, t)[:, np.arange(n), np.arange(n)].max(-1)  # each image's best own caption
+        i2t = (s > best[:, :, None]).sum(2)  # captions above it, per image
+        means.append(sum(100 * (t2i < k).mean(1) + 100 * (i2t < k).mean(1) for k in (1, 5, 10)) / 6)
+    return float(np.quantile(np.concatenate(means), quantile))
