@@ -36,6 +36,14 @@ def pytest_collection_modifyitems(config, items):
     items[:] = trained[:1] + slow + rest + trained[1:]
 
 
+@pytest.fixture(scope="session")
+def demo_files(tmp_path_factory):
+    """(world, pre-training model, VQA model): briefly trained tiny models for the app's tests, built once."""
+    from tests.helpers import demo_models
+
+    return demo_models(tmp_path_factory.mktemp("demo_models"))
+
+
 def shared_path(tmp_path_factory, name: str) -> Path:
     """A path every worker of this run sees (`-n N` workers share the parent of their temp folders)."""
     base = tmp_path_factory.getbasetemp()

@@ -85,14 +85,13 @@ def demo_models(root):
     return world, root / "pre" / "model.pth", root / "vqa" / "model.pth"
 
 
-def serve_demo(root):
-    """The app on briefly trained tiny models, launched in this process on a free loopback port.
-
-    Returns (workbench, app, url); call `app.close()` when done.
+def serve_demo(root, files):
+    """The app on briefly trained tiny models (`files`: the `demo_files` fixture), launched in this process on a free
+    loopback port. Returns (workbench, app, url); call `app.close()` when done.
     """
     from albef_lab.demo import app_module, build_workbench
 
-    world, pre, vqa = demo_models(root)
+    world, pre, vqa = files
     wb = build_workbench([str(pre), str(vqa)], runs=str(root / "runs"), data=str(world), progress=False)
     app = app_module().build_app(wb)
     port = free_port()

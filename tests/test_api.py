@@ -118,13 +118,11 @@ def test_the_readme_python_snippet_runs(tmp_path):
     assert scope["heat"].shape == (1, 2, 2) and scope["heat"].sum() >= 0
 
 
-def test_the_readme_workbench_snippet_runs(tmp_path):
+def test_the_readme_workbench_snippet_runs(tmp_path, demo_files):
     import re
     from pathlib import Path
 
-    from tests.helpers import demo_models
-
-    world, pre, vqa = demo_models(tmp_path)
+    world, pre, vqa = demo_files
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     code = re.search(r"The app's own layer.*?```python\n(.*?)```", readme, re.S).group(1)
     image = sorted((world / "images").glob("*.png"))[0]

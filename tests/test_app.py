@@ -10,9 +10,9 @@ gradio_client = pytest.importorskip("gradio_client")
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
+def served(tmp_path_factory, demo_files):
     root = tmp_path_factory.mktemp("app")
-    wb, app, url = serve_demo(root)
+    wb, app, url = serve_demo(root, demo_files)
     yield wb, gradio_client.Client(url, verbose=False), root
     app.close()
 

@@ -16,8 +16,8 @@ if not shutil.which("chromium") and not os.path.exists("/usr/bin/chromium"):
 
 
 @pytest.fixture(scope="module")
-def url(tmp_path_factory):
-    wb, app, address = serve_demo(tmp_path_factory.mktemp("browser"))
+def url(tmp_path_factory, demo_files):
+    wb, app, address = serve_demo(tmp_path_factory.mktemp("browser"), demo_files)
     yield address, wb
     app.close()
 

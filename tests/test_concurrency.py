@@ -16,9 +16,9 @@ LOAD = load_module(Path(__file__).resolve().parents[1] / "benchmarks" / "app_loa
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
+def served(tmp_path_factory, demo_files):
     root = tmp_path_factory.mktemp("concurrent")
-    wb, app, url = serve_demo(root)
+    wb, app, url = serve_demo(root, demo_files)
     yield wb, url
     app.close()
 

@@ -51,6 +51,9 @@ def test_pretraining_in_two_processes_gives_bit_identical_weights(world, tmp_pat
         env = dict(os.environ, PYTHONHASHSEED=hash_seed, PYTHONPATH=str(ROOT))
         proc = subprocess.run([sys.executable, "-m", "albef_lab", "pretrain", f"data.root={world}",
                                f"train.output_dir={out}", "model.vision.image_res=32", "train.threads=2",
+                               # half the tiny widths: still several threads' worth of work per gather
+                               "model.vision.width=64", "model.text.hidden_size=64", "model.text.encoder_width=64",
+                               "model.text.intermediate_size=256", "model.vision.depth=2",
                                "train.max_steps=3", "train.warmup_steps=1", "train.progress=false",
                                "train.eval_every=100", "train.save_every=3", "train.max_minutes=0",
                                "train.itm_finish_steps=20", encoder],  # the tiny recipe's last ITM step too

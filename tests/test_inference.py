@@ -8,13 +8,12 @@ from PIL import Image
 from albef_lab.demo import build_workbench
 from albef_lab.inference import InputError, folder_images, read_image, sliding_windows
 from albef_lab.viz.gradcam import itm_gradcam
-from tests.helpers import demo_models
 
 
 @pytest.fixture(scope="module")
-def wb(tmp_path_factory):
+def wb(tmp_path_factory, demo_files):
     root = tmp_path_factory.mktemp("inf")
-    world, pre, vqa = demo_models(root)
+    world, pre, vqa = demo_files
     return build_workbench([str(pre), str(vqa)], runs=str(root / "runs"), data=str(world), progress=False)
 
 
