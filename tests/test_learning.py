@@ -34,19 +34,13 @@ def pretrained(tmp_path_factory):
     world, run, done = root / "world", root / "pretrain", root / "result.json"
     with FileLock(f"{root}.lock"):
         if not done.is_file():
-            threads = torch.get_num_threads()
             write_world(WorldSettings(out=str(world), images=3000, seed=0, res=64), progress=False)
-            # two threads: on two workers the other one soon has nothing to do but wait for this chain
             cfg = load_config(None, [f"data.root={world}", f"train.output_dir={run}", f"train.max_steps={STEPS}",
                                      "train.progress=false", f"train.eval_every={STEPS}",
-                                     f"train.save_every={STEPS}", "train.max_minutes=0", "train.threads=2",
+                                     f"train.save_every={STEPS}", "train.max_minutes=0",
                                      f"train.vision_warmup_steps={WARMUP_STEPS}",
                                      f"train.itm_finish_steps={FINISH_STEPS}"], "tiny")
-            try:
-                result = E.pretrain(cfg)
-            finally:
-                torch.set_num_threads(threads)
-            done.write_text(json.dumps(result))
+            done.write_text(json.dumps(E.pretrain(cfg)))
     return world, run, json.loads(done.read_text())
 
 
