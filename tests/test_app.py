@@ -118,6 +118,9 @@ def test_grounding_a_wide_photo_returns_a_box_inside_it(served):
     x, y, w, h = r["box"]
     assert 0 <= x and 0 <= y and x + w <= 150 + 1e-6 and y + h <= 60 + 1e-6
     assert r["box"] in [p[:4] for p in r["proposals"]]
+    assert all(0 <= x and 0 <= y and x + w <= 150 + 1e-6 and y + h <= 60 + 1e-6 for x, y, w, h, _ in r["proposals"])
+    assert max(x + w for x, _, w, _, _ in r["proposals"]) == pytest.approx(150)  # the windows span its width
+    assert max(y + h for _, y, _, h, _ in r["proposals"]) == pytest.approx(60)  # and its height
     boxed, _, info = client.predict(gradio_client.handle_file(str(path)), "the red shape", api_name="/ground")
     assert "sliding windows" in info and "none" not in info
     assert Image.open(boxed).size == (384, round(60 * 384 / 150))
