@@ -16,8 +16,8 @@ def _add_config_args(p: argparse.ArgumentParser, default_preset: str | None = No
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from albef_lab.config import load_config
     from albef_lab.models.factory import create_model, parameter_counts, state_dict_tsv
+    from albef_lab.shapesworld import load_config
 
     cfg = load_config(args.config, args.overrides, args.preset)
     if args.state_dict:
@@ -59,7 +59,7 @@ def cmd_verify_reference(args: argparse.Namespace) -> int:
 def cmd_make_world(args: argparse.Namespace) -> int:
     import time
 
-    from albef_lab.data.export import WorldSettings, write_world
+    from albef_lab.shapesworld.export import WorldSettings, write_world
 
     s = WorldSettings(out=args.out, seed=args.seed, images=args.images, res=args.res, noise=args.noise,
                       caption_kinds=tuple(k.strip() for k in args.captions.split(",") if k.strip()),
@@ -73,8 +73,8 @@ def cmd_make_world(args: argparse.Namespace) -> int:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from albef_lab.config import load_config
     from albef_lab.eval.retrieval import chance_recall
+    from albef_lab.shapesworld import load_config
     from albef_lab.train.engine import pretrain
 
     cfg = load_config(args.config, args.overrides, args.preset)
@@ -95,10 +95,10 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from albef_lab.config import load_config
+    from albef_lab.shapesworld import load_config
     from albef_lab.train.engine import train
 
-    cfg = load_config(args.config, args.overrides, args.preset, args.task)
+    cfg = load_config(args.config, args.overrides, args.preset)
     if not any(o.startswith("train.output_dir=") for o in args.overrides) and cfg.train.output_dir.startswith("runs/"):
         cfg.train.output_dir = f"runs/{args.task}_{cfg.preset}"
     from albef_lab import distributed as D
@@ -113,7 +113,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from albef_lab.config import load_config
+    from albef_lab.shapesworld import load_config
     from albef_lab.train.engine import evaluate
 
     cfg = load_config(args.config, args.overrides, args.preset)
@@ -130,7 +130,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from albef_lab.ablation import grid, sweep, write_summary
+    from albef_lab.shapesworld.ablation import grid, sweep, write_summary
 
     runs = grid(args.variants, args.noise, args.seeds)
     t0 = time.perf_counter()
@@ -199,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None)
     p.set_defaults(func=cmd_plot)
 
-    from albef_lab.ablation import NOTEBOOK, VARIANTS
+    from albef_lab.shapesworld.ablation import NOTEBOOK, VARIANTS
 
     p = sub.add_parser("sweep", help="Table 1 ablations: notebook 02 over variants x noise x seeds with papermill "
                        "(skips finished runs, so a killed sweep resumes)")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,31 +81,13 @@ class ModelConfig:
     # Objective switches, so that ablations are configuration rather than code.
     use_itc: bool = True
     use_itm: bool = True
-    hard_negatives: bool = True
+    hard_negatives: bool = True  # ITM's negatives mined by in-batch similarity (False: uniform)
     use_mlm: bool = True
     # Fixes of known faults of the original. Default False = the original behaviour (for equality).
     fix_mlm_nan: bool = False  # MLM loss is 0 instead of NaN when no token was masked
     fix_duplicate_negatives: bool = False  # captions of the same image in a batch: positives, never negatives
     fix_vqa_double_count: bool = False  # VQA ranking counts log P(first token) once, not twice
     fix_momentum_init: bool = False  # copy loaded weights into momentum copies the file lacks (NLVR.py does not)
-    # ITM never takes as a negative a pair the data knows to match (a caption true of another image of the
-    # batch: ShapesWorld's scene graphs say so). The original mines such false negatives.
-    fix_false_negatives: bool = False
-    # A curriculum: ITM draws uniform negatives for this many steps before it mines hard ones (0 = the original).
-    itm_random_steps: int = 0
-    # After it: this fraction of ITM's negatives stay uniform, the rest mined (0 = the original: all mined).
-    itm_random_fraction: float = 0.0
-    itm_weight: float = 1.0  # ITM's weight in the pre-training loss (the original: 1, as ITC's and MLM's)
-    # Mined negatives are drawn from softmax(similarity / temp / this): above 1, medium-hard negatives more often
-    # than the hardest (1 = the original, ITC's own temperature).
-    itm_mining_softness: float = 1.0
-    # This share of the images take as ITM negative a one-word edit of their own caption that the scene graph
-    # says is false ('a red circle' -> 'a blue circle', 'left' -> 'right'; `world.caption_edits`), in place of a
-    # negative from the batch: the fine distinctions the most similar held-out captions test. Needs the data's
-    # scene graphs (ShapesWorld); 0 = the original.
-    itm_edited_fraction: float = 0.0
-    # the edit kinds drawn from (colour, shape, size, count, direction, binding); empty: every kind
-    itm_edit_kinds: list[str] = field(default_factory=list)
     grad_checkpointing: bool = False
     # Cross-attention keys/values computed once per image (or question) and shared by every text row and pass
     # that attends to it (plus: retrieval re-ranks without trailing padding, VQA ranking applies the vocabulary
@@ -115,7 +97,7 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    """Where the pre-training data lives; a missing ShapesWorld is generated on first use."""
+    """Where the data lives (the official JSON formats) and how images are read and augmented."""
 
     root: str = "data/shapesworld"
     train_file: str = ""  # relative to root, or absolute; "" = the task's ShapesWorld file
@@ -127,14 +109,6 @@ class DataConfig:
     gradcam_block: int = -1  # -1: the paper's 3rd fusion layer, else the last but one (itm); the last ViT block (itc)
     image_root: str = ""  # default: root
     tokenizer: str = ""  # a directory with vocab.txt or a cached model name; default: root/vocab
-    make_world: bool = True
-    world_images: int = 3000
-    world_res: int = 64
-    world_seed: int = 0
-    # what the world's captions say (albef_lab.data.world.CAPTION_KINDS); [listing, relation]: captions true of few
-    # scenes (docs/itm_recipe.md). Read when the world is generated: give such a world its own data.root
-    world_caption_kinds: list[str] = field(default_factory=lambda: ["listing", "count", "single", "relation"])
-    noise: float = 0.0
     max_words: int = 30
     max_tokens: int = 25  # tokenizer truncation, as the original's pre-training
     num_workers: int = 2
@@ -146,7 +120,7 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    """The recipe (the paper's AdamW + warm-up + cosine) and the run's bookkeeping."""
+    """The paper's optimisation (AdamW, warm-up, cosine) and the run's bookkeeping."""
 
     output_dir: str = "runs/pretrain"
     epochs: int = 30
@@ -170,34 +144,6 @@ class TrainConfig:
     tensorboard: bool = False
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # torch CPU threads; 0 = torch's default
-    # the image encoder keeps its initial weights (model.init_vision): minutes of ALBEF erase the shape a
-    # ShapesWorld-supervised encoder knows (docs/itm_recipe.md); false = the paper (everything trains)
-    freeze_vision: bool = False
-    vision_lr_scale: float = 1.0  # the image encoder's learning rate as a share of `lr` (1: the original's one lr)
-    # pre-training only: first train the image encoder to name ShapesWorld's objects (shape, colour, size) from
-    # the scene graphs (`train/vision_warmup.py`, our DeiT), inside `max_minutes`; it then stays frozen for the
-    # pre-training (as with `freeze_vision`; fine-tuning trains it). 0 = off (the paper)
-    vision_warmup_minutes: float = 0.0
-    vision_warmup_steps: int = 0  # steps instead of minutes (0: minutes decide)
-    # with minutes: stop at this many steps if the clock has not stopped the warm-up first, so that a machine fast
-    # enough to make them gives the same encoder every run (0: the clock alone)
-    vision_warmup_max_steps: int = 0
-    vision_warmup_tokens: bool = False  # every token under an object names it (False: the box's mean token does)
-    vision_warmup_positions: bool = False  # every token also names its own column and row (keeps where things are)
-    vision_warmup_summary: bool = False  # [CLS] also names the image's (colour, shape) pairs (ITC reads [CLS])
-    # pre-training on ShapesWorld only: after the last step, this many steps of ITM alone on the fusion layers and
-    # the ITM head (nothing ITC reads moves) against each training image's `itm_finish_mined` most ITC-similar
-    # captions that its scene graph says are false (`train/itm_finish.py`, docs/itm_recipe.md), inside
-    # `max_minutes`. 0 = off (the paper)
-    itm_finish_steps: int = 0
-    itm_finish_mined: int = 8
-    itm_finish_random: float = 0.5  # the share of its negatives that are random false captions instead
-    itm_finish_lr: float = 1e-4
-    # with `max_minutes`: pre-training stops this many minutes early, and the step gets them. Its first few hundred
-    # steps lift the hardest-negative ITM by about 10 points, the pre-training's last hundred move ITC by 1-2, and
-    # on a slow machine the clock otherwise leaves the step little or nothing (docs/itm_recipe.md, "Minutes kept for
-    # step 3"). 0 = the step gets whatever the pre-training left
-    itm_finish_minutes: float = 0.0
     progress: bool = True
 
 
@@ -210,90 +156,28 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
+    def plugins(self, task: str):
+        """What a recipe adds to a run of `task` (`albef_lab.train.stages.Plugins`): nothing, for the paper."""
+        return None
+
 
 def _base() -> Config:
     return Config(preset="base", model=ModelConfig())
 
 
-def _tiny() -> Config:
-    """A few MB of weights: trains on ShapesWorld on a laptop CPU in minutes."""
-    # From scratch, BERT's 0.02 init leaves every [CLS] nearly the same vector and ITC has nothing to pull on;
-    # std ~ 1/sqrt(width) makes features distinct from the first step (the paper starts from DeiT and BERT).
-    # The image encoder is ShapesWorld's stand-in for DeiT (docs/itm_recipe.md): a conv stem, trained for 3 of the
-    # 9 minutes to name each object's shape, colour and size from the scene graphs (every token under an object,
-    # not only their mean: ITC R@1 about doubles), then frozen for the rest of the pre-training; ALBEF's
-    # objectives would wash shape out of it, and without shape the fused half cannot learn the fine distinctions.
-    # Fine-tuning trains it again, as the paper does, at a tenth of the lr (at the full lr VQA fell 7 points).
-    vision = VisionConfig(image_res=64, patch_size=8, width=128, depth=4, num_heads=4, init_std=0.1, conv_stem=True)
-    text = TextConfig(
-        vocab_size=512,
-        hidden_size=128,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        intermediate_size=512,
-        max_position_embeddings=64,
-        fusion_layer=2,
-        encoder_width=128,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-        initializer_range=0.1,
-    )
-    # A faster teacher and a shorter queue than the paper's (0.995, 65,536): minutes, not days, of training.
-    # The fused half (ITM) learns from scratch in minutes only with help (docs/itm_recipe.md has the evidence):
-    # half of ITM's negatives stay uniform (mined ones alone hold the ITM loss at its constant guess), ITM weighs
-    # 3x in the loss, and negatives that ShapesWorld's scene graphs show to be matches are never drawn.
-    model = ModelConfig(vision=vision, text=text, embed_dim=64, queue_size=256, momentum=0.99,
-                        decoder_layers=2,  # the VQA decoder starts from the 2 fusion layers
-                        itm_random_fraction=0.5, itm_weight=3.0, fix_false_negatives=True)
-    # Last, ITM alone on the fused half against each training image's most ITC-similar false captions: in-batch
-    # mining leaves it accepting half of the hardest ones (docs/itm_recipe.md); ITC does not move.
-    train = TrainConfig(output_dir="runs/pretrain_tiny", epochs=6, batch_size=64, lr=1e-3, min_lr=1e-5,
-                        warmup_lr=1e-5, warmup_steps=50, max_minutes=9.0, log_every=5,
-                        vision_warmup_minutes=3.5, vision_warmup_max_steps=1000, vision_warmup_tokens=True,
-                        vision_lr_scale=0.1, itm_finish_steps=1000, itm_finish_minutes=1.0)
-    # Small synthetic scenes: a crop may cut objects that the caption names, so crop gently, no RandAugment.
-    # A flip swaps 'left' and 'right' in the caption, which relation captions need to stay true.
-    data = DataConfig(randaugment=False, crop_min_scale=0.8, flip_text="swap")
-    return Config(preset="tiny", model=model, data=data, train=train)
+PRESETS: dict[str, Callable[[], Config]] = {"base": _base}
+# keys of our model config that older checkpoints carry and this one no longer has (recipe switches that moved
+# to the ShapesWorld recipe or were dropped); ignored when such a checkpoint is read
+RETIRED_MODEL_KEYS = ("fix_false_negatives", "itm_random_steps", "itm_random_fraction", "itm_weight",
+                      "itm_mining_softness", "itm_edited_fraction", "itm_edit_kinds")
 
 
-PRESETS = {"base": _base, "tiny": _tiny}
-
-# What a preset changes for one task's training, under a config file and overrides (both still win).
-# Tiny grounding: ITC Grad-CAM reads the image encoder's [CLS], which the warm-up never trains and pre-training
-# keeps frozen; at the preset's 0.1 share of the lr, 120 grounding steps leave [CLS] where it was (best ViT block
-# 43 %). At 3x the rest's lr they move it onto the named object (60.5-61.1 % over three seeds) and ITM Grad-CAM
-# gains too (62.9 -> 68.3-70.4 %); at 10x ITM Grad-CAM falls (docs/itm_recipe.md, "Grounding moves [CLS]").
-TASK_OVERRIDES: dict[tuple[str, str], tuple[str, ...]] = {("tiny", "grounding"): ("train.vision_lr_scale=3",)}
-
-
-# NLVR2 first learns text assignment (`pretrain_nlvr`: is a caption about the left image, the right, or neither),
-# as the paper does; the doubled fusion layers then start knowing which image each reads. On the tiny model,
-# 120 NLVR2 steps reached 52.3-57.7 % over three seeds without it (shuffled images 48.0-55.7) and 66.0-68.7 % after
-# 60 steps of it (docs/itm_recipe.md, "NLVR2 learns after text assignment")
-TINY_TEXT_ASSIGNMENT_STEPS = 60
-
-
-def tiny_finetune_overrides(steps: int) -> list[str]:
-    """The tiny model's fine-tuning on ShapesWorld, shared by the learning tests, the README's table
-    (`scripts/shapesworld_results.py`) and the demo's VQA: a step count, not a clock, so that any machine builds
-    the same model; warm-up, then cosine to the last step, where it evaluates and saves once."""
-    return [f"train.max_steps={steps}", f"train.eval_every={steps}", f"train.save_every={steps}",
-            "train.max_minutes=0", "train.warmup_steps=20", "train.lr=3e-4", "model.fix_momentum_init=true"]
-
-
-def tiny_finetune_config(root: str | Path, out: str | Path, steps: int, extra: Sequence[str] = (),
-                         task: str | None = None) -> Config:
-    """`tiny_finetune_overrides` on the world in `root`, writing to `out`, without a progress bar; `extra` last;
-    with `task`, the preset's own changes for it (`TASK_OVERRIDES`) first."""
-    return load_config(None, [f"data.root={root}", f"train.output_dir={out}", *tiny_finetune_overrides(steps),
-                              "train.progress=false", *extra], "tiny", task)
-
-
-def preset(name: str) -> Config:
-    if name not in PRESETS:
-        raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
-    return PRESETS[name]()
+def preset(name: str, presets: Mapping[str, Callable[[], Config]] | None = None) -> Config:
+    presets = PRESETS if presets is None else presets
+    if name not in presets:
+        hint = " (the ShapesWorld recipe's presets: albef_lab.shapesworld.load_config)" if presets is PRESETS else ""
+        raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(presets)}{hint}")
+    return presets[name]()
 
 
 def merge(obj: Any, values: dict, where: str = "") -> Any:
@@ -367,10 +251,11 @@ def read_yaml(path: Path) -> dict:
     return values
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
-                preset_name: str | None = None, task: str | None = None) -> Config:
-    """Preset (from the argument, else the file's `preset:`, else `tiny`) with its changes for `task`
-    (`TASK_OVERRIDES`), then the file, then overrides."""
+def load_config(path: str | Path | None = None, overrides: Sequence[str] | None = None,
+                preset_name: str | None = None, *, presets: Mapping[str, Callable[[], Config]] | None = None,
+                default: str = "base") -> Config:
+    """Preset (from the argument, else the file's `preset:`, else `default`), then the file, then overrides.
+    `presets`: where preset names are looked up (the paper's `PRESETS` by default)."""
     values: dict = {}
     if path is not None:
         path = Path(path)
@@ -378,12 +263,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise FileNotFoundError(f"config file not found: {path}")
         values = read_yaml(path)
     values = copy.deepcopy(values)
-    name = preset_name or values.pop("preset", None) or "tiny"
+    name = preset_name or values.pop("preset", None) or default
     values.pop("preset", None)
-    cfg = preset(name)
-    merge(cfg, parse_overrides(list(TASK_OVERRIDES.get((name, task or ""), ()))))
+    cfg = preset(name, presets)
     merge(cfg, values)
-    merge(cfg, parse_overrides(overrides or []))
+    merge(cfg, parse_overrides(list(overrides or [])))
     return cfg
 
 
@@ -392,7 +276,8 @@ def to_dict(cfg: Any) -> dict:
 
 
 def model_config_from_dict(values: dict) -> ModelConfig:
-    return merge(ModelConfig(), values)
+    """Our checkpoints' model config (keys an older version wrote and this one retired are left out)."""
+    return merge(ModelConfig(), {k: v for k, v in values.items() if k not in RETIRED_MODEL_KEYS})
 
 
 def model_config_from_reference(model_config: dict, bert_config: dict, vit: dict) -> ModelConfig:

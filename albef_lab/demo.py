@@ -11,9 +11,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from albef_lab.config import Config, load_config, tiny_finetune_config
+from albef_lab.config import Config
 from albef_lab.data.tokenizer import load_tokenizer
 from albef_lab.inference import Loaded, Workbench, folder_images, load_checkpoint
+from albef_lab.shapesworld.config import finetune_config, load_config, tiny, with_overrides
 
 # On 2 CPU cores; world generation and the two evaluations come on top (~1 minute).
 PRETRAIN_MINUTES = 9.0  # the tiny recipe's whole run: the image encoder's warm-up and the last ITM step included
@@ -44,17 +45,22 @@ class DemoPaths:
 
 def stage_config(paths: DemoPaths, stage: str, minutes: float, extra: list[str] | None = None) -> Config:
     """The tiny preset on the demo's world; `minutes` caps the stage's wall time, whatever `extra` says."""
-    overrides = [f"data.root={paths.data}", f"train.output_dir={paths.runs / stage}", *(extra or [])]
-    return load_config(None, [*overrides, f"train.max_minutes={minutes}"], "tiny")
+    cfg = tiny()
+    cfg.data.root, cfg.train.output_dir = str(paths.data), str(paths.runs / stage)
+    cfg = with_overrides(cfg, extra or [])
+    cfg.train.max_minutes = minutes
+    return cfg
 
 
 def vqa_stage_config(paths: DemoPaths, progress: bool = True, steps: int = VQA_STEPS,
                      extra: list[str] | None = None) -> Config:
     """The demo's VQA fine-tune: the tiny fine-tuning recipe (the learning tests'), capped at `VQA_MINUTES`.
     `extra` comes after the recipe (a test's smaller model)."""
-    return tiny_finetune_config(paths.data, paths.runs / "vqa", steps,
-                                [f"train.progress={str(progress).lower()}", "data.k_test=16", *(extra or []),
-                                 f"train.max_minutes={VQA_MINUTES}"])
+    cfg = finetune_config(paths.data, paths.runs / "vqa", steps)
+    cfg.train.progress, cfg.data.k_test = progress, 16
+    cfg = with_overrides(cfg, extra or [])
+    cfg.train.max_minutes = VQA_MINUTES
+    return cfg
 
 
 def ensure_demo_models(paths: DemoPaths, progress: bool = True) -> None:
@@ -64,7 +70,9 @@ def ensure_demo_models(paths: DemoPaths, progress: bool = True) -> None:
     t0 = time.perf_counter()
     if not paths.pretrain.is_file():
         print(f"[demo] pre-training the tiny model on ShapesWorld (about {PRETRAIN_MINUTES:.0f} minutes) ...")
-        train(stage_config(paths, "pretrain", PRETRAIN_MINUTES, [f"train.progress={str(progress).lower()}"]))
+        cfg = stage_config(paths, "pretrain", PRETRAIN_MINUTES)
+        cfg.train.progress = progress
+        train(cfg)
     if not paths.vqa.is_file():
         print(f"[demo] fine-tuning VQA ({VQA_STEPS} steps) ...")
         train(vqa_stage_config(paths, progress), "vqa", init=str(paths.pretrain))
@@ -91,7 +99,7 @@ def build_workbench(checkpoints: list[str], preset_name: str = "base", tokenizer
         checkpoints = [str(paths.pretrain), str(paths.vqa)]
     matcher, vqa = None, None
     for c in checkpoints:
-        loaded: Loaded = load_checkpoint(c, preset_name)
+        loaded: Loaded = load_checkpoint(c, load_config(None, [], preset_name).model)
         if loaded.task == "vqa":
             vqa = loaded
         else:
@@ -152,8 +160,8 @@ def colour_word_hits(wb: Workbench, data: str | Path, limit: int = 100) -> dict[
     """On test images of two objects of different colours: how often the ITM Grad-CAM map of a colour word, in
     "a <colour> <shape>" of either object, is hotter (mean over the patches under each box) on the object it names
     than on the other one. 50 % is a map that ignores the word."""
-    from albef_lab.eval.inspect import patches_under
     from albef_lab.inference import read_image
+    from albef_lab.shapesworld.probes import patches_under
 
     scenes = [s for s in json.loads((Path(data) / "scenes.json").read_text()) if s["split"] == "test"
               and len(s["objects"]) == 2 and s["objects"][0]["colour"] != s["objects"][1]["colour"]][:limit]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,20 +22,13 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from albef_lab.config import ModelConfig, preset
+from albef_lab.config import ModelConfig
 from albef_lab.data.tokenizer import Tokenizer
 from albef_lab.data.transforms import eval_transform
 from albef_lab.eval.grounding import best_proposal
 from albef_lab.models.base import eval_mode
-from albef_lab.models.checkpoint import (
-    CheckpointError,
-    LoadReport,
-    load_for_task,
-    read_file,
-    save_atomic,
-    state_dict_of,
-)
-from albef_lab.models.factory import create_model, has_config, load_model
+from albef_lab.models.checkpoint import CheckpointError, LoadReport, load_for_task, recognise, save_atomic
+from albef_lab.models.factory import create_model
 from albef_lab.viz.gradcam import cross_attention_layers, default_itm_layer, itc_gradcam, itm_gradcam, upsample
 
 MAX_PIXELS = 120_000_000  # larger uploads are refused (a 40-megapixel photo is fine)
@@ -122,6 +114,7 @@ class Loaded:
     report: LoadReport
     path: str = ""
     checksum: str = ""
+    inferred: list[str] = field(default_factory=list)  # what an official file did not say, and how it was found
 
     def summary(self) -> dict:
         params = {name: sum(p.numel() for p in child.parameters()) for name, child in self.model.named_children()
@@ -130,38 +123,23 @@ class Loaded:
                 "image_res": self.cfg.vision.image_res, "parameters": params,
                 "parameters_total": sum(p.numel() for p in self.model.parameters() if p.requires_grad),
                 "missing": self.report.missing, "unexpected": self.report.unexpected,
-                "resized": self.report.resized}
+                "resized": self.report.resized, "inferred": self.inferred}
 
 
-def official_task(keys: set[str]) -> str:
-    """Which model an official file holds, from its keys (ALBEF.pth, mscoco.pth / refcoco.pth, vqa.pth)."""
-    if any(k.startswith("text_decoder.") for k in keys):
-        return "vqa"
-    if any(k.startswith("text_encoder.bert.") for k in keys):
-        return "pretrain"
-    if "itm_head.weight" in keys:
-        return "retrieval"
-    raise CheckpointError("this file is not one the demo can use (it shows pre-training, retrieval / grounding "
-                          "and VQA models; NLVR2 and SNLI-VE files are for `albef-lab evaluate`)")
+DEMO_TASKS = ("pretrain", "retrieval", "vqa")  # what the workbench shows: matching models and VQA
 
 
-def load_checkpoint(path: str | Path, preset_name: str = "base") -> Loaded:
-    """Ours (the config travels inside) or an official file (architecture from `preset_name`, image size from the
-    file's position table). Keys that do not fit raise CheckpointError with the full report."""
-    obj = read_file(path)
-    if has_config(obj):
-        model, cfg, report = load_model(path)
-        task = obj.get("model_name", "pretrain")
-    else:
-        sd = state_dict_of(obj, path)
-        task = official_task(set(sd))
-        cfg = preset(preset_name).model
-        pos = sd.get("visual_encoder.pos_embed")
-        if pos is not None:
-            cfg.vision.image_res = math.isqrt(pos.shape[1] - 1) * cfg.vision.patch_size
-        model = create_model(task, cfg)
-        report = load_for_task(model, task, sd, fusion_layer=cfg.text.fusion_layer)
-    return Loaded(task, model.eval(), cfg, report, str(path), sha256(path))
+def load_checkpoint(path: str | Path, arch: ModelConfig | None = None) -> Loaded:
+    """Ours (the config travels inside) or an official file (architecture `arch`, a preset's model config; image
+    size from the file's position table): `models.checkpoint.recognise`. Keys that do not fit raise
+    CheckpointError with the full report."""
+    found = recognise(path, arch)
+    if found.task not in DEMO_TASKS:
+        raise CheckpointError(f"{path} holds a {found.task} model: the workbench shows pre-training, retrieval / "
+                              f"grounding and VQA models ({found.task} files are for `albef-lab evaluate`)")
+    model = create_model(found.task, found.config)
+    report = load_for_task(model, found.task, found.state_dict, fusion_layer=found.config.text.fusion_layer)
+    return Loaded(found.task, model.eval(), found.config, report, str(path), sha256(path), found.inferred)
 
 
 # --- the gallery index --------------------------------------------------------------------------

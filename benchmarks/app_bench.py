@@ -17,12 +17,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from albef_lab.config import preset
 from albef_lab.data.tokenizer import write_vocab
-from albef_lab.data.world import vocabulary
 from albef_lab.inference import Gallery, Loaded, Workbench, read_image
 from albef_lab.models.checkpoint import LoadReport
 from albef_lab.models.factory import create_model
+from albef_lab.shapesworld import load_config
+from albef_lab.shapesworld.world import vocabulary
 
 
 def timed(fn, repeats: int) -> float:
@@ -39,7 +39,7 @@ def timed(fn, repeats: int) -> float:
 def workbench(size: str, tok_dir: Path) -> Workbench:
     from albef_lab.data.tokenizer import load_tokenizer
 
-    cfg = preset(size).model
+    cfg = load_config(None, [], size).model
     torch.manual_seed(0)
     matcher = Loaded("pretrain", create_model("pretrain", cfg).eval(), cfg, LoadReport())
     vqa = Loaded("vqa", create_model("vqa", cfg).eval(), cfg, LoadReport())

@@ -13,8 +13,8 @@ from pathlib import Path
 from torch.utils.data import DataLoader
 
 from albef_lab.data.datasets import PretrainDataset
-from albef_lab.data.export import WorldSettings, write_world
 from albef_lab.data.transforms import eval_transform, pretrain_transform
+from albef_lab.shapesworld.export import WorldSettings, write_world
 
 
 def measure(root: Path, res: int, workers: int, train: bool, batches: int) -> float:

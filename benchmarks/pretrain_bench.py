@@ -19,9 +19,9 @@ from contextlib import nullcontext
 
 import torch
 
-from albef_lab.config import preset
 from albef_lab.models.albef import ALBEF
 from albef_lab.models.attention import attention_modules, capture_attention
+from albef_lab.shapesworld import load_config
 from albef_lab.train.schedule import adamw
 
 # The first row is the baseline: the per-pair cross-attention keys/values of before (model.share_cross_kv=false).
@@ -66,7 +66,7 @@ class SavedActivations:
 
 def setup(name: str, batch: int, text_len: int) -> tuple[ALBEF, tuple[torch.Tensor, ...]]:
     """A fresh model of preset `name` (queue a multiple of the batch) and one random batch."""
-    cfg = preset(name).model
+    cfg = load_config(None, [], name).model
     cfg.queue_size = max(cfg.queue_size // batch, 1) * batch
     torch.manual_seed(0)
     model = ALBEF(cfg)

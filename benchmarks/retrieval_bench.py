@@ -15,16 +15,17 @@ import time
 
 import torch
 
-from albef_lab.config import ModelConfig, preset
+from albef_lab.config import ModelConfig
 from albef_lab.eval.retrieval import rerank_scores
 from albef_lab.models.factory import create_model, load_model
+from albef_lab.shapesworld import load_config
 
 SIZES = ("tiny", "small", "base")
 
 
 def model_config(size: str, res: int | None) -> ModelConfig:
     """tiny and base are the presets; small is a ViT-S/16-like model (width 384, 6 + 6 BERT layers)."""
-    cfg = preset("base" if size == "small" else size).model
+    cfg = load_config(None, [], "base" if size == "small" else size).model
     if size == "small":
         v, t = cfg.vision, cfg.text
         v.width, v.depth, v.num_heads, v.image_res = 384, 12, 6, 128

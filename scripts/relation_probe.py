@@ -25,15 +25,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from albef_lab.data import world as W
 from albef_lab.data.datasets import read_rgb
 from albef_lab.data.formats import PRETRAIN, read_entries
 from albef_lab.data.tokenizer import Tokenizer, load_tokenizer
 from albef_lab.data.transforms import eval_transform
 from albef_lab.eval.retrieval import encode_texts, itm_margin
 from albef_lab.models.factory import load_model, save_model
-from albef_lab.train.itm_finish import fused_parameters, mine_false
-from albef_lab.train.tasks import train_scenes
+from albef_lab.shapesworld import world as W
+from albef_lab.shapesworld.itm_finish import fused_parameters, mine_false
+from albef_lab.shapesworld.negatives import train_scenes
 
 
 class Split(NamedTuple):

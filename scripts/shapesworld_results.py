@@ -15,10 +15,11 @@ import json
 import time
 from pathlib import Path
 
-from albef_lab.config import TINY_TEXT_ASSIGNMENT_STEPS
 from albef_lab.eval.grounding import random_proposal_baseline
 from albef_lab.models.registry import task_spec
-from albef_lab.train.engine import evaluate, finetune_tiny
+from albef_lab.shapesworld.config import TEXT_ASSIGNMENT_STEPS
+from albef_lab.shapesworld.recipe import finetune
+from albef_lab.train.engine import evaluate
 
 # task -> [(metric shown, its name)], how the baseline is defined
 ROWS = {
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", default="runs/shapesworld_results")
     ap.add_argument("--tasks", nargs="+", default=list(ROWS))
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, after the recipe")
-    ap.add_argument("--text-assignment-steps", type=int, default=TINY_TEXT_ASSIGNMENT_STEPS,
+    ap.add_argument("--text-assignment-steps", type=int, default=TEXT_ASSIGNMENT_STEPS,
                     help="NLVR2's text-assignment pre-training before it (0: NLVR2 from --init directly)")
     args = ap.parse_args(argv)
     lines = ["| task | metric | albef-lab | images shuffled | baseline | baseline is | steps | minutes |",
@@ -59,8 +60,8 @@ def main(argv: list[str] | None = None) -> dict:
     results = {}
     for task in args.tasks:
         t0 = time.perf_counter()
-        r, cfg = finetune_tiny(task, args.root, Path(args.out) / task, args.init, args.steps,
-                               ["data.k_test=16", *args.set], args.text_assignment_steps)
+        r, cfg = finetune(task, args.root, Path(args.out) / task, args.init, args.steps,
+                          ["data.k_test=16", *args.set], args.text_assignment_steps)
         minutes = (time.perf_counter() - t0) / 60
         # grounding's control is the random proposal; the others are evaluated again with shuffled images
         blind = {} if task == "grounding" else evaluate(cfg, task, Path(args.out) / task / "model.pth",

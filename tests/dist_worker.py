@@ -6,8 +6,8 @@ from pathlib import Path
 import torch
 
 from albef_lab import distributed as D
-from albef_lab.config import load_config
 from albef_lab.models.record import recording
+from albef_lab.shapesworld import load_config
 from albef_lab.train.engine import Trainer
 
 world, out, *overrides = sys.argv[1:]

@@ -40,19 +40,19 @@ SMALL = [
     "data.num_workers=0", "train.progress=false", "train.log_every=1", "train.warmup_steps=2",
     "train.max_minutes=0", "model.text.hidden_dropout_prob=0.1",
     # the mechanics tests train everything from scratch (the tiny recipe's warm-up: test_vision_warmup)
-    "model.vision.conv_stem=false", "train.vision_warmup_minutes=0", "train.vision_lr_scale=1",
-    "train.itm_finish_steps=0",  # the tiny recipe's last ITM step: tests/test_itm_finish.py
+    "model.vision.conv_stem=false", "shapesworld.warmup_minutes=0", "shapesworld.vision_lr_scale=1",
+    "shapesworld.itm_finish_steps=0",  # the tiny recipe's last ITM step: tests/test_itm_finish.py
 ]
 
 
 def small_cfg(world, out, *extra: str):
-    from albef_lab.config import load_config
+    from albef_lab.shapesworld import load_config
 
     return load_config(None, [*SMALL, f"data.root={world}", f"train.output_dir={out}", *extra], "tiny")
 
 
 def make_world(out, images: int, seed: int):
-    from albef_lab.data.export import WorldSettings, write_world
+    from albef_lab.shapesworld.export import WorldSettings, write_world
 
     write_world(WorldSettings(out=str(out), images=images, seed=seed, res=32, workers=1), progress=False)
     return out

@@ -6,10 +6,19 @@ import pytest
 import torch
 from helpers import batch, small_config
 
-from albef_lab.ablation import COLUMNS, VARIANTS, Budget, grid, mean_std, summarize, table_markdown, write_summary
-from albef_lab.config import load_config
 from albef_lab.models.albef import ALBEF, PretrainDraws
 from albef_lab.objectives.mlm import draw_mask
+from albef_lab.shapesworld import load_config
+from albef_lab.shapesworld.ablation import (
+    COLUMNS,
+    VARIANTS,
+    Budget,
+    grid,
+    mean_std,
+    summarize,
+    table_markdown,
+    write_summary,
+)
 
 
 def test_variants_are_the_rows_of_table_1():
@@ -141,7 +150,7 @@ def test_a_seeds_warmed_encoder_is_made_once_and_pretraining_keeps_it_frozen(tmp
     `warmup_steps=0` is the scratch encoder of the first table (docs/ablation_scratch_encoder.md)."""
     from dataclasses import replace
 
-    from albef_lab.ablation import pretrain_variant, warmed_encoder
+    from albef_lab.shapesworld.ablation import pretrain_variant, warmed_encoder
 
     budget = Budget.quick()
     path, record = warmed_encoder(0.0, 0, tmp_path, budget)
@@ -172,7 +181,7 @@ def test_each_variant_pretrains_and_finetunes_with_its_own_switches(tmp_path):
     MoD rows' losses apart from the same seed's row without MoD."""
     import json
 
-    from albef_lab.ablation import finetune_tasks, pretrain_variant
+    from albef_lab.shapesworld.ablation import finetune_tasks, pretrain_variant
 
     budget = Budget.quick()
     losses = {}
@@ -197,7 +206,7 @@ def test_the_noise_level_reaches_the_world(tmp_path):
     """A sweep's noise corrupts that share of the pre-training captions; the other files stay the clean world's."""
     import json
 
-    from albef_lab.ablation import make_world
+    from albef_lab.shapesworld.ablation import make_world
 
     budget = Budget.quick()
     clean, noisy = make_world(tmp_path, 0.0, budget), make_world(tmp_path, 0.4, budget)

@@ -23,7 +23,6 @@ from albef_lab.data.datasets import (
     answer_weights,
     vqa_collate,
 )
-from albef_lab.data.export import WorldSettings, write_world
 from albef_lab.data.randaugment import PRETRAIN_OPS, RandomAugment, autocontrast
 from albef_lab.data.tokenizer import Tokenizer, load_tokenizer, write_vocab
 from albef_lab.data.transforms import (
@@ -32,7 +31,8 @@ from albef_lab.data.transforms import (
     pretrain_transform,
     swap_left_right,
 )
-from albef_lab.data.world import vocabulary
+from albef_lab.shapesworld.export import WorldSettings, write_world
+from albef_lab.shapesworld.world import vocabulary
 
 
 @pytest.fixture(scope="module")
@@ -193,8 +193,9 @@ def test_autocontrast_whitens_like_the_original_unless_fixed():
 def test_the_original_flip_leaves_the_caption_as_it_is():
     """The paper's configs flip the image only (the original); swapping left and right is a switch."""
     from albef_lab.config import preset
+    from albef_lab.shapesworld import load_config
 
-    assert preset("base").data.flip_text == "ignore" and preset("tiny").data.flip_text == "swap"
+    assert preset("base").data.flip_text == "ignore" and load_config(None, [], "tiny").data.flip_text == "swap"
     img = Image.new("RGB", (16, 16))
     img.paste((255, 0, 0), (0, 0, 8, 16))
     t = ImageTextTransform(16, train=True, scale=(1.0, 1.0), randaugment=False)

@@ -37,7 +37,7 @@ def test_make_world_in_two_processes_with_different_hash_seeds_is_byte_identical
     assert not mismatch and not errors, mismatch
 
 
-@pytest.mark.parametrize("encoder", ["train.vision_warmup_minutes=0", "train.vision_warmup_steps=5"],
+@pytest.mark.parametrize("encoder", ["shapesworld.warmup_minutes=0", "shapesworld.warmup_steps=5"],
                          ids=["trained-from-scratch", "warmed-up"])
 def test_pretraining_in_two_processes_gives_bit_identical_weights(world, tmp_path, encoder):
     """Same seed, same files, two threads each: the same weights to the last bit. Gathers with repeated rows
@@ -56,7 +56,7 @@ def test_pretraining_in_two_processes_gives_bit_identical_weights(world, tmp_pat
                                "model.text.intermediate_size=256", "model.vision.depth=2",
                                "train.max_steps=3", "train.warmup_steps=1", "train.progress=false",
                                "train.eval_every=100", "train.save_every=3", "train.max_minutes=0",
-                               "train.itm_finish_steps=20", encoder],  # the tiny recipe's last ITM step too
+                               "shapesworld.itm_finish_steps=20", encoder],  # the tiny recipe's last ITM step too
                               env=env, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-2000:]
         weights.append(torch.load(out / "model.pth", map_location="cpu", weights_only=False)["model"])
@@ -95,7 +95,7 @@ def test_no_training_step_adds_repeated_rows_in_a_scheduler_chosen_order(world, 
     included: a gradient never passes a gather with repeated rows by advanced indexing."""
     from albef_lab.train.engine import train
 
-    extra = ["train.vision_warmup_steps=2", "train.itm_finish_steps=2"] if task == "pretrain" else []
+    extra = ["shapesworld.warmup_steps=2", "shapesworld.itm_finish_steps=2"] if task == "pretrain" else []
     cfg = small_cfg(world, tmp_path / "run", "train.max_steps=2", "train.eval_every=100", "train.save_every=100",
                     *extra)
     with RepeatedAtomicAdds() as mode:

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from albef_lab.config import preset
-from albef_lab.data.export import WorldSettings, write_world
 from albef_lab.models.factory import create_model
+from albef_lab.shapesworld.export import WorldSettings, write_world
 from albef_lab.train import engine as E
 from albef_lab.train.data import ResumableSampler
 from albef_lab.train.schedule import alpha_at, lr_at, param_groups
@@ -142,11 +142,11 @@ def test_weight_decay_groups_match_the_reference(reference):
 
 
 def test_vision_lr_scale_sets_the_image_encoders_share_of_the_lr(world, tmp_path):
-    """`train.vision_lr_scale`: the image encoder's groups step at that share of the lr (0: it stays as it was,
-    while the rest trains); 1 keeps the original's two groups."""
-    model = create_model("pretrain", preset("tiny").model)
+    """A plugin's `lr_scales` (the recipe's `shapesworld.vision_lr_scale`): the image encoder's groups step at that
+    share of the lr (0: it stays as it was, while the rest trains); none keeps the original's two groups."""
+    model = create_model("pretrain", small_cfg(world, tmp_path).model)
     assert [g.get("lr_scale") for g in param_groups(model, 0.02)] == [1.0, 1.0]
-    groups = param_groups(model, 0.02, vision_lr_scale=0.1)
+    groups = param_groups(model, 0.02, {"visual_encoder.": 0.1})
     vit = {id(p) for p in model.visual_encoder.parameters()}
     assert [g["lr_scale"] for g in groups] == [1.0, 1.0, 0.1, 0.1]
     assert all((id(p) in vit) == (g["lr_scale"] == 0.1) for g in groups for p in g["params"])
@@ -154,7 +154,7 @@ def test_vision_lr_scale_sets_the_image_encoders_share_of_the_lr(world, tmp_path
     for scale in (0, 1):
         out = tmp_path / f"scale{scale}"
         E.train(small_cfg(world, out, "train.max_steps=3", "train.eval_every=100", "train.save_every=100",
-                          "train.warmup_steps=0", f"train.vision_lr_scale={scale}"))
+                          "train.warmup_steps=0", f"shapesworld.vision_lr_scale={scale}"))
         runs[scale] = torch.load(out / "model.pth", map_location="cpu", weights_only=False)["model"]
     torch.manual_seed(small_cfg(world, tmp_path).train.seed)  # as the engine seeds before it builds the model
     init = create_model("pretrain", small_cfg(world, tmp_path).model).state_dict()

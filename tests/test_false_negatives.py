@@ -1,19 +1,22 @@
-"""ITM's false negatives (a 'negative' caption that is true of the image), the filter that never draws them,
-the random-negative curriculum, the held-out ITM negatives, and the image-blind control of evaluations."""
+"""ITM's false negatives (a 'negative' caption that is true of the image) and the recipe's sampler that never draws
+them, the held-out ITM negatives, and the image-blind control of evaluations."""
 
 import random
+from pathlib import Path
 
 import pytest
 import torch
 
-from albef_lab.data import world as W
 from albef_lab.data.datasets import BlindImages
 from albef_lab.eval.retrieval import itm_negatives
 from albef_lab.models.albef import ALBEF
 from albef_lab.models.record import recording
 from albef_lab.objectives.itm import negative_weights
-from albef_lab.train.tasks import known_matches
-from tests.helpers import batch, small_config
+from albef_lab.shapesworld import world as W
+from albef_lab.shapesworld.negatives import SceneGraphNegatives, known_matches, without_known
+from tests.helpers import batch, load_module, small_config
+
+DIAGNOSIS = load_module(Path(__file__).resolve().parents[1] / "scripts" / "itm_diagnosis.py")
 
 
 def matches_all_but(b: int, allowed: list[int]) -> torch.Tensor:
@@ -24,153 +27,76 @@ def matches_all_but(b: int, allowed: list[int]) -> torch.Tensor:
     return m
 
 
-@pytest.mark.parametrize("hard", [True, False])
-def test_the_filter_never_draws_a_known_match_and_the_stat_counts_them(hard):
+@pytest.mark.parametrize("uniform", [0.0, 1.0])
+def test_the_filter_never_draws_a_known_match_and_the_stat_counts_them(uniform):
     torch.manual_seed(0)
     b = 8
     allowed = [(i + 2) % b for i in range(b)]
     matches = matches_all_but(b, allowed)
     image, ids, mask = batch(b)
-    on = ALBEF(small_config(fix_false_negatives=True))
+    model = ALBEF(small_config())
     with recording() as rec:
-        out = on(image, ids, mask, 0.0, generator=torch.Generator().manual_seed(1), matches=matches, hard=hard)
+        out = model(image, ids, mask, 0.0, generator=torch.Generator().manual_seed(1),
+                    negatives=SceneGraphNegatives(matches, exclude=True, uniform=uniform))
     assert rec["neg_image_idx"].tolist() == allowed  # text i: the one image not known to match it
     assert rec["neg_text_idx"].tolist() == [allowed.index(j) for j in range(b)]  # image j: the one text
     assert out["itm_false_neg"].item() == 0.0
-    off = ALBEF(small_config())  # the original: draws among all, so nearly every draw here is a known match
-    off.load_state_dict(on.state_dict())
-    out = off(image, ids, mask, 0.0, generator=torch.Generator().manual_seed(1), matches=matches, hard=hard)
+    # the original's draw among all: nearly every draw here is a known match
+    out = model(image, ids, mask, 0.0, generator=torch.Generator().manual_seed(1),
+                negatives=SceneGraphNegatives(matches, exclude=False, uniform=uniform))
     assert out["itm_false_neg"].item() > 0.5
 
 
-def test_without_matches_the_switch_changes_nothing():
+def test_without_scene_graphs_the_sampler_draws_as_the_paper():
     torch.manual_seed(0)
-    on = ALBEF(small_config(fix_false_negatives=True))
-    off = ALBEF(small_config())
-    off.load_state_dict(on.state_dict())
+    model = ALBEF(small_config())
+    same = ALBEF(small_config())
+    same.load_state_dict(model.state_dict())  # a step moves the teacher and the queues: two copies of one state
     image, ids, mask = batch(4)
-    a = on(image, ids, mask, 0.0, generator=torch.Generator().manual_seed(3))
-    b = off(image, ids, mask, 0.0, generator=torch.Generator().manual_seed(3))
+    a = model(image, ids, mask, 0.0, generator=torch.Generator().manual_seed(3),
+              negatives=SceneGraphNegatives(None, exclude=True))
+    b = same(image, ids, mask, 0.0, generator=torch.Generator().manual_seed(3))
     assert "itm_false_neg" not in a and torch.equal(a["loss"], b["loss"])
 
 
 def test_a_row_with_nothing_but_matches_keeps_its_weights():
     sim = torch.randn(3, 3)
     known = torch.tensor([[True, True, True], [False, False, True], [False, False, False]])
-    w = negative_weights(sim, None, known)
+    w = without_known(negative_weights(sim, None), known)
     assert w[0].sum() > 0 and torch.equal(w[0], negative_weights(sim)[0])  # nothing left: unfiltered
     assert w[1, 2] == 0 and w[1, 0] > 0
 
 
-def test_curriculum_uses_uniform_negatives_until_its_step(tmp_path):
-    """`itm_random_steps`: the task passes hard=False before it; hard=False never reads the similarities."""
-    torch.manual_seed(0)
-    model = ALBEF(small_config())
-    image, ids, mask = batch(8)
-    with recording() as rec:
-        model(image, ids, mask, 0.0, generator=torch.Generator().manual_seed(0), hard=False)
-    assert "weights_t2i" not in rec  # no mining
-    with recording() as rec:
-        model(image, ids, mask, 0.0, generator=torch.Generator().manual_seed(0), hard=True)
-    assert "weights_t2i" in rec
-
-
-def test_task_passes_scene_matches_and_the_curriculum_flag(tmp_path):
-    from albef_lab.config import load_config
+def test_the_recipes_task_passes_its_scene_matches_and_weighs_itm(tmp_path):
     from albef_lab.data.tokenizer import load_tokenizer
-    from albef_lab.train.tasks import Task
+    from albef_lab.shapesworld import load_config
+    from albef_lab.shapesworld.tasks import ShapesWorldPretrainTask
     from tests.helpers import make_world
 
     world = make_world(tmp_path / "w", images=20, seed=2)
-    cfg = load_config(None, [f"data.root={world}", "model.itm_random_steps=5"], "tiny")
-    task = Task(cfg, load_tokenizer(world / "vocab"))
+    cfg = load_config(None, [f"data.root={world}"], "tiny")
+    task = ShapesWorldPretrainTask(cfg, load_tokenizer(world / "vocab"))
     ds = task.train_set()
     seen = {}
 
-    def net(images, ids, mask, alpha, generator=None, image_ids=None, matches=None, hard=True, edited=None):
-        seen.update(matches=matches, hard=hard, edited=edited)
-        return {}
+    def net(images, ids, mask, alpha, generator=None, image_ids=None, negatives=None):
+        seen.update(negatives=negatives)
+        one = torch.tensor(1.0)
+        return {"loss": 3 * one, "loss_ita": one, "loss_itm": one, "loss_mlm": one}
 
     items = [ds[i] for i in range(6)]
     captions = [c for _, c, _ in items]
     index = torch.tensor([k for _, _, k in items])
-    for step, hard in ((0, False), (4, False), (5, True)):
-        task.step = step
-        task.forward(net, (torch.zeros(6, 3, 64, 64), captions, index), 0.0, None, torch.device("cpu"))
-        assert seen["hard"] == hard
+    out = task.forward(net, (torch.zeros(6, 3, 64, 64), captions, index), 0.0, None, torch.device("cpu"))
+    assert out["loss"].item() == 1 + 3.0 + 1  # shapesworld.itm_weight = 3
+    negatives = seen["negatives"]
+    assert negatives.exclude and negatives.uniform == 0.5  # the tiny recipe's
     scenes = [task.scenes[k] for k in index.tolist()]
     for i, c in enumerate(captions):
-        assert seen["matches"][i, i]  # every caption is true of its own (maybe flipped) image
+        assert negatives.matches[i, i]  # every caption is true of its own (maybe flipped) image
         for j, sc in enumerate(scenes):
             either = W.caption_holds(sc, c) or W.caption_holds(sc.mirrored(), c)  # the flip swaps left/right
-            assert bool(seen["matches"][i, j]) == either
-    assert seen["edited"] is None  # the tiny preset's recipe makes no edits unless asked
-
-
-def test_task_makes_edited_negatives_false_of_their_image(tmp_path):
-    """With `model.itm_edited_fraction`, the task passes each caption's edit, tokenised to the captions' length,
-    false of its image whether or not the image was flipped; the same generator state gives the same edits."""
-    from albef_lab.config import load_config
-    from albef_lab.data.tokenizer import load_tokenizer
-    from albef_lab.train.tasks import Task
-    from tests.helpers import make_world
-
-    world = make_world(tmp_path / "w", images=40, seed=3)
-    cfg = load_config(None, [f"data.root={world}", "model.itm_edited_fraction=0.5"], "tiny")
-    tok = load_tokenizer(world / "vocab")
-    task = Task(cfg, tok)
-    ds = task.train_set()
-    items = [ds[i] for i in range(32)]
-    captions = [c for _, c, _ in items]
-    index = torch.tensor([k for _, _, k in items])
-    runs = []
-
-    def net(images, ids, mask, alpha, generator=None, edited=None, **kw):
-        runs.append({"ids": ids, "edited": edited})
-        return {}
-
-    for _ in range(2):
-        task.forward(net, (torch.zeros(32, 3, 64, 64), captions, index), 0.0, torch.Generator().manual_seed(5),
-                     torch.device("cpu"))
-    e = runs[0]["edited"]
-    assert e.input_ids.shape == runs[0]["ids"].shape and torch.equal(e.input_ids, runs[1]["edited"].input_ids)
-    assert e.valid.sum() >= 24  # almost every caption has an edit ('one shape' has none)
-    for i, c in enumerate(captions):
-        edit = tok.decode(e.input_ids[i]).replace(" [SEP]", "").strip()
-        sc = task.scenes[int(index[i])]
-        if e.valid[i]:  # false of what the image may show: the scene or its mirror, whichever the caption fits
-            shown = [s for s in (sc, sc.mirrored()) if W.caption_holds(s, c)]
-            assert edit != c and shown and not any(W.caption_holds(s, edit) for s in shown)
-        else:
-            assert edit == c
-
-
-def test_edit_kinds_limit_the_edits_to_those_kinds(tmp_path):
-    """`model.itm_edit_kinds=[direction]`: every edit swaps a direction, and every caption that has a direction
-    edit gets one (the others none); an unknown kind is a clear error."""
-    from albef_lab.config import load_config
-    from albef_lab.data.tokenizer import load_tokenizer
-    from albef_lab.train.tasks import Task
-    from tests.helpers import make_world
-
-    world = make_world(tmp_path / "w", images=60, seed=3)
-    cfg = load_config(None, [f"data.root={world}", "model.itm_edited_fraction=0.5",
-                             "model.itm_edit_kinds=[direction]"], "tiny")
-    task = Task(cfg, load_tokenizer(world / "vocab"))
-    ds = task.train_set()
-    items = [ds[i] for i in range(len(ds))]
-    captions, scenes = [c for _, c, _ in items], [task.scenes[k] for _, _, k in items]
-    edits = task.edited_negatives(captions, scenes, torch.Generator().manual_seed(0))
-    with_direction = 0
-    for c, sc, e in zip(captions, scenes, edits, strict=True):
-        shown = [s for s in (sc, sc.mirrored()) if W.caption_holds(s, c)]
-        direction = W.caption_edits(c, shown).get("direction", []) if shown else []
-        with_direction += bool(direction)
-        assert (e in direction) if direction else e is None, (c, e)
-    assert with_direction >= 5  # the world's relation captions
-    cfg.model.itm_edit_kinds = ["direction", "colours"]
-    with pytest.raises(ValueError, match="unknown kind.*colours"):  # when the task is made, before any training
-        Task(cfg, load_tokenizer(world / "vocab"))
+            assert bool(negatives.matches[i, j]) == either
 
 
 def test_mirrored_scene_swaps_left_and_right():
@@ -239,40 +165,15 @@ def test_corrupted_captions_are_false_of_their_scene():
 
 @pytest.mark.parametrize("fraction,expected", [(0.0, 1.0), (0.5, 0.5 + 0.5 / 7), (1.0, 1 / 7)])
 def test_easy_negative_share_mixes_uniform_draws_into_the_mined_ones(fraction, expected):
-    """`itm_random_fraction`: that share of the negatives is uniform over the batch, the rest mined."""
-    model = ALBEF(small_config(itm_random_fraction=fraction))
+    """`shapesworld.uniform_negatives`: that share of the negatives is uniform over the batch, the rest mined."""
     b = 8
     sim = torch.full((b, b), -50.0)
     sim[torch.arange(b), (torch.arange(b) + 1) % b] = 50.0  # mining always picks the next pair
     gen = torch.Generator().manual_seed(0)
-    hits = 0.0
-    for _ in range(300):
-        neg_img, neg_txt = model.draw_negatives(sim, sim, None, None, True, gen)
-        hits += (neg_img == (torch.arange(b) + 1) % b).float().mean().item()
+    sampler = SceneGraphNegatives(torch.eye(b, dtype=torch.bool), uniform=fraction)
+    hits = sum((sampler(sim, sim, None, gen).image == (torch.arange(b) + 1) % b).float().mean().item()
+               for _ in range(300))
     assert hits / 300 == pytest.approx(expected, abs=0.04)
-
-
-@pytest.mark.parametrize("softness,expected", [(1.0, 0.999), (4.0, 0.613)])
-def test_mining_softness_draws_the_hardest_negative_less_often(softness, expected):
-    """Similarity 9 to the next pair, 0 to the six others: the hardest is drawn with probability
-    e^(9/s) / (e^(9/s) + 6)."""
-    model = ALBEF(small_config(itm_mining_softness=softness))
-    b = 8
-    sim = torch.zeros(b, b)
-    sim[torch.arange(b), (torch.arange(b) + 1) % b] = 9.0
-    gen = torch.Generator().manual_seed(0)
-    hits = sum((model.draw_negatives(sim, sim, None, None, True, gen)[0] == (torch.arange(b) + 1) % b).float().mean()
-               for _ in range(300)) / 300
-    assert float(hits) == pytest.approx(expected, abs=0.04)
-
-
-def test_itm_weight_scales_itm_in_the_loss():
-    torch.manual_seed(0)
-    image, ids, mask = batch(4)
-    model = ALBEF(small_config(itm_weight=3.0))
-    out = model(image, ids, mask, 0.0, generator=torch.Generator().manual_seed(0))
-    total = out["loss_ita"] + 3.0 * out["loss_itm"] + out["loss_mlm"]
-    assert torch.allclose(out["loss"], total) and out["loss_itm"] > 0
 
 
 class OracleITM(torch.nn.Module):
@@ -327,56 +228,12 @@ def test_held_out_itm_accuracy_counts_positives_and_each_kind_of_negative():
     assert sharp["img_r1"] == 100.0
 
 
-def edited_like_the_batch(ids, mask, valid):
-    from albef_lab.models.albef import EditedNegatives
-
-    return EditedNegatives(ids.clone(), mask.clone(), torch.tensor(valid))
-
-
-@pytest.mark.parametrize("fraction", [1.0, 0.0])
-def test_edited_negatives_take_the_place_of_the_drawn_negative_texts(fraction):
-    """With `itm_edited_fraction` 1, image i's negative text is its edited caption wherever one is valid. Here the
-    'edit' of caption i is caption i itself, so a replaced row fuses exactly the positive pair (same ITM output);
-    a row without a valid edit keeps the drawn negative. With the fraction at 0 nothing is replaced."""
-    torch.manual_seed(0)
-    b = 8
-    image, ids, mask = batch(b)
-    valid = [True, True, False, True, True, False, True, False]
-    model = ALBEF(small_config(itm_edited_fraction=fraction))
-    with recording() as rec:
-        out = model(image, ids, mask, 0.0, generator=torch.Generator().manual_seed(2),
-                    edited=edited_like_the_batch(ids, mask, valid), matches=torch.eye(b, dtype=torch.bool))
-    pos, neg_txt = rec["vl_output"][:b], rec["vl_output"][2 * b:]
-    same = [torch.allclose(pos[i], neg_txt[i], atol=1e-5) for i in range(b)]
-    if fraction == 1.0:
-        assert same == valid and out["itm_edited"].item() == pytest.approx(5 / 8)
-    else:
-        assert not any(same) and "itm_edited" not in out
-    assert out["itm_false_neg"].item() == 0.0  # the 'edits' are not counted as drawn matches
-
-
-def test_edited_negatives_share_and_gradient():
-    """Half the images take their edit (over many draws); the edited captions are encoded with gradients (they
-    train the text encoder as every negative does); a wrong length is refused."""
-    torch.manual_seed(0)
-    b = 8
-    image, ids, mask = batch(b)
-    model = ALBEF(small_config(itm_edited_fraction=0.5))
-    gen = torch.Generator().manual_seed(0)
-    shares = [model(image, ids, mask, 0.0, generator=gen, edited=edited_like_the_batch(ids, mask, [True] * b)
-                    )["itm_edited"].item() for _ in range(40)]
-    assert sum(shares) / len(shares) == pytest.approx(0.5, abs=0.08)
-    out = model(image, ids, mask, 0.0, generator=gen, edited=edited_like_the_batch(ids, mask, [True] * b))
-    out["loss_itm"].backward()
-    assert model.bert.embeddings.word_embeddings.weight.grad.abs().sum() > 0
-    with pytest.raises(ValueError, match="tokenised like the batch"):
-        model(image, ids, mask, 0.0, generator=gen, edited=edited_like_the_batch(ids[:, :5], mask[:, :5], [True] * b))
-
-
 def test_truth_rerank_is_a_ceiling_of_itc_and_moves_true_pairs_first():
     """`truth_rerank_scores`: inside each query's top k, true pairs come first (ITC's order within each group);
     since an image's own captions are true, R@1 can only rise over ITC's, in both directions."""
-    from albef_lab.eval.retrieval import recall_metrics, truth_rerank_scores
+    from albef_lab.eval.retrieval import recall_metrics
+
+    truth_rerank_scores = DIAGNOSIS.truth_rerank_scores
 
     g = torch.Generator().manual_seed(0)
     n_img, per = 20, 2
@@ -401,7 +258,7 @@ def test_truth_rerank_is_a_ceiling_of_itc_and_moves_true_pairs_first():
 def test_truth_only_r1_counts_shared_captions_on_a_hand_made_world():
     """`truth_only_r1`: text->image picks any image the text is true of; image->text the true captions that are
     true of the fewest images (ties share the hit)."""
-    from albef_lab.eval.retrieval import truth_only_r1
+    truth_only_r1 = DIAGNOSIS.truth_only_r1
 
     # texts 0..4 written for images 0, 1, 2, 1, 2; true of {0}, {0, 1, 2}, {2}, {1, 2}, {1, 2}
     txt2img = torch.tensor([0, 1, 2, 1, 2])
@@ -453,10 +310,13 @@ def test_edit_probe_scores_each_own_caption_against_edits_false_of_its_image(tmp
     edits are false of their image, paired with the right image, and counted per kind and over all."""
     from types import SimpleNamespace
 
-    from albef_lab.config import load_config
     from albef_lab.data.tokenizer import load_tokenizer
-    from albef_lab.eval.retrieval import EncodedSplit, edit_probe
-    from albef_lab.train.tasks import Task, train_scenes
+    from albef_lab.eval.retrieval import EncodedSplit
+
+    edit_probe = DIAGNOSIS.edit_probe
+    from albef_lab.shapesworld import load_config
+    from albef_lab.shapesworld.negatives import train_scenes
+    from albef_lab.train.tasks import Task
     from tests.helpers import make_world
 
     world = make_world(tmp_path / "w", images=40, seed=2)
@@ -504,9 +364,9 @@ def test_relation_probe_trains_itm_on_true_pairs_and_leaves_a_frozen_encoder_alo
     from pathlib import Path
 
     from albef_lab.cli import main as cli
-    from albef_lab.data import world as W
     from albef_lab.data.tokenizer import load_tokenizer
     from albef_lab.models.factory import load_model
+    from albef_lab.shapesworld import world as W
     from tests.helpers import SMALL, load_module, make_world
 
     world = make_world(tmp_path / "w", images=40, seed=1)

@@ -208,22 +208,21 @@ def test_object_query_accuracy_is_measured_against_chance(wb, tmp_path):
 
 
 @pytest.mark.parametrize("file,task", [("ALBEF.pth", "pretrain"), ("refcoco.pth", "retrieval"), ("vqa.pth", "vqa")])
-def test_an_official_file_is_built_at_the_image_size_of_its_position_table(tmp_path, monkeypatch, file, task):
+def test_an_official_file_is_built_at_the_image_size_of_its_position_table(tmp_path, file, task):
     """Official files carry no config: the preset gives the architecture, the position table the image size
     (the fine-tuned files are at 384 px where the preset says 256); the load is strict, nothing resized."""
-    from albef_lab import config as C
     from albef_lab.inference import load_checkpoint
     from albef_lab.models.factory import create_model
     from tests.helpers import small_config
 
-    monkeypatch.setitem(C.PRESETS, "small", lambda: C.Config(preset="small", model=small_config()))
     cfg = small_config()
     cfg.vision.image_res = 48  # 3 x 3 patches of 16 where the preset builds 2 x 2 (32 px)
     torch.manual_seed(0)
     src = create_model(task, cfg)
     torch.save({"model": src.state_dict(), "epoch": 3}, tmp_path / file)  # the published layout
-    loaded = load_checkpoint(tmp_path / file, "small")
+    loaded = load_checkpoint(tmp_path / file, small_config())  # the architecture of a preset, at 32 px
     assert loaded.task == task and loaded.cfg.vision.image_res == 48
+    assert any("48 px from its position table" in note for note in loaded.inferred)
     assert loaded.report.clean and not loaded.report.resized
     assert loaded.model.visual_encoder.pos_embed.shape[1] == 1 + 9
     for k, v in src.state_dict().items():

@@ -6,8 +6,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from albef_lab.config import load_config
-from albef_lab.data.export import WorldSettings, write_world
 from albef_lab.data.tokenizer import load_tokenizer
 from albef_lab.eval.grounding import (
     camlib_heat,
@@ -20,6 +18,8 @@ from albef_lab.eval.grounding import (
 from albef_lab.eval.inspect import batch_negatives, itm_scores, mlm_example
 from albef_lab.models.albef import ALBEF
 from albef_lab.models.factory import create_model
+from albef_lab.shapesworld import load_config
+from albef_lab.shapesworld.export import WorldSettings, write_world
 from tests.helpers import SMALL, batch, small_config
 
 
@@ -139,7 +139,7 @@ def test_draw_boxes_on_an_enlarged_copy():
 def test_linear_probe_reads_a_label_the_features_hold_and_not_one_they_lack():
     """Features that hold the label (a noisy one-hot, scaled and shifted per column) are read almost perfectly on
     rows it was not fit on; features unrelated to the label stay near chance (7 classes: 14 %)."""
-    from albef_lab.eval.inspect import linear_probe
+    from albef_lab.shapesworld.probes import linear_probe
 
     g = torch.Generator().manual_seed(0)
     labels = torch.randint(0, 7, (700,), generator=g)
@@ -154,7 +154,7 @@ def test_linear_probe_reads_a_label_the_features_hold_and_not_one_they_lack():
 
 
 def test_patches_under_a_box_are_the_tokens_it_overlaps():
-    from albef_lab.eval.inspect import patches_under
+    from albef_lab.shapesworld.probes import patches_under
 
     assert patches_under((0.0, 0.0, 0.1, 0.1), 8) == [1]  # the first patch, after [CLS]
     assert patches_under((0.9, 0.0, 1.0, 0.1), 8) == [8]  # end of the first row: (x, y), row-major
@@ -163,8 +163,8 @@ def test_patches_under_a_box_are_the_tokens_it_overlaps():
 
 
 def test_object_tokens_are_the_tokens_under_each_box_with_their_owner():
-    from albef_lab.data.world import Obj, Scene
-    from albef_lab.eval.inspect import object_features, object_tokens
+    from albef_lab.shapesworld.probes import object_features, object_tokens
+    from albef_lab.shapesworld.world import Obj, Scene
 
     states = torch.randn(2, 1 + 16, 5)  # two images, a 4 x 4 grid
     a = Obj("circle", "red", "small", (0.0, 0.0, 0.2, 0.2))  # patch 1

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from albef_lab.config import load_config
-from albef_lab.data.export import WorldSettings, write_world
 from albef_lab.eval.retrieval import chance_recall
+from albef_lab.shapesworld import load_config
+from albef_lab.shapesworld.export import WorldSettings, write_world
 from albef_lab.train import engine as E
 from tests.helpers import metric_rows
 
@@ -38,8 +38,8 @@ def pretrained(tmp_path_factory):
             cfg = load_config(None, [f"data.root={world}", f"train.output_dir={run}", f"train.max_steps={STEPS}",
                                      "train.progress=false", f"train.eval_every={STEPS}",
                                      f"train.save_every={STEPS}", "train.max_minutes=0",
-                                     f"train.vision_warmup_steps={WARMUP_STEPS}",
-                                     f"train.itm_finish_steps={FINISH_STEPS}"], "tiny")
+                                     f"shapesworld.warmup_steps={WARMUP_STEPS}",
+                                     f"shapesworld.itm_finish_steps={FINISH_STEPS}"], "tiny")
             done.write_text(json.dumps(E.pretrain(cfg)))
     return world, run, json.loads(done.read_text())
 
@@ -108,8 +108,8 @@ def test_describe_and_explain_read_the_image(pretrained, workbench):
     more often than a random caption, and ITM's match probability of an image's own caption beats a false one's."""
     import random
 
-    from albef_lab.data import world as W
     from albef_lab.inference import match_probability, read_image
+    from albef_lab.shapesworld import world as W
 
     world, _, _ = pretrained
     scenes = {e["image"]: W.Scene.from_dict(e) for e in json.loads((world / "scenes.json").read_text())}

@@ -17,7 +17,7 @@ import nbformat
 import papermill as pm
 import pytest
 
-from albef_lab.ablation import COLUMNS, grid, sweep
+from albef_lab.shapesworld.ablation import COLUMNS, grid, sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))

@@ -17,15 +17,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from albef_lab.data.export import WorldSettings, write_world
+from albef_lab.shapesworld.export import WorldSettings, write_world
 from tests.helpers import SMALL
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 RESUMED = re.compile(r"resumed from (\S+) at step (\d+)")
 # the tiny recipe's two stages around pre-training, shrunk: a vision warm-up and the last ITM step
-STAGES = ["model.vision.conv_stem=true", "train.vision_warmup_steps=150", "train.itm_finish_steps=200",
-          "train.itm_finish_mined=2"]
+STAGES = ["model.vision.conv_stem=true", "shapesworld.warmup_steps=150", "shapesworld.itm_finish_steps=200",
+          "shapesworld.itm_finish_mined=2"]
 
 
 @pytest.fixture(scope="module")

@@ -3,11 +3,10 @@
 import pytest
 import torch
 
-from albef_lab.config import load_config
-from albef_lab.data.export import ensure_world
 from albef_lab.models.albef import ALBEF
 from albef_lab.models.record import recording
 from albef_lab.models.tasks import ALBEFVQA
+from albef_lab.shapesworld import load_config
 from albef_lab.train import engine as E
 from albef_lab.train.tasks import Task
 from tests.helpers import batch, make_world, metric_rows, small_cfg, small_config
@@ -71,13 +70,15 @@ def test_max_minutes_stops_the_run_and_saves(world, tmp_path, capsys):
 
 
 def test_make_world_switch(tmp_path):
-    cfg = load_config(None, [f"data.root={tmp_path / 'w'}", "data.world_images=12", "data.world_res=32",
-                             "data.make_world=false"], "tiny")
+    from albef_lab.shapesworld.recipe import make_world
+
+    cfg = load_config(None, [f"data.root={tmp_path / 'w'}", "shapesworld.world.images=12", "shapesworld.world.res=32",
+                             "shapesworld.world.make=false"], "tiny")
     train_file = tmp_path / "w" / "pretrain.json"
-    with pytest.raises(FileNotFoundError, match="make_world is off"):
-        ensure_world(cfg.data, train_file, progress=False)
-    cfg.data.make_world = True
-    ensure_world(cfg.data, train_file, progress=False)
+    with pytest.raises(FileNotFoundError, match="shapesworld.world.make is off"):
+        make_world(cfg, progress=False)
+    cfg.shapesworld.world.make = True
+    assert make_world(cfg, progress=False) == tmp_path / "w"
     assert train_file.is_file() and len(list((tmp_path / "w" / "images").glob("*.png"))) == 12
 
 

@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from albef_lab.cli import main
-from albef_lab.config import load_config
-from albef_lab.data.export import WorldSettings, write_world
 from albef_lab.eval.grounding import best_proposal, iou_xywh, random_proposal_baseline
 from albef_lab.eval.retrieval import recall_metrics
 from albef_lab.eval.vqa import normalize_answer, vqa_accuracy
 from albef_lab.models.tasks import ALBEFRetrieval
+from albef_lab.shapesworld import load_config
+from albef_lab.shapesworld.export import WorldSettings, write_world
 from albef_lab.train import engine as E
 from albef_lab.train.tasks import VETask
 from albef_lab.viz.gradcam import itc_gradcam, itm_gradcam

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from albef_lab.data.export import WorldSettings, write_world
+from albef_lab.shapesworld.export import WorldSettings, write_world
 
 SHAPES = {"circle", "square", "triangle", "star", "cross", "diamond", "hexagon"}
 PLURALS = {"circles": "circle", "squares": "square", "triangles": "triangle", "stars": "star", "crosses": "cross",
@@ -122,8 +122,8 @@ def test_clean_captions_are_true_and_noise_is_as_asked(world):
 def test_library_caption_truth_agrees_with_the_independent_parser_on_every_pair(world):
     """`world.caption_holds` finds ITM's false negatives: it must agree with the test's own parser on captions
     paired with *other* scenes too (true and false cases), raw and after `pre_caption`."""
-    from albef_lab.data import world as W
     from albef_lab.data.formats import pre_caption
+    from albef_lab.shapesworld import world as W
 
     scenes = load(world, "scenes.json")
     caps = sorted({p["caption"] for p in load(world, "pretrain.json")})
@@ -271,8 +271,8 @@ def test_referring_expressions_pick_out_their_box(world):
 
 
 def test_a_world_of_an_older_generator_is_made_again(tmp_path, capsys):
-    from albef_lab.config import DataConfig
-    from albef_lab.data.export import VERSION, ensure_world, world_version
+    from albef_lab.shapesworld.config import WorldConfig
+    from albef_lab.shapesworld.export import VERSION, ensure_world, world_version
 
     out = tmp_path / "w"
     write_world(WorldSettings(out=str(out), images=20, seed=1, workers=1), progress=False)
@@ -281,8 +281,7 @@ def test_a_world_of_an_older_generator_is_made_again(tmp_path, capsys):
     del meta["settings"]["version"]  # as the first generator wrote it
     (out / "world.json").write_text(json.dumps(meta))
     (out / "ve_train.json").write_text("[]")
-    data = DataConfig(root=str(out), world_images=20, world_seed=1)
-    ensure_world(data, out / "pretrain.json", progress=False)
+    ensure_world(out, WorldConfig(images=20, seed=1), out / "pretrain.json", progress=False)
     assert "generator version 1" in capsys.readouterr().out
     assert world_version(out) == VERSION and load(out, "ve_train.json")
     assert world_version(tmp_path) is None  # not a ShapesWorld: never touched
@@ -291,7 +290,7 @@ def test_a_world_of_an_older_generator_is_made_again(tmp_path, capsys):
 def test_caption_edits_are_one_word_false_and_plausible(world):
     """`world.caption_edits` (ITM's edited negatives): each edit changes one word (or swaps two of one kind), is
     false of the scene by the test's own parser, and names distinct objects, as any generated caption does."""
-    from albef_lab.data import world as W
+    from albef_lab.shapesworld import world as W
 
     scenes = {s["index"]: s for s in load(world, "scenes.json")}
     kinds = Counter()
@@ -316,7 +315,7 @@ def test_caption_edits_are_one_word_false_and_plausible(world):
 
 
 def test_choose_edit_draws_each_kind_equally_often():
-    from albef_lab.data import world as W
+    from albef_lab.shapesworld import world as W
 
     edits = {"colour": [f"c{i}" for i in range(14)], "direction": ["d"]}
     picks = Counter(W.choose_edit(edits, (i + 0.5) / 1000) for i in range(1000))
@@ -326,7 +325,7 @@ def test_choose_edit_draws_each_kind_equally_often():
 def test_caption_edits_respect_a_possible_flip():
     """Of an image that may show the scene or its mirror, 'left' -> 'right' is no negative: it holds of the
     mirror. Given both, the direction edit is left out; given the scene alone, it is kept."""
-    from albef_lab.data import world as W
+    from albef_lab.shapesworld import world as W
 
     a = W.Obj("circle", "red", "small", (0.05, 0.4, 0.25, 0.6))
     b = W.Obj("square", "blue", "small", (0.7, 0.4, 0.9, 0.6))
@@ -338,7 +337,7 @@ def test_caption_edits_respect_a_possible_flip():
 
 
 def test_caption_kind_names_the_form_the_generator_chose():
-    from albef_lab.data import world as W
+    from albef_lab.shapesworld import world as W
 
     assert W.caption_kind("there is a red circle") == "single"
     assert W.caption_kind("three shapes") == W.caption_kind("two circles and one other shape") == "count"
@@ -354,8 +353,10 @@ def test_a_world_of_specific_captions_says_only_those_kinds_and_leaves_the_other
     the default world's."""
     import torch
 
-    from albef_lab.data import world as W
-    from albef_lab.eval.retrieval import truth_only_r1
+    from albef_lab.shapesworld import world as W
+    from tests.helpers import load_module
+
+    truth_only_r1 = load_module(Path(__file__).resolve().parents[1] / "scripts" / "itm_diagnosis.py").truth_only_r1
 
     out = tmp_path / "specific"
     write_world(WorldSettings(out=str(out), images=200, seed=7, noise=0.25, workers=1,
@@ -372,7 +373,7 @@ def test_a_world_of_specific_captions_says_only_those_kinds_and_leaves_the_other
         assert load(out, name) == load(world, name), name
 
     def truth_only(kinds: tuple[str, ...]) -> list[float]:  # the default size's test split, from the scene graphs
-        from albef_lab.data.export import make_plan
+        from albef_lab.shapesworld.export import make_plan
 
         plan = make_plan(WorldSettings(images=3000, caption_kinds=kinds))
         split = plan.by_split["test"]
@@ -388,15 +389,15 @@ def test_a_world_of_specific_captions_says_only_those_kinds_and_leaves_the_other
 
 
 def test_the_caption_kinds_reach_the_world_from_the_config_and_the_command_line(tmp_path):
-    """`data.world_caption_kinds` (a world generated on first use) and `albef-lab make-world --captions`."""
+    """`shapesworld.world.caption_kinds` (a world generated on first use) and `albef-lab make-world --captions`."""
     from albef_lab.cli import main as cli
-    from albef_lab.config import load_config
-    from albef_lab.data import world as W
-    from albef_lab.data.export import ensure_world
+    from albef_lab.shapesworld import load_config
+    from albef_lab.shapesworld import world as W
+    from albef_lab.shapesworld.recipe import make_world
 
-    cfg = load_config(None, [f"data.root={tmp_path / 'a'}", "data.world_images=20",
-                             "data.world_caption_kinds=[relation]"])
-    ensure_world(cfg.data, tmp_path / "a" / "pretrain.json", progress=False)
+    cfg = load_config(None, [f"data.root={tmp_path / 'a'}", "shapesworld.world.images=20",
+                             "shapesworld.world.caption_kinds=[relation]"])
+    make_world(cfg, progress=False)
     assert load(tmp_path / "a", "world.json")["settings"]["caption_kinds"] == ["relation"]
     assert cli(["make-world", "--out", str(tmp_path / "b"), "--images", "20", "--captions", "listing, relation",
                 "--workers", "1", "--quiet"]) == 0
@@ -407,8 +408,8 @@ def test_the_caption_kinds_reach_the_world_from_the_config_and_the_command_line(
 def test_the_default_caption_kinds_are_written_alike_in_the_world_the_config_and_the_command_line():
     """Three copies (the config and the parser do not import the generator): they must not drift apart."""
     from albef_lab.cli import build_parser
-    from albef_lab.config import DataConfig
-    from albef_lab.data import world as W
+    from albef_lab.shapesworld import world as W
+    from albef_lab.shapesworld.config import WorldConfig
 
-    assert DataConfig().world_caption_kinds == list(W.CAPTION_KINDS)
+    assert WorldConfig().caption_kinds == list(W.CAPTION_KINDS)
     assert build_parser().parse_args(["make-world"]).captions == ",".join(W.CAPTION_KINDS)

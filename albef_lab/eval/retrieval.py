@@ -10,7 +10,6 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from albef_lab.data import world as W
 from albef_lab.data.tokenizer import Tokenizer
 from albef_lab.models.base import eval_mode
 
@@ -200,36 +199,6 @@ def rerank_scores(model: nn.Module, image_states: Tensor, image_feat: Tensor, te
     return score_i2t, score_t2i
 
 
-def truth_only_r1(truth: Tensor, txt2img: Tensor) -> list[float]:
-    """[text->image, image->text] R@1 (expected, in percent) of a judge that knows only which captions are true of
-    which images: what a world's shared captions leave to win. Text->image: any image the text is true of, at
-    random. Image->text: among the captions true of the image, one of those true of the fewest images (the
-    likeliest to have been written for it). `truth` [images, texts] bool, `txt2img` [texts]."""
-    truth, txt2img = truth.cpu().bool(), txt2img.cpu()
-    if not truth[txt2img, torch.arange(len(txt2img))].all():
-        raise ValueError("truth must hold every text of its own image (txt2img)")
-    shared = truth.sum(0).float()  # per text: the images it is true of
-    t2i = (1.0 / shared).mean().item()
-    own = txt2img[None, :] == torch.arange(len(truth))[:, None]
-    fewest = shared.masked_fill(~truth, float("inf")).min(dim=1, keepdim=True).values
-    picked = truth & (shared[None, :] == fewest)
-    i2t = ((picked & own).sum(1) / picked.sum(1)).mean().item()
-    return [round(100.0 * t2i, 2), round(100.0 * i2t, 2)]
-
-
-def truth_rerank_scores(sims: Tensor, truth: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """The ceiling of ITM re-ranking: each query's ITC top-k re-ranked by the ground truth (true pairs first, ITC's
-    order within each group), -100 outside the top-k as in `rerank_scores`. `sims` [images, texts] cosine
-    similarities, `truth` [images, texts] bool. Returns (score_i2t [images, texts], score_t2i [texts, images])."""
-    ranked = sims + 10.0 * truth.to(sims.device, sims.dtype)  # cosines lie in [-1, 1]: truth decides first
-
-    def top_k_only(scores: Tensor, values: Tensor) -> Tensor:  # `values` at each row's top-k of `scores`, else -100
-        top = scores.topk(min(k, scores.shape[1]), dim=1).indices
-        return torch.full_like(scores, -100.0).scatter_(1, top, values.gather(1, top))
-
-    return top_k_only(sims, ranked), top_k_only(sims.t(), ranked.t())
-
-
 def match_logits(model: nn.Module, pairs: Tensor, image_states: Tensor, text_states: Tensor, text_atts: Tensor,
                  batch_size: int = 256, images_per_chunk: int = 32) -> Tensor:
     """ITM 'match' logits of (image, text) `pairs` [P, 2], sorted by image.
@@ -254,41 +223,4 @@ def match_logits(model: nn.Module, pairs: Tensor, image_states: Tensor, text_sta
             n = max(int(lengths[t].max()), 1)
             out[r] = model.itm_logits(text_states[t, :n], text_atts[t, :n], states, image_index=rank[r] - a,
                                       kv_cache=cache)[:, 1].to(out.dtype)
-    return out
-
-
-@torch.no_grad()
-def edit_probe(model: nn.Module, tokenizer: Tokenizer, dataset, encoded: EncodedSplit, scenes: list,
-               device: torch.device, batch_size: int = 128) -> dict[str, dict[str, float]]:
-    """Held-out ITM against hard negatives that no model chose: each image's first caption against one one-word
-    edit of each kind that its scene graph says is false (`world.caption_edits`: colour, shape, size, direction,
-    count, binding; the edit taken is the image index modulo the options, so the set is fixed). Unlike the
-    ITC-mined hard negative of `zero_shot_eval`, it does not harden as ITC learns, and it tells which distinction
-    the fused half lacks. Per kind and over all pairs: `n`; `itm_acc` on the balanced (own caption, edit) pairs;
-    `itm_pair` / `itc_pair`: % of pairs whose own caption ITM / ITC score above the edit."""
-    n = encoded.image_states.shape[0]
-    first = [dataset.img2txt[i][0] for i in range(n)]
-    rows, kinds, texts = [], [], []
-    for i in range(n):
-        for kind, options in W.caption_edits(dataset.text[first[i]], [scenes[i]]).items():
-            rows.append(i)
-            kinds.append(kind)
-            texts.append(options[i % len(options)])
-    if not texts:
-        return {}
-    rows_t, first_t = torch.tensor(rows, device=device), torch.tensor(first, device=device)
-    with eval_mode(model):
-        e_states, e_atts, e_feat = encode_texts(model, tokenizer, texts, device)
-        pos = itm_margins(model, encoded.text_states[first_t], encoded.text_atts[first_t], encoded.image_states,
-                          batch_size)[rows_t]
-        neg = itm_margins(model, e_states, e_atts, encoded.image_states[rows_t], batch_size)
-    itc_pos = (encoded.image_feat[rows_t] * encoded.text_feat[first_t[rows_t]]).sum(1)
-    itc_neg = (encoded.image_feat[rows_t] * e_feat).sum(1)
-    out = {}
-    for kind in [*sorted(set(kinds)), "all"]:
-        sel = torch.tensor([kind in ("all", k) for k in kinds], device=device)
-        pos_ok, neg_ok, itm_pair, itc_pair = (100.0 * b[sel].float().mean().item()
-                                              for b in (pos > 0, neg <= 0, pos > neg, itc_pos > itc_neg))
-        out[kind] = {"n": int(sel.sum()), "itm_acc": (pos_ok + neg_ok) / 2, "itm_pair": itm_pair,
-                     "itc_pair": itc_pair}
     return out

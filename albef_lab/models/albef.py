@@ -9,7 +9,6 @@ for the step-by-step account it was checked against).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +22,14 @@ from albef_lab.models.record import is_recording, record
 from albef_lab.models.vit import VisionTransformer
 from albef_lab.objectives.distill import momentum_update
 from albef_lab.objectives.itc import diagonal_targets, enqueue, itc_loss, same_image_targets
-from albef_lab.objectives.itm import itm_loss, negative_weights, random_negatives, sample_negatives
+from albef_lab.objectives.itm import (
+    HardNegatives,
+    Negatives,
+    NegativeSampler,
+    UniformNegatives,
+    itm_loss,
+    negative_weights,
+)
 from albef_lab.objectives.mlm import MaskDraws, apply_mask, draw_mask, mlm_loss
 
 
@@ -34,15 +40,6 @@ class PretrainDraws:
     neg_image_idx: Tensor | None = None  # [B] hard-negative image for each text
     neg_text_idx: Tensor | None = None  # [B] hard-negative text for each image
     mask: MaskDraws | None = None
-
-
-class EditedNegatives(NamedTuple):
-    """For each image of a batch, a caption known to be false of it (a one-word edit of its own caption), tokenised
-    to the batch's text length; `valid` [B] bool is False where the image has none."""
-
-    input_ids: Tensor
-    attention_mask: Tensor
-    valid: Tensor
 
 
 def same_image(image_ids: Tensor) -> Tensor:
@@ -132,16 +129,13 @@ class ALBEF(MomentumPairs, nn.Module):
     # --- pre-training step -------------------------------------------------------------------
     def forward(self, image: Tensor, input_ids: Tensor, attention_mask: Tensor, alpha: float = 0.0, *,
                 draws: PretrainDraws | None = None, generator: torch.Generator | None = None,
-                image_ids: Tensor | None = None, matches: Tensor | None = None,
-                hard: bool = True, edited: EditedNegatives | None = None) -> dict[str, Tensor]:
-        """Returns {'loss', 'loss_ita', 'loss_itm', 'loss_mlm'}, plus 'itm_false_neg' when `matches` is given.
+                image_ids: Tensor | None = None, negatives: NegativeSampler | None = None) -> dict[str, Tensor]:
+        """Returns {'loss', 'loss_ita', 'loss_itm', 'loss_mlm'} (loss = their sum, as the paper), plus whatever
+        the negative sampler measured.
 
         `image_ids` [B] (optional) marks captions of the same image: they are then positives for ITC
-        and never hard negatives (the original treats them as negatives). `matches` [B, B] bool (optional):
-        text i is known to be true of image j; it measures how many drawn ITM negatives are in fact matches
-        and, with `cfg.fix_false_negatives`, keeps them from being drawn. `hard=False`: uniform ITM negatives
-        this step (the curriculum of `cfg.itm_random_steps`). `edited`: captions false of each image, taken as
-        its ITM negative text with probability `cfg.itm_edited_fraction`.
+        and never hard negatives (the original treats them as negatives). `negatives`: who draws ITM's negatives
+        (default: `HardNegatives`, or `UniformNegatives` with `cfg.hard_negatives` off).
         """
         cfg = self.cfg
         draws = draws or PretrainDraws()
@@ -164,13 +158,12 @@ class ALBEF(MomentumPairs, nn.Module):
         loss_itm, stats = zero, {}
         if cfg.use_itm:
             loss_itm, stats = self.itm(image_states, text_states, attention_mask, sim_i2t, sim_t2i, same=same,
-                                       draws=draws, generator=generator, kv_cache=kv_cache, matches=matches,
-                                       hard=hard, edited=edited)
+                                       draws=draws, generator=generator, kv_cache=kv_cache, negatives=negatives)
         loss_mlm = zero
         if cfg.use_mlm:
             loss_mlm = self.mlm(image, input_ids, attention_mask, image_states, image_states_m, alpha,
                                 draws=draws, generator=generator, kv_cache=kv_cache)
-        loss = loss_ita + (loss_itm if cfg.itm_weight == 1.0 else cfg.itm_weight * loss_itm) + loss_mlm
+        loss = loss_ita + loss_itm + loss_mlm
         return {"loss": loss, "loss_ita": loss_ita, "loss_itm": loss_itm, "loss_mlm": loss_mlm, **stats}
 
     def encode_batch(self, image: Tensor, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, ...]:
@@ -223,31 +216,16 @@ class ALBEF(MomentumPairs, nn.Module):
     def itm(self, image_states: Tensor, text_states: Tensor, attention_mask: Tensor, sim_i2t: Tensor,
             sim_t2i: Tensor, *, same: Tensor | None = None, draws: PretrainDraws | None = None,
             generator: torch.Generator | None = None, kv_cache: dict | None = None,
-            matches: Tensor | None = None, hard: bool = True,
-            edited: EditedNegatives | None = None) -> tuple[Tensor, dict[str, Tensor]]:
-        """ITM on [positives; text + hard-negative image; hard-negative text + image] in one fusion pass.
+            negatives: NegativeSampler | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """ITM on [positives; text + negative image; negative text + image] in one fusion pass.
 
-        Returns (loss, {'itm_false_neg': fraction of the drawn negatives that `matches` marks true,
-        'itm_edited': fraction of the images whose negative text is an edit of their caption}).
-        """
+        Returns (loss, what the negative sampler measured)."""
         b, device = image_states.shape[0], image_states.device
-        draws = draws or PretrainDraws()
-        known = matches if (matches is not None and self.cfg.fix_false_negatives) else None
-        neg_img, neg_txt = self.draw_negatives(sim_i2t, sim_t2i, same, known, hard, generator, draws)
-        neg_img, neg_txt = neg_img.to(device), neg_txt.to(device)
+        neg = self.draw_negatives(negatives, sim_i2t, sim_t2i, same, generator, draws or PretrainDraws())
+        neg_img, neg_txt = neg.image.to(device), neg.text.to(device)
         rows = torch.arange(b, device=device)
-        text_neg, atts_neg, use = self.edited_negative_texts(text_states.index_select(0, neg_txt),
-                                                             attention_mask[neg_txt], edited, generator)
-        stats = {}
-        if matches is not None:
-            false_txt = matches[neg_txt, rows]
-            if use is not None:
-                false_txt = false_txt.index_fill(0, use, False)  # an edit is false of its image by construction
-            stats["itm_false_neg"] = torch.cat([matches[rows, neg_img], false_txt]).float().mean()
-        if use is not None:
-            stats["itm_edited"] = torch.tensor(len(use) / b, device=device)
-        text_all = torch.cat([text_states, text_states, text_neg], dim=0)
-        atts_all = torch.cat([attention_mask, attention_mask, atts_neg], dim=0)
+        text_all = torch.cat([text_states, text_states, text_states.index_select(0, neg_txt)], dim=0)
+        atts_all = torch.cat([attention_mask, attention_mask, attention_mask[neg_txt]], dim=0)
         image_index = torch.cat([rows, neg_img, rows])  # each row's image: the batch images, gathered
         # the loss reads [CLS] only: the last layer computes nothing else (unless recording for a comparison)
         first_only = self.cfg.share_cross_kv and not is_recording()
@@ -257,66 +235,22 @@ class ALBEF(MomentumPairs, nn.Module):
         loss_itm, itm_labels = itm_loss(vl_output, b)
         record(neg_image_idx=neg_img, neg_text_idx=neg_txt, output_pos=fused[:b], output_neg=fused[b:],
                vl_embeddings=fused[:, 0], vl_output=vl_output, itm_labels=itm_labels, loss_itm=loss_itm)
-        return loss_itm, stats
+        return loss_itm, dict(neg.stats or {})
 
-    def edited_negative_texts(self, text_neg: Tensor, atts_neg: Tensor, edited: EditedNegatives | None,
-                              generator: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor | None]:
-        """The negative texts with a share (`cfg.itm_edited_fraction`) replaced by each image's edited caption,
-        encoded here; returns (states, mask, rows replaced or None)."""
-        frac = self.cfg.itm_edited_fraction
-        if edited is None or frac <= 0:
-            return text_neg, atts_neg, None
-        if edited.input_ids.shape != atts_neg.shape:
-            raise ValueError(f"edited negatives {tuple(edited.input_ids.shape)} must be tokenised like the batch's "
-                             f"captions {tuple(atts_neg.shape)}")
-        coin = torch.rand(len(text_neg), generator=generator, device=text_neg.device) < frac
-        use = (coin & edited.valid.to(coin.device)).nonzero()[:, 0]
-        if len(use) == 0:
-            return text_neg, atts_neg, use
-        states = self.bert(edited.input_ids[use], edited.attention_mask[use], mode="text")
-        return text_neg.index_put((use,), states), atts_neg.index_put((use,), edited.attention_mask[use]), use
-
-    def draw_negatives(self, sim_i2t: Tensor, sim_t2i: Tensor, same: Tensor | None, known: Tensor | None,
-                       hard: bool, generator: torch.Generator | None,
-                       draws: PretrainDraws | None = None) -> tuple[Tensor, Tensor]:
-        """(an image for each text, a text for each image): mined from the in-batch similarities (the
-        original), uniform (`hard_negatives` off, or the curriculum's first steps), or a mix of both
-        (`itm_random_fraction`); never a pair `known` to match. Indices given in `draws` are kept."""
-        b, device = sim_i2t.shape[0], sim_i2t.device
-        given_img, given_txt = (draws.neg_image_idx, draws.neg_text_idx) if draws else (None, None)
-        if not (self.cfg.hard_negatives and hard):
-            if given_img is not None and given_txt is not None:
-                return given_img, given_txt
-            easy_img, easy_txt = self._uniform_negatives(b, same, known, generator, device)
-            return (easy_img if given_img is None else given_img), (easy_txt if given_txt is None else given_txt)
-        soft = self.cfg.itm_mining_softness
-        if soft != 1.0:
-            sim_i2t, sim_t2i = sim_i2t / soft, sim_t2i / soft
-        w_t2i = negative_weights(sim_t2i, same, known)
-        w_i2t = negative_weights(sim_i2t, same, None if known is None else known.t())
-        record(weights_i2t=w_i2t, weights_t2i=w_t2i)
-        neg_img = sample_negatives(w_t2i, generator) if given_img is None else given_img
-        neg_txt = sample_negatives(w_i2t, generator) if given_txt is None else given_txt
-        if self.cfg.itm_random_fraction > 0 and (given_img is None or given_txt is None):
-            # keep some easy negatives: the signal a small model learns from
-            easy_img, easy_txt = self._uniform_negatives(b, same, known, generator, device)
-            coin = torch.rand(2, b, generator=generator, device=device) < self.cfg.itm_random_fraction
-            if given_img is None:
-                neg_img = torch.where(coin[0], easy_img, neg_img)
-            if given_txt is None:
-                neg_txt = torch.where(coin[1], easy_txt, neg_txt)
-        return neg_img, neg_txt
-
-    @staticmethod
-    def _uniform_negatives(b: int, same: Tensor | None, known: Tensor | None, generator: torch.Generator | None,
-                           device: torch.device) -> tuple[Tensor, Tensor]:
-        """(image for each text, text for each image), uniform over the batch; over the pairs not known to
-        match when `known` is given."""
-        if known is None:
-            return random_negatives(b, generator, device), random_negatives(b, generator, device)
-        flat = torch.zeros(b, b, device=device)
-        return (sample_negatives(negative_weights(flat, same, known), generator),
-                sample_negatives(negative_weights(flat, same, known.t()), generator))
+    def draw_negatives(self, sampler: NegativeSampler | None, sim_i2t: Tensor, sim_t2i: Tensor, same: Tensor | None,
+                       generator: torch.Generator | None, draws: PretrainDraws) -> Negatives:
+        """The sampler's negatives (default: the paper's hard ones, or uniform with `cfg.hard_negatives` off); the
+        indices `draws` gives are kept (a recorded step replayed)."""
+        if draws.neg_image_idx is not None and draws.neg_text_idx is not None:
+            if self.cfg.hard_negatives and is_recording():  # the weights the recorded draw was made from
+                record(weights_i2t=negative_weights(sim_i2t, same), weights_t2i=negative_weights(sim_t2i, same))
+            return Negatives(draws.neg_image_idx, draws.neg_text_idx)
+        sampler = sampler or (HardNegatives() if self.cfg.hard_negatives else UniformNegatives())
+        neg = sampler(sim_i2t, sim_t2i, same, generator)
+        if neg.weights_i2t is not None:
+            record(weights_i2t=neg.weights_i2t, weights_t2i=neg.weights_t2i)
+        return neg._replace(image=neg.image if draws.neg_image_idx is None else draws.neg_image_idx,
+                            text=neg.text if draws.neg_text_idx is None else draws.neg_text_idx)
 
     def mlm(self, image: Tensor, input_ids: Tensor, attention_mask: Tensor, image_states: Tensor,
             image_states_m: Tensor | None, alpha: float, *, draws: PretrainDraws | None = None,

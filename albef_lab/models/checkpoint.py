@@ -7,9 +7,7 @@ Loading is strict by default and always reports what was missing, unexpected or 
 from __future__ import annotations
 
 import math
-import os
 import pickle
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +15,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from albef_lab.config import ModelConfig
+from albef_lab.files import atomic_file
 
 
 class CheckpointError(RuntimeError):
@@ -138,20 +139,67 @@ def load_into(model: nn.Module, state_dict: dict[str, Tensor], strict: bool = Tr
 
 
 def save_atomic(obj: dict, path: str | Path) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename: a crash leaves the old file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """torch.save through `atomic_file`: a crash leaves the old file."""
+    with atomic_file(path) as f:
+        torch.save(obj, f)
+
+
+@dataclass
+class Recognised:
+    """What a checkpoint file was found to be."""
+
+    path: str
+    task: str  # the model it holds: pretrain, retrieval, vqa, ... (official files: from their keys)
+    config: ModelConfig
+    state_dict: dict[str, Tensor]
+    ours: bool  # one of ours (its config travels inside) or an official file
+    inferred: list[str] = field(default_factory=list)  # what was not in the file, and where it came from
+
+
+def official_task(sd: dict[str, Tensor], path: str | Path = "<checkpoint>") -> str:
+    """Which model an official file holds, from its keys (ALBEF.pth, mscoco.pth / refcoco.pth, vqa.pth, ...)."""
+    keys = set(sd)
+    if any(k.startswith("text_decoder.") for k in keys):
+        return "vqa"
+    if any(k.startswith("text_encoder.bert.") for k in keys):
+        return "pretrain"
+    if "ta_head.weight" in keys:
+        return "pretrain_nlvr"
+    if "cls_head.2.weight" in keys:  # NLVR2 tells 2 classes, SNLI-VE 3
+        return "nlvr" if sd["cls_head.2.weight"].shape[0] == 2 else "ve"
+    if "itm_head.weight" in keys:
+        return "retrieval"
+    raise CheckpointError(f"{path}: its keys fit none of the ALBEF models (looked for text_decoder.*, "
+                          "text_encoder.bert.*, ta_head.*, cls_head.*, itm_head.*)")
+
+
+def recognise(path: str | Path, arch: ModelConfig | None = None, infer_image_size: bool = True) -> Recognised:
+    """Read a checkpoint once and say what it is: ours (the model config inside) or an official one, whose
+    architecture is `arch` (a preset's) and whose image size is read off its position table. The error names the
+    file and what did not fit."""
+    import copy
+
+    from albef_lab.config import model_config_from_dict
+
+    obj = read_file(path)
+    if isinstance(obj.get("config"), dict) and "vision" in obj["config"]:
+        return Recognised(str(path), obj.get("model_name", "pretrain"), model_config_from_dict(obj["config"]),
+                          state_dict_of(obj, path), ours=True)
+    sd = state_dict_of(obj, path)
+    if arch is None:
+        raise CheckpointError(f"{path} holds no albef-lab config: say which architecture it has (a preset, e.g. "
+                              "--preset base)")
+    cfg, inferred = copy.deepcopy(arch), [f"architecture from the preset ({arch.vision.width}-wide ViT, "
+                                          f"{arch.text.num_hidden_layers} BERT layers)"]
+    pos = sd.get("visual_encoder.pos_embed")
+    if infer_image_size and pos is not None:
+        side = math.isqrt(pos.shape[1] - 1)
+        if side * side != pos.shape[1] - 1:
+            raise CheckpointError(f"{path}: visual_encoder.pos_embed has {pos.shape[1] - 1} patches, not a square grid")
+        cfg.vision.image_res = side * cfg.vision.patch_size
+        inferred.append(f"image size {cfg.vision.image_res} px from its position table ({side} x {side} patches "
+                        f"of {cfg.vision.patch_size})")
+    return Recognised(str(path), official_task(sd, path), cfg, sd, ours=False, inferred=inferred)
 
 
 def _layer_index(key: str) -> tuple[int, int] | None:

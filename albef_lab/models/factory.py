@@ -9,16 +9,9 @@ import torch
 from torch import nn
 
 from albef_lab import __version__
-from albef_lab.config import ModelConfig, model_config_from_dict, to_dict
+from albef_lab.config import ModelConfig, to_dict
 from albef_lab.models.albef import ALBEF
-from albef_lab.models.checkpoint import (
-    CheckpointError,
-    LoadReport,
-    load_for_task,
-    read_file,
-    save_atomic,
-    state_dict_of,
-)
+from albef_lab.models.checkpoint import LoadReport, load_for_task, recognise, save_atomic
 from albef_lab.models.registry import task_spec
 from albef_lab.models.tasks import with_nlvr_layers
 
@@ -51,26 +44,16 @@ def save_model(path: str | Path, model: nn.Module, cfg: ModelConfig, name: str =
                  "albef_lab_version": __version__, **extra}, path)
 
 
-def has_config(obj: dict) -> bool:
-    """Is this one of our checkpoints (which carry their model config)?"""
-    return isinstance(obj.get("config"), dict) and "vision" in obj["config"]
-
-
-def load_model(path: str | Path, task: str | None = None) -> tuple[nn.Module, ModelConfig, LoadReport]:
-    """Rebuild a model from one of our checkpoints (its config travels inside the file).
-
-    `task` (default: the file's own) may differ from the file's: a pre-training file then initialises the
-    task model with the original's key mapping (see `load_for_task`).
-    """
-    obj = read_file(path)
-    if not has_config(obj):
-        raise CheckpointError(f"{path} has no albef-lab config; for official files build the model from a "
-                              "preset (--preset base) and load it with albef_lab.models.checkpoint.load_for_task")
-    cfg = model_config_from_dict(obj["config"])
-    name = task or obj.get("model_name", "pretrain")
-    model = create_model(name, cfg)
-    report = load_for_task(model, name, state_dict_of(obj, path), fusion_layer=cfg.text.fusion_layer)
-    return model, cfg, report
+def load_model(path: str | Path, task: str | None = None, arch: ModelConfig | None = None,
+               infer_image_size: bool = True) -> tuple[nn.Module, ModelConfig, LoadReport]:
+    """The model a checkpoint holds (`recognise`: ours carry their config; an official file is built as `arch` at
+    its own image size), or with `task` the model of that task it initialises (a pre-training file then maps as
+    the original's scripts do, `load_for_task`)."""
+    found = recognise(path, arch, infer_image_size)
+    name = task or found.task
+    model = create_model(name, found.config)
+    report = load_for_task(model, name, found.state_dict, fusion_layer=found.config.text.fusion_layer)
+    return model, found.config, report
 
 
 def _numel(params) -> int:

@@ -1,19 +1,59 @@
-"""Image-text matching (ITM) with hard negatives drawn from in-batch similarities."""
+"""Image-text matching (ITM): the loss, and the negatives ITM is trained against.
+
+A negative sampler takes the batch's similarities and returns one negative image per text and one negative
+text per image. `HardNegatives` is the paper's (drawn in proportion to ITC similarity), `UniformNegatives` the
+ablation without hard negatives; a recipe may pass its own (any callable of the same form) to the model.
+"""
 
 from __future__ import annotations
+
+from typing import NamedTuple, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 
+class Negatives(NamedTuple):
+    """One negative image for each text and one negative text for each image of a batch."""
+
+    image: Tensor  # [B] index of the negative image of text b
+    text: Tensor  # [B] index of the negative text of image b
+    weights_i2t: Tensor | None = None  # the draw's weights, where it had any (the fixtures record them)
+    weights_t2i: Tensor | None = None
+    stats: dict[str, Tensor] | None = None  # what the sampler measured, logged with the losses
+
+
+class NegativeSampler(Protocol):
+    def __call__(self, sim_i2t: Tensor, sim_t2i: Tensor, same: Tensor | None,
+                 generator: torch.Generator | None) -> Negatives: ...
+
+
+class HardNegatives:
+    """The paper's: text b's negative image drawn with probability softmax(sim_t2i[b]) over the batch, image b's
+    negative text from softmax(sim_i2t[b]), positives (the pair, or every pair of the same image) left out."""
+
+    def __call__(self, sim_i2t: Tensor, sim_t2i: Tensor, same: Tensor | None,
+                 generator: torch.Generator | None) -> Negatives:
+        w_t2i, w_i2t = negative_weights(sim_t2i, same), negative_weights(sim_i2t, same)
+        return Negatives(sample_negatives(w_t2i, generator), sample_negatives(w_i2t, generator), w_i2t, w_t2i)
+
+
+class UniformNegatives:
+    """Any other item of the batch, uniformly: the ablation without hard negatives."""
+
+    def __call__(self, sim_i2t: Tensor, sim_t2i: Tensor, same: Tensor | None,
+                 generator: torch.Generator | None) -> Negatives:
+        b, device = sim_i2t.shape[0], sim_i2t.device
+        return Negatives(random_negatives(b, generator, device), random_negatives(b, generator, device))
+
+
 @torch.no_grad()
-def negative_weights(sim: Tensor, same: Tensor | None = None, known: Tensor | None = None) -> Tensor:
+def negative_weights(sim: Tensor, same: Tensor | None = None) -> Tensor:
     """softmax over the in-batch columns of `sim` [B, >=B], with positives zeroed.
 
     `same` [B, B] bool marks pairs that must never be negatives (same image id); default: the diagonal.
-    `known` [B, B] bool marks pairs known to match (false negatives): zeroed too, except in a row where
-    nothing else would be left. Rows are not renormalised (multinomial does that).
+    Rows are not renormalised (multinomial does that).
     """
     b = sim.shape[0]
     if b < 2:
@@ -23,10 +63,6 @@ def negative_weights(sim: Tensor, same: Tensor | None = None, known: Tensor | No
         w.fill_diagonal_(0)
     else:
         w = w.masked_fill(same, 0)
-    if known is not None:
-        filtered = w.masked_fill(known, 0)
-        keep = filtered.sum(dim=1, keepdim=True) > 0
-        w = torch.where(keep, filtered, w)
     return w
 
 

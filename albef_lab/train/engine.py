@@ -1,17 +1,19 @@
-"""Pre-training loop: one code path for a laptop core, one GPU, or many GPUs and nodes under torchrun.
+"""The training loop: one code path for pre-training and every task, on a laptop core, one GPU, or many GPUs
+and nodes under torchrun.
 
-Checkpoints hold everything a bit-exact resume needs (model with momentum weights and queues,
-optimiser, scaler, step, epoch, position in the epoch, every RNG state of every rank).
+Checkpoints hold everything a bit-exact resume needs (model with momentum weights and queues, optimiser,
+scaler, step, epoch, position in the epoch, the stages already run, every RNG state of every rank). A recipe adds
+stages and its own task through `Config.plugins` (albef_lab/train/stages.py); the paper's run has none.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import re
 import sys
 import time
-from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,18 +27,15 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from albef_lab import distributed as D
-from albef_lab.config import TINY_TEXT_ASSIGNMENT_STEPS, Config, model_config_from_dict, tiny_finetune_config, to_dict
-from albef_lab.data.export import ensure_world
-from albef_lab.data.formats import resolve
+from albef_lab.config import Config, model_config_from_dict, to_dict
 from albef_lab.data.tokenizer import Tokenizer, load_tokenizer
+from albef_lab.files import write_text_atomic
 from albef_lab.models.checkpoint import load_bert, load_deit, load_for_task, read_file, save_atomic, state_dict_of
 from albef_lab.models.factory import create_model, save_model
-from albef_lab.models.registry import task_spec
 from albef_lab.train.data import ResumableSampler, SeededDataset
-from albef_lab.train.itm_finish import FinishConfig, finish_itm
 from albef_lab.train.schedule import adamw, alpha_at, lr_at, set_lr
+from albef_lab.train.stages import Plugins
 from albef_lab.train.tasks import task_class
-from albef_lab.train.vision_warmup import warm_up_vision, warmup_config
 
 CKPT = re.compile(r"checkpoint_(\d+)\.pth$")
 
@@ -75,7 +74,17 @@ class RunState:
     batch_in_epoch: int = 0  # micro-batches of the current epoch already consumed
     best: float = -1.0
     history: list = field(default_factory=list)
-    itm_finished: bool = False  # the ITM step after pre-training (`train.itm_finish_steps`) is done
+    stages: dict = field(default_factory=dict)  # name -> record of each stage already run
+
+    @staticmethod
+    def from_dict(values: dict) -> RunState:
+        values = dict(values)
+        known = {f.name for f in dataclasses.fields(RunState)}
+        # a flag an older version kept for a stage it had run (`flag: true`) becomes that stage's (empty) record
+        for flag in [k for k in values if k not in known]:
+            if values.pop(flag):
+                values.setdefault("stages", {})[flag] = {}
+        return RunState(**values)
 
 
 class Trainer:
@@ -83,10 +92,12 @@ class Trainer:
 
     def __init__(self, cfg: Config, task: str = "pretrain", resume: str | None = None, init: str | None = None):
         self.cfg = cfg
-        self.task_cls = task_class(task)  # fails early on an unknown task name
+        self.plugins: Plugins = cfg.plugins(task) or Plugins()
+        self.task_cls = self.plugins.task or task_class(task)  # fails early on an unknown task name
+        self.stage_seconds = 0.0  # time the stages run by this process took (it counts against train.max_minutes)
         self._setup_process()  # threads, precision, device, rank
-        self._setup_data(task)  # ShapesWorld if missing, tokenizer, task, sampler, step counts
-        self._setup_model(init, resume)  # seeds, model, optimiser, scaler, resumed state
+        self._setup_data()  # the plugins' preparation, tokenizer, task, sampler, step counts
+        self._setup_model(init, resume)  # seeds, model, the stages before training, optimiser, resumed state
         self._setup_outputs()  # DDP wrapper, metrics file, config.json, TensorBoard
 
     def _setup_process(self) -> None:
@@ -101,18 +112,14 @@ class Trainer:
         self.run_dir = Path(t.output_dir)
         self.metrics_file = self.run_dir / "metrics.jsonl"
 
-    def _setup_data(self, task: str) -> None:
+    def _setup_data(self) -> None:
         t, d = self.cfg.train, self.cfg.data
-        files = task_spec(task).files
-        ensure_world(d, resolve(d.root, d.train_file or files[0]), progress=t.progress and self.main,
-                     main=self.main, barrier=D.barrier)
+        if self.plugins.prepare is not None:
+            self.plugins.prepare(self)
         self.tokenizer: Tokenizer = load_tokenizer(d.tokenizer or Path(d.root) / "vocab")
         self._check_vocab()
         self.task = self.task_cls(self.cfg, self.tokenizer, self.run_dir if self.main else None)
         base = self.train_base = self.task.train_set()
-        if t.itm_finish_steps and task == "pretrain" and self.task.scenes is None:  # now, not after the training
-            raise ValueError(f"train.itm_finish_steps needs ShapesWorld's scene graphs ({Path(d.root) / 'scenes.json'}"
-                             f" naming every training image) to know which captions are false; set it to 0")
         self.dataset = SeededDataset(base, t.seed)
         self.sampler = ResumableSampler(len(base), self.world, self.rank, shuffle=True, seed=t.seed)
         # whole accumulation groups only, so that every epoch ends on an optimiser step
@@ -134,21 +141,17 @@ class Trainer:
             if cfg.model.queue_size % global_batch:
                 raise ValueError(f"model.queue_size ({cfg.model.queue_size}) must be a multiple of the global batch "
                                  f"({t.batch_size} x {self.world} processes = {global_batch})")
-        self.warmup: dict = {}
-        self.itm_finish: dict = {}
-        # pre-training with a vision warm-up keeps the warmed-up encoder frozen: trained on, ALBEF's objectives
-        # wash the shape out of it in minutes (docs/itm_recipe.md); fine-tuning trains it, as the paper
-        warm = self.task.name == "pretrain" and bool(t.vision_warmup_minutes or t.vision_warmup_steps)
+        self.state = RunState()
         resume_from = self._resume_path(resume)  # None: a fresh start (`--resume auto` in an empty folder too)
         if resume_from is None:
             self.initialise(init)
-            if warm and not init:
-                self.warm_up_vision()
-        if t.freeze_vision or warm:  # left out of the optimiser; its momentum copy then stays equal to it
-            self.model.visual_encoder.requires_grad_(False)
-        self.optimizer = adamw(self.model, t.lr, t.weight_decay, fused=t.fused_adamw, vision_lr_scale=t.vision_lr_scale)
+            for stage in self.stages(before=True):
+                self.run_stage(stage)
+        for name, p in self.model.named_parameters():  # left out of the optimiser; a momentum copy stays equal
+            if name.startswith(self.plugins.frozen):
+                p.requires_grad_(False)
+        self.optimizer = adamw(self.model, t.lr, t.weight_decay, fused=t.fused_adamw, lr_scales=self.plugins.lr_scales)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.precision == "fp16")
-        self.state = RunState()
         if resume_from is not None:
             self.load(resume_from)
 
@@ -163,9 +166,9 @@ class Trainer:
         if self.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self._truncate_metrics(self.state.step)  # a fresh run (step 0) in a used folder starts a fresh log
-            (self.run_dir / "config.json").write_text(json.dumps(to_dict(self.cfg), indent=1))
-            if self.warmup:
-                (self.run_dir / "vision_warmup.json").write_text(json.dumps(self.warmup, indent=1))
+            write_text_atomic(self.run_dir / "config.json", json.dumps(to_dict(self.cfg), indent=1))
+            for name, record in self.state.stages.items():
+                write_text_atomic(self.run_dir / f"{name}.json", json.dumps(record, indent=1))
             if self.cfg.train.tensorboard:
                 try:
                     from torch.utils.tensorboard import SummaryWriter
@@ -194,22 +197,30 @@ class Trainer:
         if (m.init_vision or m.init_text) and hasattr(self.model, "copy_params"):
             self.model.copy_params()  # the momentum copies start from the loaded weights, as in the original
 
-    def warm_up_vision(self) -> None:
-        """The image encoder learns ShapesWorld's objects before ALBEF starts (every rank the same way; DDP
-        starts from rank 0's weights anyway); its minutes count against `train.max_minutes`."""
+    # --- stages ------------------------------------------------------------------------------
+    def stages(self, before: bool) -> list:
+        """The plugins' stages before (or after) the main loop that this run has not run yet."""
+        done = self.state.stages
+        return [s for s in self.plugins.stages
+                if s.before == before and s.name not in done and getattr(s, "old_flag", None) not in done]
+
+    def run_stage(self, stage) -> None:
+        """Run a stage with what is left of the clock; its record goes into the run state (and checkpoints)."""
         t = self.cfg.train
-        kept = self.kept_minutes()  # the last ITM step's minutes come out of the same budget
-        if t.max_minutes and not t.vision_warmup_steps and t.vision_warmup_minutes + kept >= t.max_minutes:
-            also = f" with train.itm_finish_minutes={kept:g}" if kept else ""
-            raise ValueError(f"train.vision_warmup_minutes={t.vision_warmup_minutes:g}{also} leaves nothing of "
-                             f"train.max_minutes={t.max_minutes:g} for pre-training: raise max_minutes, or lower the "
-                             f"warm-up (0 = none)")
-        wcfg = warmup_config(t, progress=t.progress and self.main)
-        self.warmup = warm_up_vision(self.model.visual_encoder, self.cfg.data.root, wcfg)
-        self.model.copy_params()  # the momentum copies start from the warmed-up encoder
-        if self.main:
-            print(f"vision warm-up: {self.warmup['steps']} steps in {self.warmup['minutes']} minutes; held-out "
-                  f"{self.warmup['held_out']}")
+        left = 60 * t.max_minutes - self.seconds_used() if t.max_minutes else None
+        t0 = time.perf_counter()
+        record = stage.run(self, left)
+        self.stage_seconds += time.perf_counter() - t0
+        self.state.stages[stage.name] = record
+
+    def kept_minutes(self) -> float:
+        """Of `train.max_minutes`, the minutes the main loop leaves to the stages after it."""
+        return sum(s.kept_minutes for s in self.stages(before=False)) if self.cfg.train.max_minutes else 0.0
+
+    def seconds_used(self) -> float:
+        """Of `train.max_minutes`: the training so far and the stages this process ran."""
+        start = getattr(self, "t_start", None)
+        return (time.perf_counter() - start if start is not None else 0.0) + self.stage_seconds
 
     def _check_vocab(self) -> None:
         m, tok = self.cfg.model, self.tokenizer
@@ -259,7 +270,7 @@ class Trainer:
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["scaler"])
-        self.state = RunState(**ckpt["state"])
+        self.state = RunState.from_dict(ckpt["state"])
         if ckpt["world_size"] == self.world:
             set_rng_state(ckpt["rng"][self.rank], self.gen)
         elif self.main:
@@ -275,9 +286,7 @@ class Trainer:
             return
         rows = self.metrics_file.read_text().splitlines()
         kept = [r for r in rows if r.strip() and json.loads(r).get("step", 0) <= step]
-        tmp = self.metrics_file.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(r + "\n" for r in kept))
-        tmp.replace(self.metrics_file)
+        write_text_atomic(self.metrics_file, "".join(r + "\n" for r in kept))
 
     # --- the loop ---------------------------------------------------------------------------
     def autocast(self):
@@ -334,45 +343,25 @@ class Trainer:
                 if stop or epoch_end:
                     break
         if out_of_time and self.main:
-            kept = f", of which train.itm_finish_minutes={self.kept_minutes():g} are kept for the ITM step" \
-                if self.kept_minutes() else ""
-            self.bar.write(f"stopped at step {st.step} by the clock: train.max_minutes={t.max_minutes:g}{kept}")
-        if self.task.name == "pretrain" and t.itm_finish_steps and not st.itm_finished:
-            last_eval = self.finish_itm(last_eval)
+            kept = self.kept_minutes()
+            also = f", of which {kept:g} are kept for {', '.join(s.name for s in self.stages(False))}" if kept else ""
+            self.bar.write(f"stopped at step {st.step} by the clock: train.max_minutes={t.max_minutes:g}{also}")
+        for stage in self.stages(before=False):
+            last_eval = self.after_stage(stage, last_eval)
         return self._finish(last_eval)
 
-    def kept_minutes(self) -> float:
-        """Of `train.max_minutes`, the minutes the pre-training leaves to the last ITM step."""
+    def after_stage(self, stage, last_eval: dict) -> dict:
+        """A stage after the main loop, then an evaluation and a checkpoint of what it made (skipped, and said,
+        when the clock has nothing left for it)."""
         t = self.cfg.train
-        return t.itm_finish_minutes if self.task.name == "pretrain" and t.itm_finish_steps and t.max_minutes else 0.0
-
-    def seconds_used(self) -> float:
-        """Of `train.max_minutes`: the training so far and the vision warm-up before it."""
-        return time.perf_counter() - self.t_start + self.warmup.get("seconds", 0.0)
-
-    def finish_itm(self, last_eval: dict) -> dict:
-        """ITM alone on the fused half, against negatives mined over the whole training split (rank 0 trains,
-        the others take its weights); then evaluate and checkpoint again."""
-        t = self.cfg.train
-        left = 60 * t.max_minutes - self.seconds_used() if t.max_minutes else 0.0
-        if t.max_minutes and left <= 0:
+        if t.max_minutes and 60 * t.max_minutes - self.seconds_used() <= 0:
             if self.main:
-                self.bar.write(f"no time left of train.max_minutes={t.max_minutes:g} for train.itm_finish_steps")
+                self.bar.write(f"no time left of train.max_minutes={t.max_minutes:g} for stage {stage.name}")
             return last_eval
-        if self.main:
-            fcfg = FinishConfig(steps=t.itm_finish_steps, mined=t.itm_finish_mined, random_share=t.itm_finish_random,
-                                lr=t.itm_finish_lr, weight_decay=t.weight_decay, batch_size=t.batch_size,
-                                seed=t.seed, max_seconds=max(left, 0.0), progress=t.progress)
-            self.itm_finish = finish_itm(self.model, self.tokenizer, self.train_base, self.task.scenes, fcfg,
-                                         self.cfg.data.max_tokens)
-            self.bar.write(f"ITM on mined negatives: {self.itm_finish['steps']} steps in "
-                           f"{self.itm_finish['minutes']} minutes, loss {self.itm_finish['loss_last50']:.3f}")
-            self.log({"step": self.state.step, "epoch": self.state.epoch,
-                      **{f"itm_finish_{k}": v for k, v in self.itm_finish.items()}})
-        if self.world > 1:
-            for p in self.model.parameters():
-                dist.broadcast(p.data, 0)
-        self.state.itm_finished = True
+        self.run_stage(stage)
+        record = self.state.stages[stage.name]
+        self.log({"step": self.state.step, "epoch": self.state.epoch,
+                  **{f"{stage.name}_{k}": v for k, v in record.items() if isinstance(v, int | float)}})
         last_eval, _ = self._evaluate_and_log(last_eval)
         best = self.main and bool(last_eval) and last_eval[self.task.primary] >= self.state.best
         self.save(best=self._agree(best))
@@ -398,7 +387,6 @@ class Trainer:
     def _forward_backward(self, batch, alpha: float, sync: bool) -> dict[str, Tensor]:
         no_sync = nullcontext() if (self.ddp is None or sync) else self.ddp.no_sync()
         with no_sync:
-            self.task.step = self.state.step  # curricula read it
             with self.autocast():
                 out = self.task.forward(self.ddp or self.model, batch, alpha, self.gen, self.device)
             self.scaler.scale(out["loss"] / self.cfg.train.grad_accum).backward()
@@ -476,37 +464,35 @@ class Trainer:
             self.tb.close()
         st, cuts = self.state, self.clock_cuts()
         if cuts and self.main:
-            print(clock_cut_warning(cuts))
-        warmup = {"vision_warmup": self.warmup} if self.warmup else {}
-        finish = {"itm_finish": self.itm_finish} if self.itm_finish else {}
+            print(clock_cut_warning(cuts, [s.every_step() for s in self.plugins.stages if s.name in cuts]))
         return {"step": st.step, "epoch": st.epoch, "seconds": time.perf_counter() - self.t_start, **last_eval,
-                **warmup, **finish, **({"clock_cuts": cuts} if cuts else {})}
+                **{name: record for name, record in st.stages.items() if record},
+                **({"clock_cuts": cuts} if cuts else {})}
 
     def clock_cuts(self) -> dict[str, list[int]]:
-        """The stages a clock stopped before their steps, as [steps made, steps asked]. The recipe's minutes were
-        timed on one machine; on a slower one the same command makes fewer steps and a weaker model."""
-        t, st, cuts = self.cfg.train, self.state, {}
-        if self.warmup and not t.vision_warmup_steps and self.warmup["steps"] < t.vision_warmup_max_steps:
-            cuts["vision_warmup"] = [self.warmup["steps"], t.vision_warmup_max_steps]
+        """The main loop and the stages a clock stopped before their steps, as [steps made, steps asked]. A budget's
+        minutes were timed on one machine; on a slower one the same command makes fewer steps and a weaker model."""
+        st, cuts = self.state, {}
         if st.step < self.total_steps:
             cuts[self.task.name] = [st.step, self.total_steps]
-        skipped = self.task.name == "pretrain" and t.itm_finish_steps and not st.itm_finished  # no time was left
-        if skipped or self.itm_finish.get("steps", t.itm_finish_steps) < t.itm_finish_steps:
-            cuts["itm_finish"] = [self.itm_finish.get("steps", 0), t.itm_finish_steps]
+        for stage in self.plugins.stages:
+            record = st.stages.get(stage.name)
+            asked = getattr(stage, "asked", 0)
+            if record is None and asked:  # never run: no time was left for it
+                cuts[stage.name] = [0, asked]
+            elif record and record.get("steps", asked) < record.get("asked", asked):
+                cuts[stage.name] = [record["steps"], record["asked"]]
         return cuts
 
 
-def clock_cut_warning(cuts: dict[str, list[int]]) -> str:
-    """What the clock cut, and the overrides that run the recipe's every step whatever the time (more minutes on
-    a slower machine, the same steps as on a fast one)."""
+def clock_cut_warning(cuts: dict[str, list[int]], every_step: list[str]) -> str:
+    """What the clock cut, and the overrides that run every step whatever the time (more minutes on a slower
+    machine, the same steps as on a fast one)."""
     made = ", ".join(f"{stage} {done} of {asked} steps" for stage, (done, asked) in cuts.items())
-    clocks, fix = ["train.max_minutes"], ["train.max_minutes=0"]
-    if "vision_warmup" in cuts:
-        clocks.append("train.vision_warmup_minutes")
-        fix.append(f"train.vision_warmup_steps={cuts['vision_warmup'][1]}")
-    return (f"warning: the clock ({', '.join(clocks)}) stopped {made}, so the model is weaker than a full run's "
-            f"(the budget's minutes were set on a machine that makes its steps in time; a slower one does not). "
-            f"{' '.join(fix)} runs every step, however long it takes.")
+    fix = " ".join(dict.fromkeys(["train.max_minutes=0", *(o for o in every_step if o)]))
+    return (f"warning: the clock stopped {made}, so the model is weaker than a full run's (the budget's minutes "
+            f"were set on a machine that makes its steps in time; a slower one does not). {fix} runs every step, "
+            f"however long it takes.")
 
 
 class Meter:
@@ -548,20 +534,6 @@ def pretrain(cfg: Config, resume: str | None = None) -> dict:
     return train(cfg, "pretrain", resume)
 
 
-def finetune_tiny(task: str, root: str | Path, out: str | Path, init: str | Path, steps: int,
-                  extra: Sequence[str] = (), text_assignment_steps: int = TINY_TEXT_ASSIGNMENT_STEPS
-                  ) -> tuple[dict, Config]:
-    """The tiny model's fine-tuning on ShapesWorld (`tiny_finetune_config`), shared by the learning tests and the
-    README's table. NLVR2 first learns text assignment (`pretrain_nlvr`, in OUT/text_assignment; `extra` applies
-    to it too) and starts from it, as the paper's: the doubled fusion layers, two copies of one pre-trained
-    layer, get a reason to tell their images apart. Returns (the task's result, its config)."""
-    if task == "nlvr" and text_assignment_steps:
-        finetune_tiny("pretrain_nlvr", root, Path(out) / "text_assignment", init, text_assignment_steps, extra)
-        init = Path(out) / "text_assignment" / "model.pth"
-    cfg = tiny_finetune_config(root, out, steps, extra, task)
-    return train(cfg, task, init=str(init)), cfg
-
-
 def evaluate(cfg: Config, task: str, checkpoint: str | Path, blind: str = "", out_dir: str | Path | None = None,
              verbose: bool = False) -> dict:
     """A task's evaluation of a checkpoint; `blind` runs a control: "shuffle" / "blank" the image-blind one,
@@ -569,14 +541,10 @@ def evaluate(cfg: Config, task: str, checkpoint: str | Path, blind: str = "", ou
 
     Ours carry their architecture (`cfg.model` is replaced by it); an official file is built from `cfg.model`.
     """
-    from albef_lab.models.factory import has_config, load_model
+    from albef_lab.models.factory import load_model
 
-    obj = read_file(checkpoint)
-    if has_config(obj):
-        model, cfg.model, report = load_model(checkpoint, task)
-    else:
-        model = create_model(task, cfg.model)
-        report = load_for_task(model, task, state_dict_of(obj, checkpoint), fusion_layer=cfg.model.text.fusion_layer)
+    # an official file is built from `cfg.model` as it is (its image size too: a resized position table is warned of)
+    model, cfg.model, report = load_model(checkpoint, task, arch=cfg.model, infer_image_size=False)
     if verbose:
         print(report)
         if report.resized:
@@ -585,6 +553,7 @@ def evaluate(cfg: Config, task: str, checkpoint: str | Path, blind: str = "", ou
                   file=sys.stderr)
     device = torch.device("cuda" if torch.cuda.is_available() and cfg.train.device != "cpu" else "cpu")
     tok = load_tokenizer(cfg.data.tokenizer or f"{cfg.data.root}/vocab")
-    runner = task_class(task)(cfg, tok, out_dir if out_dir is not None else Path(checkpoint).parent)
-    runner.blind = blind
+    plugins = cfg.plugins(task) or Plugins()
+    runner = (plugins.task or task_class(task))(cfg, tok, out_dir if out_dir is not None else Path(checkpoint).parent,
+                                                blind=blind)
     return runner.evaluate(model.to(device), device)

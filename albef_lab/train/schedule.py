@@ -8,18 +8,19 @@ import torch
 from torch import nn
 
 
-def param_groups(model: nn.Module, weight_decay: float, vision_lr_scale: float = 1.0) -> list[dict]:
+def param_groups(model: nn.Module, weight_decay: float, lr_scales: dict[str, float] | None = None) -> list[dict]:
     """AdamW groups as the original: no decay for 1-D tensors and biases; everything else decayed
     (0-d `temp`, `cls_token` and `pos_embed` included). Frozen momentum weights are left out.
-    `vision_lr_scale` != 1: the image encoder's parameters get groups of their own, at that share of the lr."""
+    `lr_scales` {name prefix: share of the lr}: those parameters get groups of their own at that share."""
+    lr_scales = lr_scales or {}
     groups = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        scale = vision_lr_scale if name.startswith("visual_encoder.") else 1.0
+        scale = next((s for prefix, s in lr_scales.items() if name.startswith(prefix)), 1.0)
         decayed = not (p.ndim == 1 or name.endswith(".bias"))
         groups.setdefault((scale, decayed), []).append(p)
-    order = [(1.0, True), (1.0, False), (vision_lr_scale, True), (vision_lr_scale, False)]
+    order = [(1.0, True), (1.0, False), *((s, d) for s in lr_scales.values() for d in (True, False))]
     return [{"params": groups[key], "weight_decay": weight_decay if key[1] else 0.0, "lr_scale": key[0]}
             for key in dict.fromkeys(order) if key in groups]
 
@@ -38,11 +39,11 @@ def alpha_at(step: int, steps_per_epoch: int, alpha: float) -> float:
 
 
 def adamw(model: nn.Module, lr: float, weight_decay: float, fused: bool = True,
-          vision_lr_scale: float = 1.0) -> torch.optim.AdamW:
+          lr_scales: dict[str, float] | None = None) -> torch.optim.AdamW:
     """AdamW over `param_groups`. `fused`: one vectorised kernel for every parameter (CPU and CUDA) instead of the
     per-parameter Python loop torch runs on a CPU by default — ~10x less optimiser time at base size
     (`benchmarks/profile_step.py`), the same update up to float rounding."""
-    return torch.optim.AdamW(param_groups(model, weight_decay, vision_lr_scale), lr=lr, fused=fused)
+    return torch.optim.AdamW(param_groups(model, weight_decay, lr_scales), lr=lr, fused=fused)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

@@ -16,43 +16,16 @@ from torch.utils.data import DataLoader, Dataset
 
 from albef_lab.config import Config
 from albef_lab.data import datasets as DS
-from albef_lab.data import world as W
 from albef_lab.data.formats import NLVR, VE, VQA_TRAIN, read_entries, read_json, resolve
 from albef_lab.data.tokenizer import Tokenizer
 from albef_lab.data.transforms import ImageTextTransform, eval_transform
 from albef_lab.eval.controls import text_only_accuracy, vqa_text_only_accuracy
 from albef_lab.eval.retrieval import encode_split, recall_metrics, rerank_scores, zero_shot_eval
 from albef_lab.eval.vqa import majority_answer_accuracy, vqa_accuracy
-from albef_lab.models.albef import EditedNegatives
+from albef_lab.files import write_text_atomic
 from albef_lab.models.base import eval_mode
 from albef_lab.models.registry import TaskSpec, task_spec
 from albef_lab.models.tasks import RandomSource
-
-
-def train_scenes(scenes_file: Path, image_files: list[str]) -> list | None:
-    """ShapesWorld's scene of each image when the data root has its `scenes.json` and names every image."""
-    if not scenes_file.is_file():
-        return None
-    by_image = {e["image"]: W.Scene.from_dict(e) for e in read_json(scenes_file)}
-    if not all(f in by_image for f in image_files):
-        return None
-    return [by_image[f] for f in image_files]
-
-
-def known_matches(captions: list[str], scenes: list, flips: bool = False) -> list[list[bool]]:
-    """[i][j]: caption i is true of scene j (the ground truth that finds ITM's false negatives).
-
-    `flips`: the images may have been flipped left to right (with their captions' left and right swapped), so
-    a caption that speaks of left or right counts as true when it holds of the scene or of its mirror image.
-    """
-    mirrors = [sc.mirrored() for sc in scenes] if flips else scenes
-
-    def holds(c: str, j: int) -> bool:
-        if W.caption_holds(scenes[j], c):
-            return True
-        return flips and ("left" in c or "right" in c) and W.caption_holds(mirrors[j], c)
-
-    return [[holds(c, j) for j in range(len(scenes))] for c in captions]
 
 
 class Task:
@@ -60,21 +33,18 @@ class Task:
 
     name = "pretrain"  # the key of the task's record in albef_lab.models.registry
     primary = "r_mean"  # the metric that decides the best checkpoint
+    collate = None
 
-    def __init__(self, cfg: Config, tokenizer: Tokenizer, out_dir: str | Path | None = None):
+    def __init__(self, cfg: Config, tokenizer: Tokenizer, out_dir: str | Path | None = None, blind: str = ""):
         self.cfg, self.tok = cfg, tokenizer
-        self._truth: tuple[Tensor | None] | None = None  # the validation split's ground truth, once worked out
         self.out_dir = Path(out_dir) if out_dir else None  # where evaluations write their result files
+        self.blind = blind  # evaluate a control instead: images shuffled or blanked (`BlindImages`)
         d = cfg.data
         train_file, val_file = self.spec.files
         self.train_file = resolve(d.root, d.train_file or train_file)
         self.val_file = resolve(d.root, d.val_file or val_file)
         self.image_root = d.image_root or d.root
         self.res = cfg.model.vision.image_res
-        unknown = set(cfg.model.itm_edit_kinds) - set(W.EDIT_KIND_NAMES)
-        if unknown:  # here, not at the first batch: after a warm-up of minutes
-            raise ValueError(f"model.itm_edit_kinds: unknown kind(s) {sorted(unknown)}; "
-                             f"choose from {list(W.EDIT_KIND_NAMES)}")
 
     @property
     def spec(self) -> TaskSpec:
@@ -86,14 +56,7 @@ class Task:
                                   flip_text=d.flip_text, fix_autocontrast=d.fix_autocontrast)
 
     def train_set(self) -> Dataset:
-        ds = DS.PretrainDataset(self.train_file, self.image_root, self.train_transform(), self.cfg.data.max_words)
-        self.scenes = train_scenes(Path(self.cfg.data.root) / "scenes.json", ds.image_files)
-        return ds
-
-    collate = None
-    blind = ""  # evaluate with the images shuffled or blanked: the image-blind control (`BlindImages`)
-    scenes: list | None = None  # ShapesWorld's scene of each training image (by image index), when known
-    step = 0  # the optimiser step being taken (set by the engine; for curricula)
+        return DS.PretrainDataset(self.train_file, self.image_root, self.train_transform(), self.cfg.data.max_words)
 
     def text(self, texts, device: torch.device, max_length: int | None = None) -> tuple[Tensor, Tensor]:
         ids, mask = self.tok(list(texts), max_length=max_length or self.cfg.data.max_tokens)
@@ -101,36 +64,9 @@ class Task:
 
     def forward(self, net: nn.Module, batch, alpha: float, gen: torch.Generator, device: torch.device) -> dict:
         images, captions, image_ids = batch
-        m = self.cfg.model
-        same = image_ids.to(device) if m.fix_duplicate_negatives else None
-        matches, edits = None, []
-        if self.scenes is not None:
-            scenes = [self.scenes[i] for i in image_ids.tolist()]
-            matches = torch.tensor(known_matches(captions, scenes, flips=True), device=device)  # images may be flipped
-            if m.itm_edited_fraction > 0:
-                edits = self.edited_negatives(captions, scenes, gen)
-        # captions and their edits are tokenised together, to one length (the ITM pass stacks them)
-        stand_ins = [e or c for e, c in zip(edits, captions, strict=True)] if edits else []
-        ids, mask = self.text(list(captions) + stand_ins, device)
-        edited = None
-        if edits:
-            b = len(captions)
-            valid = torch.tensor([e is not None for e in edits], device=device)
-            ids, mask, edited = ids[:b], mask[:b], EditedNegatives(ids[b:], mask[b:], valid)
-        return net(images.to(device, non_blocking=True), ids, mask, alpha, generator=gen, image_ids=same,
-                   matches=matches, hard=self.step >= m.itm_random_steps, edited=edited)
-
-    def edited_negatives(self, captions: list[str], scenes: list, gen: torch.Generator) -> list[str | None]:
-        """A one-word edit of each caption that is false of its image (`world.caption_edits`), or None where the
-        caption has none (or is itself false of the image: a noisy caption)."""
-        kinds = self.cfg.model.itm_edit_kinds
-        draws = torch.rand(len(captions), generator=gen, device=gen.device).tolist()
-        edits = []
-        for c, sc, u in zip(captions, scenes, draws, strict=True):
-            # which of the scene and its mirror image the caption is true of: the image may have been flipped
-            shown = [s for s in (sc, sc.mirrored()) if W.caption_holds(s, c)]
-            edits.append(W.choose_edit(W.caption_edits(c, shown, kinds), u) if shown else None)
-        return edits
+        same = image_ids.to(device) if self.cfg.model.fix_duplicate_negatives else None
+        ids, mask = self.text(captions, device)
+        return net(images.to(device, non_blocking=True), ids, mask, alpha, generator=gen, image_ids=same)
 
     def evaluate(self, model: nn.Module, device: torch.device) -> dict:
         if not self.val_file.is_file():
@@ -139,12 +75,9 @@ class Task:
         return zero_shot_eval(model, val, self.tok, device, truth=self.truth(val))
 
     def truth(self, val: DS.RetrievalEvalDataset) -> Tensor | None:
-        """[images, texts] bool: caption true of image, where ShapesWorld's scene graphs know it (worked out at
-        the first evaluation, kept for the others: the split does not change during a run)."""
-        if self._truth is None:
-            scenes = train_scenes(Path(self.cfg.data.root) / "scenes.json", [e["image"] for e in val.entries])
-            self._truth = (None if scenes is None else torch.tensor(known_matches(val.text, scenes)).t(),)
-        return self._truth[0]
+        """[images, texts] bool: caption true of image, where the data knows it (keeps such captions out of the
+        held-out ITM's negatives). Official data does not: None."""
+        return None
 
     def retrieval_val(self) -> DS.RetrievalEvalDataset:
         """The held-out images with all their captions (COCO val/test layout)."""
@@ -227,10 +160,7 @@ class VQATask(Task):
                 score += vqa_accuracy(r["answer"], annotators)
                 counted += 1
         if self.out_dir is not None:  # written at every evaluation, not only at the end
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            tmp = self.out_dir / "vqa_result.json.tmp"
-            tmp.write_text(json.dumps(results))
-            tmp.replace(self.out_dir / "vqa_result.json")
+            write_text_atomic(self.out_dir / "vqa_result.json", json.dumps(results))
         return {"vqa_acc": 100.0 * score / max(1, counted), "answered": len(results),
                 "majority_answer_acc": majority_answer_accuracy(test.entries),
                 "text_only_acc": vqa_text_only_accuracy(read_entries(self.train_file, VQA_TRAIN), test.entries)}
@@ -350,6 +280,11 @@ class TextAssignmentTask(Task):
         return {"ta_acc": 100.0 * correct / max(1, n)}
 
 
+TASKS: dict[str, type[Task]] = {t.name: t for t in (Task, RetrievalTask, GroundingTask, VQATask, NLVRTask, VETask,
+                                                     TextAssignmentTask)}
+
+
 def task_class(name: str) -> type[Task]:
     """The engine's Task for a registered task name."""
-    return globals()[task_spec(name).trainer]
+    task_spec(name)  # an unknown name fails with the registry's list
+    return TASKS[name]

@@ -18,8 +18,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from albef_lab.data import world as W
 from albef_lab.data.tokenizer import write_vocab
+from albef_lab.files import write_text_atomic
+from albef_lab.shapesworld import world as W
 
 # The generator's version, written to world.json: a world made by an older generator is made again.
 # 2: SNLI-VE, NLVR2 and VQA texts no longer give their labels away without the image.
@@ -62,9 +63,7 @@ def _render_chunk(args: tuple[int, int, int, int, str]) -> int:
 
 
 def _dump(path: Path, obj) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=None, separators=(",", ":")))
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(obj, indent=None, separators=(",", ":")))
 
 
 @dataclass
@@ -233,22 +232,22 @@ def grounding_files(p: Plan) -> tuple[dict, dict]:
     return files, {"refs": len(refs)}
 
 
-def ensure_world(data, train_file: str | Path, progress: bool = True, main: bool = True,
+def ensure_world(root: str | Path, world, train_file: str | Path, progress: bool = True, main: bool = True,
                  barrier: Callable[[], None] | None = None) -> None:
-    """Generate ShapesWorld at `data.root` (a DataConfig) when the training file is absent.
+    """Generate ShapesWorld at `root` as `world` (a `WorldConfig`) says, when the training file is absent or the
+    world was made by another generator version.
 
     Under several processes only `main` writes; `barrier` makes the others wait for it.
     """
-    old = world_version(data.root)
-    stale = old is not None and old != VERSION and data.make_world
+    old = world_version(root)
+    stale = old is not None and old != VERSION and world.make
     if stale or not Path(train_file).is_file():
-        if not data.make_world:
-            raise FileNotFoundError(f"training annotations not found: {train_file} (and data.make_world is off)")
+        if not world.make:
+            raise FileNotFoundError(f"training annotations not found: {train_file} (and shapesworld.world.make is off)")
         if main:
             why = f"was made by generator version {old}, this is {VERSION}" if stale else "not found"
-            print(f"ShapesWorld at {data.root} {why}: generating {data.world_images} images ...")
-            write_world(WorldSettings(out=data.root, seed=data.world_seed, images=data.world_images,
-                                      res=data.world_res, noise=data.noise,
-                                      caption_kinds=tuple(data.world_caption_kinds)), progress=progress)
+            print(f"ShapesWorld at {root} {why}: generating {world.images} images ...")
+            write_world(WorldSettings(out=str(root), seed=world.seed, images=world.images, res=world.res,
+                                      noise=world.noise, caption_kinds=tuple(world.caption_kinds)), progress=progress)
     if barrier is not None:
         barrier()

@@ -21,10 +21,10 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from albef_lab.config import Config, load_config
-from albef_lab.data.export import ensure_world
 from albef_lab.data.formats import resolve
+from albef_lab.files import write_text_atomic
 from albef_lab.models.registry import task_spec
+from albef_lab.shapesworld.config import RecipeConfig, tiny, with_overrides
 
 
 @dataclass(frozen=True)
@@ -90,28 +90,29 @@ def world_root(root: str | Path, noise: float, budget: Budget) -> Path:
 
 def make_world(root: str | Path, noise: float, budget: Budget, progress: bool = False) -> Path:
     """The ShapesWorld of one noise level (generated once, shared by every run at that level)."""
-    cfg = load_config(None, [f"data.root={world_root(root, noise, budget)}", f"data.world_images={budget.world_images}",
-                             f"data.noise={noise}"], "tiny")
+    from albef_lab.shapesworld.recipe import make_world as make
+
+    cfg = tiny()
+    cfg.data.root = str(world_root(root, noise, budget))
+    cfg.shapesworld.world.images, cfg.shapesworld.world.noise = budget.world_images, noise
     with _locked(Path(cfg.data.root).with_suffix(".lock")):
-        ensure_world(cfg.data, resolve(cfg.data.root, task_spec("pretrain").files[0]), progress=progress)
-    return Path(cfg.data.root)
-
-
-# `Budget.warmup_steps=0`: the image encoder of the first Table 1 (docs/ablation_scratch_encoder.md), a ViT
-# trained from scratch with the rest at the one learning rate of the rest; `key=value` extras override it.
-SCRATCH_ENCODER = ["model.vision.conv_stem=false", "train.vision_warmup_minutes=0", "train.vision_lr_scale=1"]
+        return make(cfg, progress=progress)
 
 
 def _config(data: Path, out: Path, steps: int, batch: int, seed: int, budget: Budget, extra: list[str],
-            progress: bool) -> Config:
-    encoder = SCRATCH_ENCODER if budget.warmup_steps == 0 else ["train.vision_warmup_minutes=0"]  # warmed: below
-    return load_config(None, [
-        f"data.root={data}", f"train.output_dir={out}", f"train.max_steps={steps}", "train.max_minutes=0",
-        f"train.eval_every={steps}", f"train.save_every={steps}", f"train.batch_size={batch}",
-        f"train.seed={seed}", f"train.threads={budget.threads}", f"train.progress={str(progress).lower()}",
-        f"data.k_test={budget.k_test}", "data.num_workers=0",
-        "train.itm_finish_steps=0",  # Table 1 compares the paper's objectives; the recipe's last ITM step is not one
-        *encoder, *extra], "tiny")
+            progress: bool) -> RecipeConfig:
+    """The tiny preset for one stage of a run; `extra` (`key=value`, a user's or a variant's) last."""
+    cfg = tiny()
+    cfg.data.root, cfg.data.k_test, cfg.data.num_workers = str(data), budget.k_test, 0
+    t = cfg.train
+    t.output_dir, t.max_steps, t.eval_every, t.save_every, t.max_minutes = str(out), steps, steps, steps, 0.0
+    t.batch_size, t.seed, t.threads, t.progress = batch, seed, budget.threads, progress
+    sw = cfg.shapesworld
+    sw.itm_finish_steps = 0  # Table 1 compares the paper's objectives; the recipe's last ITM step is not one
+    sw.warmup_minutes = 0.0  # the seed's encoder is warmed up once (`warmed_encoder`), not per run
+    if budget.warmup_steps == 0:  # the first Table 1's encoder (docs/ablation_scratch_encoder.md): a ViT trained
+        cfg.model.vision.conv_stem, sw.vision_lr_scale = False, 1.0  # from scratch at the one lr of the rest
+    return with_overrides(cfg, extra)
 
 
 def warmed_encoder(noise: float, seed: int, root: str | Path, budget: Budget, extra: list[str] | None = None,
@@ -120,13 +121,13 @@ def warmed_encoder(noise: float, seed: int, root: str | Path, budget: Budget, ex
     changes captions only; the warm-up reads images and scene graphs). Returns (its file, the warm-up's record)."""
     import torch
 
-    from albef_lab.train.vision_warmup import warm_up_to_file, warmup_config
+    from albef_lab.shapesworld.warmup import warm_up_to_file, warmup_config
 
     data = make_world(root, noise, budget)
     cfg = _config(data, Path(root), budget.warmup_steps, budget.batch_size, seed, budget, list(extra or []), progress)
     t = cfg.train
-    wcfg = warmup_config(t, minutes=0, steps=budget.warmup_steps, max_steps=0, batch_size=budget.batch_size,
-                         seed=seed, progress=progress)
+    wcfg = warmup_config(cfg.shapesworld, t, minutes=0, steps=budget.warmup_steps, max_steps=0,
+                         batch_size=budget.batch_size, seed=seed, progress=progress)
     what = {k: v for k, v in asdict(wcfg).items() if k != "progress"}
     key = hashlib.sha1(json.dumps([asdict(cfg.model.vision), what, budget.world_images],
                                   sort_keys=True).encode()).hexdigest()[:8]
@@ -171,7 +172,7 @@ def pretrain_variant(variant: str, noise: float, seed: int, root: str | Path, bu
             encoder = []
             if budget.warmup_steps:  # the seed's warmed-up encoder, frozen, as the tiny recipe's pre-training
                 vit, warmup = warmed_encoder(noise, seed, root, budget, extra, progress)
-                encoder = [f"model.init_vision={vit}", "train.freeze_vision=true"]
+                encoder = [f"model.init_vision={vit}", "shapesworld.freeze_vision=true"]
             cfg = _config(data, out, budget.pretrain_steps, budget.batch_size, seed, budget,
                           [*v.pretrain, *encoder, *(extra or [])], progress)
             result = pretrain(cfg)
@@ -249,10 +250,8 @@ def run_variant(variant: str, noise: float, seed: int, out: str | Path, root: st
 
 
 def _write_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    tmp.replace(path)  # a killed run never leaves a half-written result that looks finished
+    """A killed run never leaves a half-written result that looks finished."""
+    write_text_atomic(path, json.dumps(obj, indent=1))
 
 
 # --- the sweep ------------------------------------------------------------------------------------

@@ -2,10 +2,9 @@
 ImageNet-trained DeiT, made in minutes. A linear head reads each training object's shape, colour and size (with
 `place`, also its column and row) from the mean of the ViT's tokens over its box.
 
-Why (docs/itm_recipe.md): trained from scratch by ALBEF's objectives, the tiny ViT never learns shape (a linear
-probe reads it at 15-30 %), so the fused half cannot tell a shape edit from its caption; warmed up and kept frozen
-through pre-training (the engine does both when `train.vision_warmup_minutes` / `_steps` is set), it shows shape
-to the fused half, and ITM re-ranking raises retrieval.
+Why (docs/itm_recipe.md): trained from scratch by ALBEF's objectives, the tiny ViT never learns shape, so the
+fused half cannot tell a shape edit from its caption; warmed up and kept frozen through pre-training (the stage
+`VisionWarmup`, with `shapesworld.warmup_minutes` / `_steps`), it shows shape to the fused half.
 """
 
 from __future__ import annotations
@@ -21,14 +20,14 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from albef_lab.config import TrainConfig, VisionConfig
-from albef_lab.data import world as W
 from albef_lab.data.datasets import read_rgb
 from albef_lab.data.formats import read_json
 from albef_lab.data.transforms import eval_transform
-from albef_lab.eval.inspect import cls_attention_on_objects, object_features, object_tokens
 from albef_lab.models.base import eval_mode
 from albef_lab.models.checkpoint import save_atomic
 from albef_lab.models.vit import VisionTransformer
+from albef_lab.shapesworld import world as W
+from albef_lab.shapesworld.probes import cls_attention_on_objects, object_features, object_tokens
 
 BINS = 3  # where an object is (`place`): the third of the image (column, row) that holds its centre
 WHAT = (("shape", W.SHAPES), ("colour", list(W.COLOURS)), ("size", list(W.SIZES)))
@@ -58,13 +57,41 @@ class WarmupConfig:
     progress: bool = True
 
 
-def warmup_config(t: TrainConfig, **overrides) -> WarmupConfig:
-    """The warm-up a training config asks for (`train.vision_warmup_*`, its lr, batch and seed)."""
-    cfg = WarmupConfig(minutes=t.vision_warmup_minutes, steps=t.vision_warmup_steps,
-                       max_steps=t.vision_warmup_max_steps, lr=t.lr, weight_decay=t.weight_decay,
-                       batch_size=t.batch_size, seed=t.seed, tokens=t.vision_warmup_tokens,
-                       positions=t.vision_warmup_positions, summary=t.vision_warmup_summary)
+def warmup_config(sw, t: TrainConfig, **overrides) -> WarmupConfig:
+    """The warm-up a run asks for (`shapesworld.warmup_*`, and the run's lr, batch and seed)."""
+    cfg = WarmupConfig(minutes=sw.warmup_minutes, steps=sw.warmup_steps, max_steps=sw.warmup_max_steps, lr=t.lr,
+                       weight_decay=t.weight_decay, batch_size=t.batch_size, seed=t.seed, tokens=sw.warmup_tokens,
+                       positions=sw.warmup_positions, summary=sw.warmup_summary, progress=t.progress)
     return replace(cfg, **overrides)
+
+
+class VisionWarmup:
+    """The stage: on a fresh pre-training, the image encoder learns ShapesWorld's objects before ALBEF starts
+    (every rank the same way); its minutes count against `train.max_minutes`, and it stays frozen after."""
+
+    name, before, kept_minutes = "vision_warmup", True, 0.0
+
+    def __init__(self, cfg: WarmupConfig, data: str | Path):
+        self.cfg, self.data = cfg, data
+        self.asked = 0 if cfg.steps else cfg.max_steps  # a clock may cut a run by minutes short of these
+
+    def run(self, trainer, seconds_left: float | None) -> dict:
+        t, kept = trainer.cfg.train, trainer.kept_minutes()  # the stages after training share the same budget
+        if t.max_minutes and not self.cfg.steps and self.cfg.minutes + kept >= t.max_minutes:
+            also = f" with {kept:g} minutes kept for the stages after training" if kept else ""
+            raise ValueError(f"shapesworld.warmup_minutes={self.cfg.minutes:g}{also} leaves nothing of "
+                             f"train.max_minutes={t.max_minutes:g} for pre-training: raise max_minutes, or lower the "
+                             f"warm-up (0 = none)")
+        record = warm_up_vision(trainer.model.visual_encoder, self.data,
+                                replace(self.cfg, progress=self.cfg.progress and trainer.main))
+        trainer.model.copy_params()  # the momentum copies start from the warmed-up encoder
+        if trainer.main:
+            print(f"vision warm-up: {record['steps']} steps in {record['minutes']} minutes; held-out "
+                  f"{record['held_out']}")
+        return {**record, "asked": self.asked or record["steps"]}
+
+    def every_step(self) -> str:
+        return f"shapesworld.warmup_steps={self.asked}" if self.asked else ""
 
 
 def attribute(o: W.Obj, name: str):

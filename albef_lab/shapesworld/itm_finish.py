@@ -6,7 +6,8 @@ accepts about half of the most ITC-similar false captions (docs/itm_recipe.md). 
 a few hundred steps on each training image's most ITC-similar captions that its scene graph says are false, plus a
 share of random false captions. Only the fusion layers and the ITM head learn: the image encoder, the text-mode
 layers and the projections (everything ITC reads) stay as they were, so ITC retrieval does not move.
-Off (0 steps) everywhere but the tiny preset: the original has no such step.
+The stage `ITMFinish` (`shapesworld.itm_finish_*`); off everywhere but the tiny preset: the original has no such
+step.
 """
 
 from __future__ import annotations
@@ -20,13 +21,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from albef_lab.data import world as W
 from albef_lab.data.datasets import PretrainDataset, read_rgb
 from albef_lab.data.formats import pre_caption
 from albef_lab.data.tokenizer import Tokenizer
 from albef_lab.data.transforms import eval_transform
 from albef_lab.eval.retrieval import encode_images, encode_texts
 from albef_lab.models.base import eval_mode
+from albef_lab.shapesworld import world as W
 
 
 @dataclass
@@ -63,7 +64,7 @@ def fused_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
 
 
 @torch.no_grad()
-def encode_split(model: nn.Module, tok: Tokenizer, dataset: PretrainDataset, scenes: list, k: int,
+def encode_training_split(model: nn.Module, tok: Tokenizer, dataset: PretrainDataset, scenes: list, k: int,
                  max_tokens: int, batch: int = 256) -> Split:
     """Encode the training split as pre-training reads it (`pre_caption`'d captions, the task's scene of each
     image index); mine each image's `k` most ITC-similar false captions."""
@@ -118,12 +119,12 @@ def draw_batch(split: Split, cfg: FinishConfig, rng: random.Random) -> tuple[Ten
     return rows, torch.tensor(pos + neg), labels
 
 
-def finish_itm(model: nn.Module, tok: Tokenizer, dataset: PretrainDataset, scenes: list, cfg: FinishConfig,
-               max_tokens: int = 30) -> dict:
+def train_itm_alone(model: nn.Module, tok: Tokenizer, dataset: PretrainDataset, scenes: list, cfg: FinishConfig,
+                    max_tokens: int = 30) -> dict:
     """Train the fused half in place (ITM only) on pre-training's own split (`scenes`: each image index's scene
     graph); returns steps, time, and the mean loss of the first and last 50 steps."""
     start = time.perf_counter()
-    split = encode_split(model, tok, dataset, scenes, cfg.mined, max_tokens)
+    split = encode_training_split(model, tok, dataset, scenes, cfg.mined, max_tokens)
     params = fused_parameters(model)
     trained = {id(p) for _, p in params}
     frozen = [p for p in model.parameters() if id(p) not in trained and p.requires_grad]
@@ -157,3 +158,31 @@ def finish_itm(model: nn.Module, tok: Tokenizer, dataset: PretrainDataset, scene
             "loss_first50": round(sum(losses[:50]) / max(1, len(losses[:50])), 4),
             "loss_last50": round(sum(losses[-50:]) / max(1, len(losses[-50:])), 4),
             "mined_per_image": round(sum(map(len, split.negatives)) / len(split.negatives), 2)}
+
+
+class ITMFinish:
+    """The stage: after pre-training, `train_itm_alone` on rank 0 (the others take its weights), with the minutes
+    the main loop kept for it (`shapesworld.itm_finish_minutes`) and whatever else is left of the clock."""
+
+    name, before, old_flag = "itm_finish", False, "itm_finished"
+
+    def __init__(self, cfg: FinishConfig, kept_minutes: float):
+        self.cfg, self.kept_minutes, self.asked = cfg, kept_minutes, cfg.steps
+
+    def run(self, trainer, seconds_left: float | None) -> dict:
+        import torch.distributed as dist
+
+        record = {}
+        if trainer.main:
+            cfg = FinishConfig(**{**vars(self.cfg), "max_seconds": max(seconds_left or 0.0, 0.0)})
+            record = train_itm_alone(trainer.model, trainer.tokenizer, trainer.train_base, trainer.task.scenes, cfg,
+                                     trainer.cfg.data.max_tokens)
+            trainer.bar.write(f"ITM on mined negatives: {record['steps']} steps in {record['minutes']} minutes, "
+                              f"loss {record['loss_last50']:.3f}")
+        if trainer.world > 1:
+            for p in trainer.model.parameters():
+                dist.broadcast(p.data, 0)
+        return {**record, "asked": self.asked}
+
+    def every_step(self) -> str:
+        return ""  # the minutes kept for it decide: train.max_minutes=0 gives it every step
