@@ -229,12 +229,13 @@ def pretrained_to_task(state_dict: dict[str, Tensor], task: str, fusion_layer: i
     """
     from albef_lab.models.registry import task_spec
 
-    expand_fusion = task_spec(task).expand_fusion
+    spec = task_spec(task)
+    expand_fusion = spec.expand_fusion
     out: dict[str, Tensor] = {}
     for key, value in state_dict.items():
         is_text = key.startswith(("text_encoder.", "text_encoder_m."))
         new = key.replace(".bert.", ".", 1) if is_text else key
-        if task == "vqa" and is_text:
+        if spec.decoder_from_fusion and is_text:
             dec = key.replace("text_encoder", "text_decoder", 1)
             loc = _layer_index(dec)
             if loc is None:
