@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,47 +132,3 @@ def app_module(name: str = "main"):
         sys.modules[key] = module
         spec.loader.exec_module(module)
     return sys.modules[key]
-
-
-def object_query_accuracy(wb: Workbench, data: str | Path, rerank: bool = True, kind: str = "pair") -> dict[str, float]:
-    """How often the top image of a one-object query shows what it names, beside the chance of a random image.
-
-    kind: "pair" ("a red circle": colour and shape), "shape" ("a circle"), "colour" ("a red shape"); every
-    value present in the gallery is queried once; ShapesWorld's scene graphs decide.
-    """
-    def facts(o: dict) -> str:
-        return {"pair": f"{o['colour']} {o['shape']}", "shape": o["shape"], "colour": f"{o['colour']} shape"}[kind]
-
-    scenes = {Path(s["image"]).name: {facts(o) for o in s["objects"]}
-              for s in json.loads((Path(data) / "scenes.json").read_text())}
-    shown = [scenes.get(p.name, set()) for p in wb.gallery.paths]
-    values = sorted(set().union(*shown))
-    hits, chance = 0, 0.0
-    for v in values:
-        rows, _ = wb.search(f"a {v}", k=8 if rerank else 1, rerank=rerank)
-        hits += v in scenes.get(Path(rows[0]["path"]).name, set())
-        chance += sum(v in s for s in shown) / len(shown)
-    return {"queries": len(values), "top1_acc": 100.0 * hits / len(values), "chance": 100.0 * chance / len(values)}
-
-
-def colour_word_hits(wb: Workbench, data: str | Path, limit: int = 100) -> dict[str, float]:
-    """On test images of two objects of different colours: how often the ITM Grad-CAM map of a colour word, in
-    "a <colour> <shape>" of either object, is hotter (mean over the patches under each box) on the object it names
-    than on the other one. 50 % is a map that ignores the word."""
-    from albef_lab.inference import read_image
-    from albef_lab.shapesworld.probes import patches_under
-
-    scenes = [s for s in json.loads((Path(data) / "scenes.json").read_text()) if s["split"] == "test"
-              and len(s["objects"]) == 2 and s["objects"][0]["colour"] != s["objects"][1]["colour"]][:limit]
-    hits = n = 0
-    for s in scenes:
-        image = read_image(Path(data) / s["image"])
-        for own, other in ((0, 1), (1, 0)):
-            o = s["objects"][own]
-            r = wb.explain(image, f"a {o['colour']} {o['shape']}")
-            heat = dict(r["words"])[o["colour"]].flatten()
-            grid = math.isqrt(heat.numel())
-            on = [heat[[i - 1 for i in patches_under(s["objects"][k]["box"], grid)]].mean() for k in (own, other)]
-            hits += bool(on[0] > on[1])
-            n += 1
-    return {"pairs": n, "hit_rate": 100.0 * hits / max(1, n)}

@@ -126,7 +126,7 @@ class Loaded:
                 "resized": self.report.resized, "inferred": self.inferred}
 
 
-DEMO_TASKS = ("pretrain", "retrieval", "vqa")  # what the workbench shows: matching models and VQA
+DEMO_TASKS = ("pretrain", "retrieval", "grounding", "vqa")  # what the workbench shows: matching models and VQA
 
 
 def load_checkpoint(path: str | Path, arch: ModelConfig | None = None) -> Loaded:

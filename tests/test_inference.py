@@ -200,7 +200,7 @@ def test_sliding_windows_cover_the_image():
 
 
 def test_object_query_accuracy_is_measured_against_chance(wb, tmp_path):
-    from albef_lab.demo import object_query_accuracy
+    from albef_lab.shapesworld.measures import object_query_accuracy
 
     data = wb.gallery.paths[0].parents[1]
     out = object_query_accuracy(wb, data)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from albef_lab.eval.retrieval import chance_recall
-from albef_lab.shapesworld import load_config
+from albef_lab.shapesworld import load_config, recipe
 from albef_lab.shapesworld.export import WorldSettings, write_world
 from albef_lab.train import engine as E
 from tests.helpers import metric_rows
@@ -56,7 +56,7 @@ def workbench(pretrained, tmp_path_factory):
 
 def finetune(world: Path, run: Path, out: Path, task: str, steps: int = 120, *extra: str) -> tuple[dict, object]:
     """Fine-tune from the pre-training in `run` (NLVR2 after its text assignment, as the paper)."""
-    return E.finetune_tiny(task, world, out, run / "model.pth", steps, extra)
+    return recipe.finetune(task, world, out, run / "model.pth", steps, extra)
 
 
 def test_pretraining_lifts_zero_shot_retrieval_to_ten_times_chance(pretrained):
@@ -93,7 +93,7 @@ def test_the_last_itm_step_lifts_the_hardest_negative_accuracy_and_leaves_itc_al
 def test_search_puts_the_image_that_shows_the_query_first_and_the_itm_rerank_helps(pretrained, workbench):
     """One-object queries ("a red circle") over the 300 held-out images: the scene graphs say which images are
     right. Top-1 after the ITM re-rank is far above a random image and above ITC's own top-1."""
-    from albef_lab.demo import object_query_accuracy
+    from albef_lab.shapesworld.measures import object_query_accuracy
 
     world, _, _ = pretrained
     reranked = object_query_accuracy(workbench, world, rerank=True)
@@ -137,7 +137,7 @@ def test_describe_and_explain_read_the_image(pretrained, workbench):
 def test_a_colour_words_map_heats_the_object_it_names(pretrained, workbench):
     """Two objects of different colours: the map of "red" in "a red circle" is hotter on the red circle than on
     the other object (a map that ignores the word: 50 %)."""
-    from albef_lab.demo import colour_word_hits
+    from albef_lab.shapesworld.measures import colour_word_hits
 
     world, _, _ = pretrained
     hits = colour_word_hits(workbench, world, limit=60)
