@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -122,6 +123,32 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_classify(args: argparse.Namespace) -> int:
+    from albef_lab.data.tokenizer import load_tokenizer
+    from albef_lab.inference import InputError, Workbench, load_checkpoint, read_image
+    from albef_lab.shapesworld import load_config
+
+    checkpoint = Path(args.checkpoint or Path(args.runs) / "pretrain" / "model.pth")
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"{checkpoint} not found: give --checkpoint, or build the demo's models once "
+                                "(`albef-lab demo`)")
+    loaded = load_checkpoint(checkpoint, load_config(None, [], args.preset).model)
+    if loaded.task == "vqa":
+        raise ValueError(f"{checkpoint} is a VQA model; classify needs a pre-training or retrieval model")
+    wb = Workbench(load_tokenizer(args.tokenizer or Path(args.data) / "vocab"), loaded)
+    try:
+        rows, notes = wb.classify(read_image(args.image), args.labels, args.template, rerank=not args.no_rerank)
+    except InputError as e:
+        raise ValueError(str(e)) from None
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"{'label':<24} {'ITC':>7} {'P(ITC)':>7}" + ("" if args.no_rerank else f" {'P(ITM)':>7}"))
+    for r in rows:
+        print(f"{r['label']:<24} {r['itc']:>7.3f} {r['itc_prob']:>7.3f}" + ("" if args.no_rerank else
+                                                                          f" {r['itm']:>7.3f}"))
+    return 0
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
     from albef_lab.train.plot import plot_metrics
 
@@ -193,6 +220,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "each expression's map scored against another object's box (text)")
     _add_config_args(p, None)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("classify", help="zero-shot classification of an image: ITC over the labels, ITM re-ranks")
+    p.add_argument("image")
+    p.add_argument("--labels", required=True, help='comma-separated, e.g. "circle, square, triangle"')
+    p.add_argument("--template", default="a photo of a {}", help="each label goes where {} is")
+    p.add_argument("--checkpoint", default=None, help="pre-training or retrieval model (default: the demo's)")
+    p.add_argument("--preset", default="base", help="architecture of an official file")
+    p.add_argument("--tokenizer", default=None, help="folder with vocab.txt (default: DATA/vocab)")
+    p.add_argument("--runs", default="runs/demo", help="where the demo's models live")
+    p.add_argument("--data", default="data/shapesworld")
+    p.add_argument("--no-rerank", action="store_true", help="ITC alone")
+    p.set_defaults(func=cmd_classify)
 
     p = sub.add_parser("plot", help="draw the curves of a run (metrics.jsonl -> PNG)")
     p.add_argument("run", help="run directory or metrics.jsonl")

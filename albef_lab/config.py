@@ -93,6 +93,9 @@ class ModelConfig:
     # that attends to it (plus: retrieval re-ranks without trailing padding, VQA ranking applies the vocabulary
     # head only where a token is predicted). False restores the path of before (same numbers, for A/B timing).
     share_cross_kv: bool = True
+    # MLM's vocabulary head (and the teacher's) only at the masked positions, the only ones its loss reads (same
+    # loss; False: every position, as the original).
+    mlm_masked_only: bool = True
 
 
 @dataclass

@@ -126,6 +126,7 @@ class Loaded:
                 "resized": self.report.resized, "inferred": self.inferred}
 
 
+MAX_LABELS = 100  # classify: one fused pass per label
 DEMO_TASKS = ("pretrain", "retrieval", "grounding", "vqa")  # what the workbench shows: matching models and VQA
 
 
@@ -337,6 +338,40 @@ class Workbench:
         top = sims.topk(min(k, len(sims)))
         return [{"caption": self.captions[i], "itc": float(s)} for s, i in zip(top.values.tolist(),
                                                                                top.indices.tolist(), strict=True)]
+
+    @torch.no_grad()
+    def classify(self, image: Image.Image, labels: list[str] | str, template: str = "a photo of a {}",
+                 rerank: bool = True) -> tuple[list[dict], list[str]]:
+        """Zero-shot classification: each label in the template is a caption; ITC's softmax over them (at the
+        model's temperature) ranks them, ITM's match probability re-ranks. Labels: a list or comma-separated."""
+        if isinstance(labels, str):
+            labels = labels.split(",")
+        labels = list(dict.fromkeys(" ".join(str(x).split()) for x in labels if str(x).strip()))
+        if len(labels) < 2:
+            raise InputError("give at least two different labels (comma-separated)")
+        if len(labels) > MAX_LABELS:
+            raise InputError(f"{len(labels)} labels; at most {MAX_LABELS}")
+        if not isinstance(template, str) or template.count("{}") != 1:
+            raise InputError('the template must hold "{}" once, where each label goes (e.g. "a photo of a {}")')
+        texts = [self.text(template.format(x), "label") for x in labels]
+        notes = list(dict.fromkeys(n for t in texts for n in t.notes))
+        ids, mask = self.tok([template.format(x) for x in labels], max_length=self.max_tokens)
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        model = self.model
+        with self.lock.shared(), eval_mode(model):
+            image_states, image_feat = model.encode_image(self.pixels(image))
+            text_states, text_feat = model.encode_text(ids, mask)
+            sims = (text_feat @ image_feat[0]).cpu()
+            probs = (sims / model.temp.detach().cpu()).softmax(0)
+            rows = [{"label": x, "text": template.format(x), "itc": float(s), "itc_prob": float(p)}
+                    for x, s, p in zip(labels, sims.tolist(), probs.tolist(), strict=True)]
+            if rerank:
+                n = len(rows)
+                logits = model.itm_logits(text_states, mask, image_states.expand(n, -1, -1))
+                for r, p in zip(rows, match_probability(logits).tolist(), strict=True):
+                    r["itm"] = p
+        rows.sort(key=lambda r: -r["itm" if rerank else "itc"])
+        return rows, notes
 
     # --- VQA ---
     @torch.no_grad()

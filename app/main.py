@@ -98,6 +98,12 @@ def build_app(wb: Workbench) -> gr.Blocks:
         return "\n".join(f"{i + 1}. {r['caption']} (ITC {r['itc']:.3f})" for i, r in enumerate(rows))
 
     @user_errors
+    def classify(image: str, labels: str, template: str = "a photo of a {}", rerank: bool = True):
+        rows, notes = wb.classify(read_image(image_arg(image)), labels, template, rerank)
+        key = "itm" if rerank else "itc_prob"
+        return {r["label"]: r[key] for r in rows}, warn(notes)
+
+    @user_errors
     def answer(image: str, question: str, k: float = 5):
         rows, notes = wb.answer(read_image(image_arg(image)), question, k)
         return {r["answer"]: r["score"] for r in rows}, warn(notes)
@@ -133,7 +139,8 @@ def build_app(wb: Workbench) -> gr.Blocks:
         return as_file(draw_boxes(shown, boxes)), as_file(overlay(shown, r["sentence"])), info + notes
 
     with gr.Blocks(title="albef-lab workbench") as demo:
-        gr.Markdown("# albef-lab workbench\nALBEF (Align before Fuse): retrieval, VQA, Grad-CAM and grounding.")
+        gr.Markdown("# albef-lab workbench\nALBEF (Align before Fuse): retrieval, VQA, Grad-CAM, grounding and "
+                    "zero-shot classification.")
         with gr.Accordion("About the model", open=False):
             gr.JSON(value=wb.about(), label="loaded checkpoints")
         with gr.Tab("Retrieval"):
@@ -203,6 +210,20 @@ def build_app(wb: Workbench) -> gr.Blocks:
             locate.click(ground, [r_image, expression, r_mode, r_layer], [chosen, heat, ground_info], api_name="ground")
             if examples:
                 gr.Examples([[examples[0], "the large shape"], [examples[3], "the red shape"]], [r_image, expression])
+        with gr.Tab("Classify"):
+            with gr.Row():
+                c_image = image_input(label="Image", elem_id="classify-image")
+                with gr.Column():
+                    labels = gr.Textbox(label="Labels (comma-separated)", placeholder="circle, square, triangle",
+                                        elem_id="classify-labels")
+                    template = gr.Textbox(label="Template ({} is the label)", value="a photo of a {}")
+                    c_rerank = gr.Checkbox(value=True, label="re-rank with ITM (else: ITC's softmax)")
+                    run = gr.Button("Classify", variant="primary")
+            ranked = gr.Label(label="Labels", num_top_classes=10, elem_id="classify-labels-out")
+            classify_notes = gr.Markdown()
+            run.click(classify, [c_image, labels, template, c_rerank], [ranked, classify_notes], api_name="classify")
+            if examples:
+                gr.Examples([[examples[0], "circle, square, triangle, star", "a {}"]], [c_image, labels, template])
     return demo
 
 

@@ -78,6 +78,17 @@ def ground(page, image: str, expression: str) -> None:
     page.locator("#ground-heat img").first.wait_for()
 
 
+def classify(page, image: str, labels: str, template: str = "a {}") -> str:
+    """Upload an image, type labels and a template, press Classify; returns the best label's text."""
+    open_with_image(page, "Classify", "classify-image", image)
+    page.locator("#classify-labels textarea").fill(labels)
+    page.get_by_label("Template ({} is the label)").fill(template)
+    page.get_by_role("button", name="Classify").click()
+    best = page.locator("#classify-labels-out h2")
+    best.first.wait_for()
+    return best.first.inner_text()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--url", default="http://127.0.0.1:7860")
@@ -96,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         page.screenshot(path=str(out / "tab_gradcam.png"), full_page=True)
         ground(page, image, "the red shape")
         page.screenshot(path=str(out / "tab_grounding.png"), full_page=True)
+        classify(page, image, "circle, square, triangle, star")
+        page.screenshot(path=str(out / "tab_classify.png"), full_page=True)
     print(f"screenshots in {out}/")
     return 0
 

@@ -54,7 +54,8 @@ def endpoint_requests(image_a: str, image_b: str) -> list[tuple[str, tuple]]:
     return [("/search", ("a red circle", 4, True)), ("/describe", (a,)),
             ("/answer", (b, "how many shapes are there")),
             ("/gradcam", (a, "a red circle", "itm", None, True)), ("/gradcam", (b, "two shapes", "itc", None, False)),
-            ("/ground", (b, "the red shape", "itm", None)), ("/ground", (a, "the large shape", "itc", None))]
+            ("/ground", (b, "the red shape", "itm", None)), ("/ground", (a, "the large shape", "itc", None)),
+            ("/classify", (a, "circle, square, triangle, star", "a {}", True))]
 
 
 def hammer(url: str, todo: list[tuple[str, tuple]], clients: int, repeats: int, downloads: Path,

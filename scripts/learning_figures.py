@@ -3,9 +3,9 @@
     python scripts/learning_figures.py [--out runs/learning_figures] [--warmup 600 --steps 360 --finish 600]
 
 One JSON line per stage: the pre-training's held-out numbers; the workbench on the trained model (one-object search
-with and without the ITM re-rank against a random image, colour-word maps); the retrieval, grounding, SNLI-VE,
-NLVR2 and VQA fine-tunes, each beside its controls (chance, majority, text-only guess, images shuffled, a map on a
-random object, another object's words). docs/results.md quotes a run of it.
+with and without the ITM re-rank against a random image, colour-word maps, zero-shot classification); the
+retrieval, grounding, SNLI-VE, NLVR2 and VQA fine-tunes, each beside its controls (chance, majority, text-only
+guess, images shuffled, a map on a random object, another object's words). docs/results.md quotes a run of it.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from albef_lab.eval.grounding import layer_sweep
 from albef_lab.models.factory import load_model
 from albef_lab.shapesworld import load_config
 from albef_lab.shapesworld.export import WorldSettings, write_world
-from albef_lab.shapesworld.measures import colour_word_hits, object_query_accuracy
+from albef_lab.shapesworld.measures import classify_accuracy, colour_word_hits, object_query_accuracy
 from albef_lab.shapesworld.recipe import finetune
 from albef_lab.train import engine as E
 
@@ -55,6 +55,8 @@ def main(argv: list[str] | None = None) -> None:
     wb = build_workbench([str(run / "model.pth")], runs=str(out / "demo"), data=str(world), progress=False)
     show("search", reranked=object_query_accuracy(wb, world), itc=object_query_accuracy(wb, world, rerank=False))
     show("colour_words", **colour_word_hits(wb, world, limit=60))
+    for kind in ("shape", "colour"):
+        show(f"classify_{kind}", itm=classify_accuracy(wb, world, kind), itc=classify_accuracy(wb, world, kind, False))
 
     r, _ = finetune("retrieval", world, out / "retrieval", run / "model.pth", 40, ["data.k_test=16"])
     show("retrieval", **{k: r[k] for k in ("img_r1", "itc_img_r1", "txt_r1", "itc_txt_r1")})

@@ -24,7 +24,7 @@ def image(wb, i=0):
 def test_the_endpoints_are_the_documented_ones(served):
     _, client, _ = served
     names = set(client.view_api(return_format="dict")["named_endpoints"])
-    assert {"/search", "/describe", "/answer", "/gradcam", "/ground"} <= names
+    assert {"/search", "/describe", "/answer", "/gradcam", "/ground", "/classify"} <= names
 
 
 def test_search_returns_gallery_images_with_scores(served):
@@ -45,6 +45,19 @@ def test_answer_gives_five_answers_from_the_list(served):
     wb, client, _ = served
     label, notes = client.predict(image(wb), "how many shapes are there", api_name="/answer")
     assert len(label["confidences"]) == 5 and label["label"] in wb.answer_list
+
+
+def test_classify_ranks_the_labels_as_the_workbench_does(served):
+    from albef_lab.inference import read_image
+
+    wb, client, _ = served
+    label, notes = client.predict(image(wb), "circle, square, triangle", "a {}", True, api_name="/classify")
+    rows, _ = wb.classify(read_image(wb.gallery.paths[0]), "circle, square, triangle", "a {}")
+    assert label["label"] == rows[0]["label"]
+    assert [c["label"] for c in label["confidences"]] == [r["label"] for r in rows]
+    assert [c["confidence"] for c in label["confidences"]] == pytest.approx([r["itm"] for r in rows], abs=1e-6)
+    by_itc, _ = client.predict(image(wb), "circle, square, triangle", "a {}", False, api_name="/classify")
+    assert sum(c["confidence"] for c in by_itc["confidences"]) == pytest.approx(1.0, abs=1e-4)  # ITC's softmax
 
 
 def test_gradcam_returns_maps_per_word_and_per_method(served):
@@ -97,6 +110,10 @@ BAD = "holiday.png"
     ("/ground", (None, "the red shape", "itm", None), "no image"), ("/ground", ("IMAGE", "  ", "itm", None), "empty"),
     ("/ground", (BAD, "the red shape", "itm", None), "holiday.png is not an image"),
     ("/ground", ("IMAGE", "the red shape", "itm", 0), "not in the list of choices"),
+    ("/classify", (None, "circle, square", "a {}", True), "no image"),
+    ("/classify", ("IMAGE", "circle", "a {}", True), "at least two"),
+    ("/classify", ("IMAGE", "circle, square", "a photo", True), "once"),
+    ("/classify", (BAD, "circle, square", "a {}", True), "holiday.png is not an image"),
 ])
 def test_bad_input_on_every_endpoint_gets_its_message_and_the_server_goes_on(served, endpoint, args, message):
     wb, client, root = served

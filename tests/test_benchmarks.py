@@ -57,11 +57,26 @@ def test_pretrain_bench_reports_every_variant(isolate):
                  "shared K/V bf16 autocast", "per-pair K/V bf16 + act. ckpt", "shared K/V bf16 + act. ckpt"]
     out = run("pretrain_bench.py", *args)
     rows = [ln for ln in out.splitlines() if ln.startswith(("per-pair", "shared", "explicit"))]
-    assert len(rows) == (4 if isolate else 11)
+    assert len(rows) == (5 if isolate else 12)
     assert speedup(out) > 0
+    if not isolate:
+        assert float(re.search(r"^mlm head speedup: ([\d.]+)$", out, re.M).group(1)) > 0
 
 
 def test_profile_step_groups_the_ops():
     out = run("profile_step.py", "--preset", "tiny", "--batch", "4", "--steps", "1", "--top", "5")
     assert "matrix products" in out
     assert re.search(r"^outside ops: \d+\.\d%$", out.strip().splitlines()[-1])
+
+
+def test_gpu_check_dry_run_on_the_cpu():
+    """The GPU check's script, as a dry run: every block prints, and a bf16 loss far from fp32's fails it."""
+    args = ["--preset", "tiny", "--device", "cpu", "--batch", "4", "--max-batch", "8", "--steps", "1",
+            "--res", "64", "--images", "8", "--skip-loader", "--no-compile"]
+    out = run("gpu_check.py", *args)
+    assert re.search(r"^\s+4\s+False\s+[\d.]+\s+[\d.]+", out, re.M) and "largest batch that fits: 8" in out
+    assert re.search(r"^loss_mlm\s+fp32", out, re.M) and "retrieval, 8 images x 40 texts at 64 px" in out
+    assert out.strip().splitlines()[-1] == "gpu check: ok"
+    strict = subprocess.run([sys.executable, str(BENCH / "gpu_check.py"), *args, "--rtol", "1e-9"],
+                            capture_output=True, text=True, timeout=300)
+    assert strict.returncode == 1 and "differ from fp32" in strict.stdout

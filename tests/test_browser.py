@@ -6,6 +6,7 @@ import shutil
 import pytest
 
 from albef_lab.demo import app_module
+from albef_lab.inference import read_image
 from tests.helpers import serve_demo
 
 pytest.importorskip("playwright")
@@ -34,6 +35,8 @@ def test_a_person_searches_asks_and_explains(url, tmp_path):
             n_words, n_methods = screens.gradcam(page, image, "a red circle")
             assert n_words == 3 and n_methods == 4
             screens.ground(page, image, "the red circle")
+            rows, _ = wb.classify(read_image(image), "circle, square, triangle, star", "a {}")
+            assert screens.classify(page, image, "circle, square, triangle, star") == rows[0]["label"]
         except Exception:
             shot = os.environ.get("ALBEF_SCREENSHOT_DIR", str(tmp_path))
             page.screenshot(path=os.path.join(shot, "browser_failure.png"), full_page=True)

@@ -32,3 +32,15 @@ def test_a_skip_fails_the_run_in_ci_and_passes_outside(tmp_path):
 def test_a_wrong_reference_dir_is_an_error_not_a_fallback(tmp_path):
     out = run_pytest(tmp_path, "def test_runs():\n    pass\n", ALBEF_REFERENCE_DIR=str(tmp_path / "nowhere"))
     assert out.returncode != 0 and "has no fixtures/ folder" in out.stdout + out.stderr
+
+
+def test_ci_runs_the_readmes_test_command():
+    """CI runs what the README tells a new user to run: its second set-up command is the last line of .ci/run."""
+    import re
+
+    top = Path(__file__).resolve().parents[1]
+    setup = re.search(r"## Set-up.*?```bash\n(.*?)```", (top / "README.md").read_text(), re.S).group(1)
+    test_command = setup.strip().splitlines()[-1].split("#")[0].strip()
+    assert test_command.startswith("python -m pytest"), setup
+    ci = [x.strip() for x in (top / ".ci" / "run").read_text().splitlines() if x.strip() and not x.startswith("#")]
+    assert ci[-1] == test_command

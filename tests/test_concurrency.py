@@ -26,7 +26,7 @@ def served(tmp_path_factory, demo_files):
 def test_every_endpoint_answers_many_clients_as_it_answers_one(served, tmp_path):
     wb, url = served
     todo = LOAD.endpoint_requests(*(str(p) for p in wb.gallery.paths[:2]))
-    assert {name for name, _ in todo} == {"/search", "/describe", "/answer", "/gradcam", "/ground"}
+    assert {name for name, _ in todo} == {"/search", "/describe", "/answer", "/gradcam", "/ground", "/classify"}
     sent, errors, mismatches = LOAD.hammer(url, todo, clients=8, repeats=3, downloads=tmp_path)
     assert sent == 8 * 3 * len(todo)
     assert not errors, f"{len(errors)} of {sent} requests failed: {errors[:5]}"

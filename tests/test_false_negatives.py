@@ -420,3 +420,36 @@ def test_relation_probe_trains_itm_on_true_pairs_and_leaves_a_frozen_encoder_alo
     mod.fine_tune(model, tok, train, test, steps=2, batch=4, lr=1e-2, train_vision=True, random_share=0.0,
                   eval_every=2, seed=0)
     assert not torch.equal(weights("visual_encoder."), vit)
+
+
+@pytest.mark.parametrize("task", ["retrieval", "grounding"])
+def test_the_recipes_fine_tuning_keeps_its_share_of_uniform_itm_negatives(tmp_path, task):
+    """The tiny recipe fine-tunes retrieval and grounding with half of ITM's negatives uniform, as it pre-trains
+    (its measured fine-tuning numbers were made so); the paper's config mines them all."""
+    from albef_lab.config import Config
+    from albef_lab.data.tokenizer import load_tokenizer
+    from albef_lab.shapesworld import load_config
+    from albef_lab.train.tasks import task_class
+    from tests.helpers import make_world
+
+    world = make_world(tmp_path / "w", images=20, seed=2)
+    tok = load_tokenizer(world / "vocab")
+    cfg = load_config(None, [f"data.root={world}"], "tiny")
+    recipe = cfg.plugins(task).task(cfg, tok)
+    assert isinstance(recipe, task_class(task))
+    seen = []
+
+    def net(images, ids, mask, alpha, image_ids=None, generator=None, negatives=None):
+        seen.append(negatives)
+        return {"loss": torch.tensor(0.0)}
+
+    batch = (torch.zeros(2, 3, 64, 64), ["a red circle", "a blue square"], torch.tensor([0, 1]))
+    recipe.forward(net, batch, 0.0, None, torch.device("cpu"))
+    assert seen[0].uniform == 0.5 and seen[0].matches is None
+    cfg.model.hard_negatives = False
+    recipe.forward(net, batch, 0.0, None, torch.device("cpu"))
+    assert seen[1].uniform == 1.0
+    paper = Config()
+    paper.data.root = str(world)
+    task_class(task)(paper, tok).forward(net, batch, 0.0, None, torch.device("cpu"))
+    assert seen[2] is None  # the model's own: the paper's mined negatives

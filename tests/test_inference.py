@@ -128,6 +128,46 @@ def test_describe_returns_the_captions_of_highest_itc_similarity(wb):
     assert rows[0]["itc"] >= max(sims) - 1e-5 > min(sims) + 1e-3
 
 
+def test_classify_ranks_each_label_by_its_own_itm_and_itc_scores(wb):
+    """Each label's ITC similarity and ITM match probability are those of its own caption scored alone; the
+    softmax is over the labels at the model's temperature; the order follows ITM (or ITC without re-ranking)."""
+    from albef_lab.inference import match_probability
+
+    img = read_image(wb.gallery.paths[1])
+    labels = ["circle", "square", "triangle", "star", "circle "]
+    rows, notes = wb.classify(img, labels, "a {}")
+    assert [r["label"] for r in rows] != [] and sorted(r["label"] for r in rows) == ["circle", "square", "star",
+                                                                                    "triangle"]
+    model = wb.model
+    with torch.no_grad():
+        image_states, feat = model.encode_image(wb.pixels(img))
+        for r in rows:
+            t = wb.text(r["text"])
+            states, text_feat = model.encode_text(t.ids, t.mask)
+            assert r["text"] == f"a {r['label']}"
+            assert r["itc"] == pytest.approx(float(text_feat[0] @ feat[0]), abs=1e-5)
+            alone = float(match_probability(model.itm_logits(states, t.mask, image_states))[0])
+            assert r["itm"] == pytest.approx(alone, abs=1e-5)
+    assert [r["itm"] for r in rows] == sorted((r["itm"] for r in rows), reverse=True)
+    assert sum(r["itc_prob"] for r in rows) == pytest.approx(1.0)
+    temp = float(model.temp)
+    top = max(rows, key=lambda r: r["itc"])
+    assert top["itc_prob"] == pytest.approx(1 / sum(np.exp((r["itc"] - top["itc"]) / temp) for r in rows), rel=1e-4)
+    by_itc, _ = wb.classify(img, "circle, square, triangle, star", "a {}", rerank=False)
+    assert [r["label"] for r in by_itc] == [r["label"] for r in sorted(rows, key=lambda r: -r["itc"])]
+    assert "itm" not in by_itc[0]
+
+
+@pytest.mark.parametrize("labels,template,message", [
+    ("circle", "a {}", "at least two"), ("circle, , circle", "a {}", "at least two"), ("", "a {}", "at least two"),
+    (", ".join(f"l{i}" for i in range(101)), "a {}", "at most 100"), ("circle, square", "a photo", '"{}" once'),
+    ("circle, square", "{} {}", '"{}" once'),
+])
+def test_classify_refuses_labels_or_a_template_it_cannot_use(wb, labels, template, message):
+    with pytest.raises(InputError, match=message):
+        wb.classify(read_image(wb.gallery.paths[0]), labels, template)
+
+
 def test_answer_returns_the_top_answers_of_the_list(wb):
     rows, _ = wb.answer(read_image(wb.gallery.paths[0]), "how many shapes are there", k=5)
     assert len(rows) == 5 and all(r["answer"] in wb.answer_list for r in rows)
@@ -227,3 +267,24 @@ def test_an_official_file_is_built_at_the_image_size_of_its_position_table(tmp_p
     assert loaded.model.visual_encoder.pos_embed.shape[1] == 1 + 9
     for k, v in src.state_dict().items():
         assert torch.equal(loaded.model.state_dict()[k], v), k
+
+
+def test_classify_at_the_command_line(wb, demo_files, capsys):
+    """`albef-lab classify`: the workbench's ranking as a table; a VQA file or a missing one is one clear line."""
+    from albef_lab.cli import main
+
+    world, pre, vqa = demo_files
+    image = str(wb.gallery.paths[1])
+    args = ["classify", image, "--labels", "circle, square, triangle", "--template", "a {}", "--data", str(world)]
+    assert main([*args, "--checkpoint", str(pre)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    rows, _ = wb.classify(read_image(image), "circle, square, triangle", "a {}")
+    assert table[0].split() == ["label", "ITC", "P(ITC)", "P(ITM)"]
+    assert [line.split()[0] for line in table[1:]] == [r["label"] for r in rows]
+    assert [float(line.split()[3]) for line in table[1:]] == pytest.approx([r["itm"] for r in rows], abs=1e-3)
+    assert main([*args, "--checkpoint", str(vqa)]) == 2
+    assert "is a VQA model" in capsys.readouterr().err
+    assert main([*args, "--checkpoint", str(world / "nothing.pth")]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert main(["classify", image, "--labels", "circle", "--checkpoint", str(pre), "--data", str(world)]) == 2
+    assert "at least two" in capsys.readouterr().err

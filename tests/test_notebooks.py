@@ -42,7 +42,7 @@ def test_notebook_form(path):
     cell = parameters_cell(nb)
     assert cell is not None, "exactly one cell must be tagged 'parameters'"
     assert nb.cells[0].cell_type == "markdown" and nb.cells.index(cell) == 1
-    names = {t.id for node in ast.parse(cell.source).body if isinstance(node, ast.Assign) for t in node.targets}
+    names = {node.target.id for node in ast.parse(cell.source).body if isinstance(node, ast.AnnAssign)}
     assert "quick" in names
     inferred = pm.inspect_notebook(str(path))
     assert set(inferred) == names, "papermill must read every parameter (no '=' inside a comment)"
@@ -73,6 +73,19 @@ def resolves(dotted: str) -> bool:
             obj = getattr(obj, attr)
         return True
     return False
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_parameter_has_a_type_and_a_line_of_help(path):
+    """`papermill --help-notebook` lists each parameter's name, type, default and meaning."""
+    params = pm.inspect_notebook(str(path))
+    assert params
+    types = {"str": str, "int": int, "float": float, "bool": bool, "list[str]": list}
+    for name, p in params.items():
+        assert p["inferred_type_name"] in types, (name, p)
+        assert p["help"].strip(), name
+        value, kind = ast.literal_eval(p["default"]), types[p["inferred_type_name"]]
+        assert type(value) is kind, (name, p)  # the hint says what the default is
 
 
 def test_the_form_checks_catch_what_they_guard():

@@ -192,3 +192,40 @@ def test_vqa_ranking_with_answers_of_mixed_lengths_matches_the_full_decoding():
     one = answers[[3, 3]], a_mask[[3, 3]]  # a list whose every answer is empty: nothing after the first token
     ra, rb = (m.rank_answers(image, ids[:2], mask[:2], *one, 2) for m in (shared, per_pair))
     assert torch.allclose(ra[1], rb[1], atol=1e-6)
+
+
+@pytest.mark.parametrize("distill", [True, False])
+def test_mlm_head_at_masked_positions_only_gives_the_same_loss_and_gradients(distill, monkeypatch):
+    """The vocabulary head (student and teacher) runs on the masked rows only: same losses and gradients as at
+    every position, and the head really sees fewer rows."""
+    torch.manual_seed(0)
+    masked = ALBEF(small_config(distill=distill, mlm_masked_only=True))
+    everywhere = copy.deepcopy(masked)
+    everywhere.cfg = copy.deepcopy(masked.cfg)
+    everywhere.cfg.mlm_masked_only = False
+    image, ids, mask = batch()
+    rows = []
+    head = masked.text_encoder.cls.predictions.decoder
+    real = head.forward
+    monkeypatch.setattr(head, "forward", lambda x: rows.append(x.shape[:-1].numel()) or real(x))
+    outs = []
+    for m in (masked, everywhere):
+        out = m(image, ids, mask, 0.4, generator=torch.Generator().manual_seed(3))
+        out["loss"].backward()
+        outs.append(out)
+    for k in outs[0]:
+        assert torch.allclose(outs[0][k], outs[1][k], rtol=1e-5, atol=1e-7), k
+    grads = dict(everywhere.named_parameters())
+    for name, p in masked.named_parameters():
+        if p.grad is not None:
+            assert torch.allclose(p.grad, grads[name].grad, rtol=1e-4, atol=1e-7), name
+    assert 0 < rows[0] < ids.numel() * 0.5  # about 15 % of the tokens
+
+
+def test_mlm_with_nothing_masked_is_nan_as_the_original_or_zero_with_the_fix():
+    torch.manual_seed(0)
+    image, ids, mask = batch()
+    for fix, check in ((False, torch.isnan), (True, lambda x: x == 0)):
+        model = ALBEF(small_config(mlm_probability=0.0, fix_mlm_nan=fix))
+        out = model(image, ids, mask, 0.4, generator=torch.Generator().manual_seed(3))
+        assert check(out["loss_mlm"]), (fix, out["loss_mlm"])

@@ -260,18 +260,21 @@ class ALBEF(MomentumPairs, nn.Module):
         mask = (draws.mask if draws else None) or draw_mask(input_ids.shape, cfg.mlm_probability,
                                                            cfg.text.vocab_size, generator, input_ids.device)
         mlm_ids, labels = apply_mask(input_ids, mask, cfg.text.pad_token_id, cfg.cls_token_id, cfg.mask_token_id)
+        # the loss reads masked positions only; the reference comparison records every position's logits
+        at = labels != -100 if cfg.mlm_masked_only and not is_recording() else None
         soft_labels = None
         if cfg.distill and cfg.distill_mlm:
             with torch.no_grad():
                 if image_states_m is None:  # the teacher was not refreshed by the ITC branch
                     momentum_update(self.model_pairs, cfg.momentum)
                     image_states_m = self.visual_encoder_m(image)
-                logits_m = self.text_encoder_m(mlm_ids, attention_mask, image_states_m)
+                logits_m = self.text_encoder_m(mlm_ids, attention_mask, image_states_m, positions=at)
                 soft_labels = F.softmax(logits_m, dim=-1)
             record(logits_m=logits_m, soft_labels=soft_labels)
         shared = Shared(None, kv_cache) if kv_cache is not None else None
-        mlm_logits = self.text_encoder(mlm_ids, attention_mask, image_states, shared=shared)
-        loss = mlm_loss(mlm_logits, labels, soft_labels, alpha, empty_is_zero=cfg.fix_mlm_nan)
+        mlm_logits = self.text_encoder(mlm_ids, attention_mask, image_states, shared=shared, positions=at)
+        loss = mlm_loss(mlm_logits, labels if at is None else labels[at], soft_labels, alpha,
+                        empty_is_zero=cfg.fix_mlm_nan)
         record(mlm_input_ids=mlm_ids, mlm_labels=labels, mlm_logits=mlm_logits, loss_mlm=loss)
         return loss
 

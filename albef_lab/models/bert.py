@@ -330,11 +330,13 @@ class BertForMaskedLM(nn.Module):
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
                 encoder_hidden_states: Tensor | list[Tensor] | None = None,
                 encoder_attention_mask: Tensor | list[Tensor] | None = None,
-                mode: str = "multi_modal", shared: Shared | None = None, prefix: Prefix | None = None) -> Tensor:
+                mode: str = "multi_modal", shared: Shared | None = None, prefix: Prefix | None = None,
+                positions: Tensor | None = None) -> Tensor:
+        """`positions` (bool [B, L]): logits only there, [N, vocab] (the vocabulary head is most of MLM's cost)."""
         h = self.bert(input_ids, attention_mask, encoder_hidden_states=encoder_hidden_states,
                       encoder_attention_mask=encoder_attention_mask, mode=mode, causal=self.causal, shared=shared,
                       prefix=prefix)
-        return self.cls(h)
+        return self.cls(h if positions is None else h[positions])
 
 
 class BertLMHeadModel(BertForMaskedLM):

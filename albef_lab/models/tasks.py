@@ -22,6 +22,7 @@ from albef_lab.models.bert import BertLMHeadModel, BertModel, Prefix, Shared
 from albef_lab.models.record import is_recording, record
 from albef_lab.models.vit import VisionTransformer
 from albef_lab.objectives.distill import momentum_update, soft_cross_entropy
+from albef_lab.objectives.itm import NegativeSampler
 from albef_lab.objectives.lm import answer_nll, token_nll
 
 
@@ -32,9 +33,10 @@ class ALBEFRetrieval(ALBEF):
     queue_image_ids = True
 
     def forward(self, image: Tensor, input_ids: Tensor, attention_mask: Tensor, alpha: float = 0.0, *,
-                image_ids: Tensor, draws: PretrainDraws | None = None,
-                generator: torch.Generator | None = None) -> dict[str, Tensor]:
-        """One fine-tuning step; `image_ids` [B] say which image each caption describes.
+                image_ids: Tensor, draws: PretrainDraws | None = None, generator: torch.Generator | None = None,
+                negatives: NegativeSampler | None = None) -> dict[str, Tensor]:
+        """One fine-tuning step; `image_ids` [B] say which image each caption describes; `negatives` draws ITM's
+        negatives (default: as pre-training's, `model.hard_negatives`).
 
         No temperature clamp (as the original).
         """
@@ -45,7 +47,7 @@ class ALBEFRetrieval(ALBEF):
                                                  image_ids=image_ids, distill=self.cfg.distill)
         record(mask=same)
         loss_itm, _ = self.itm(image_states, text_states, attention_mask, sim_i2t, sim_t2i, same=same, draws=draws,
-                            generator=generator)
+                               generator=generator, negatives=negatives)
         return {"loss": loss_ita + loss_itm, "loss_ita": loss_ita, "loss_itm": loss_itm}
 
 

@@ -1,5 +1,5 @@
 """What the workbench's answers are worth on ShapesWorld, where the scene graphs know the truth: one-object search
-beside a random image, colour words' maps on the object they name."""
+beside a random image, colour words' maps on the object they name, zero-shot classification beside chance."""
 
 from __future__ import annotations
 
@@ -50,3 +50,24 @@ def colour_word_hits(wb: Workbench, data: str | Path, limit: int = 100) -> dict[
             hits += bool(on[0] > on[1])
             n += 1
     return {"pairs": n, "hit_rate": 100.0 * hits / max(1, n)}
+
+
+def classify_accuracy(wb: Workbench, data: str | Path, kind: str = "shape", rerank: bool = True,
+                      limit: int = 200) -> dict[str, float]:
+    """Zero-shot classification of the held-out one-object images: the object's shape among every shape ("a
+    {}"), or its colour among every colour ("a {} shape"), beside chance and always naming the most common one."""
+    from collections import Counter
+
+    from albef_lab.shapesworld.world import COLOURS, SHAPES
+
+    labels, template = (SHAPES, "a {}") if kind == "shape" else (sorted(COLOURS), "a {} shape")
+    scenes = [s for s in json.loads((Path(data) / "scenes.json").read_text())
+              if s["split"] == "test" and len(s["objects"]) == 1][:limit]
+    truth = [s["objects"][0][kind] for s in scenes]
+    hits = 0
+    for s, true in zip(scenes, truth, strict=True):
+        rows, _ = wb.classify(read_image(Path(data) / s["image"]), labels, template, rerank=rerank)
+        hits += rows[0]["label"] == true
+    n = max(1, len(scenes))
+    return {"images": len(scenes), "acc": 100.0 * hits / n, "chance": 100.0 / len(labels),
+            "majority": 100.0 * Counter(truth).most_common(1)[0][1] / n if truth else 0.0}

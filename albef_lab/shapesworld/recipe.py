@@ -11,7 +11,7 @@ from albef_lab.models.registry import task_spec
 from albef_lab.shapesworld.config import TEXT_ASSIGNMENT_STEPS, finetune_config
 from albef_lab.shapesworld.export import ensure_world
 from albef_lab.shapesworld.itm_finish import FinishConfig, ITMFinish
-from albef_lab.shapesworld.tasks import ShapesWorldPretrainTask
+from albef_lab.shapesworld.tasks import TASKS
 from albef_lab.shapesworld.warmup import VisionWarmup, warmup_config
 from albef_lab.train.stages import Plugins
 
@@ -38,7 +38,7 @@ def plugins(cfg, task: str) -> Plugins:
     if sw.freeze_vision:
         frozen = ("visual_encoder.",)
     scale = sw.grounding_vision_lr_scale if task == "grounding" else sw.vision_lr_scale
-    return Plugins(prepare=prepare, task=ShapesWorldPretrainTask if task == "pretrain" else None, stages=stages,
+    return Plugins(prepare=prepare, task=TASKS.get(task), stages=stages,
                    frozen=frozen, lr_scales={"visual_encoder.": scale} if scale != 1.0 else {})
 
 

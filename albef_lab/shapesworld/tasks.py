@@ -1,4 +1,5 @@
-"""ShapesWorld's pre-training: the paper's task, with negatives the scene graphs rule on and a heavier ITM loss."""
+"""ShapesWorld's tasks: pre-training with negatives the scene graphs rule on and a heavier ITM loss; retrieval and
+grounding fine-tuning with the recipe's share of uniform ITM negatives."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from torch.utils.data import Dataset
 
 from albef_lab.data import datasets as DS
 from albef_lab.shapesworld.negatives import SceneGraphNegatives, known_matches, train_scenes
-from albef_lab.train.tasks import Task
+from albef_lab.train.tasks import GroundingTask, RetrievalTask, Task
 
 
 class ShapesWorldPretrainTask(Task):
@@ -49,3 +50,24 @@ class ShapesWorldPretrainTask(Task):
             scenes = train_scenes(Path(self.cfg.data.root) / "scenes.json", [e["image"] for e in val.entries])
             self._truth = None if scenes is None else torch.tensor(known_matches(val.text, scenes)).t()
         return self._truth
+
+
+class _UniformShare:
+    """Fine-tuning's ITM negatives as the recipe's pre-training draws them, less the scene graphs (the fine-tuning
+    files carry none): `shapesworld.uniform_negatives` of them uniform, the rest mined."""
+
+    def negatives(self) -> SceneGraphNegatives:
+        share = self.cfg.shapesworld.uniform_negatives if self.cfg.model.hard_negatives else 1.0
+        return SceneGraphNegatives(None, uniform=share)
+
+
+class ShapesWorldRetrievalTask(_UniformShare, RetrievalTask):
+    pass
+
+
+class ShapesWorldGroundingTask(_UniformShare, GroundingTask):
+    pass
+
+
+TASKS = {"pretrain": ShapesWorldPretrainTask, "retrieval": ShapesWorldRetrievalTask,
+         "grounding": ShapesWorldGroundingTask}

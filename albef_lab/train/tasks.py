@@ -96,10 +96,15 @@ class RetrievalTask(Task):
         return DS.RetrievalTrainDataset(self.train_file, self.image_root, self.train_transform(),
                                         self.cfg.data.max_words)
 
+    def negatives(self):
+        """Who draws ITM's negatives (None: the model, as `model.hard_negatives` says); a recipe may choose."""
+        return None
+
     def forward(self, net, batch, alpha, gen, device):
         images, captions, image_ids = batch
         ids, mask = self.text(captions, device)
-        return net(images.to(device), ids, mask, alpha, image_ids=image_ids.to(device), generator=gen)
+        return net(images.to(device), ids, mask, alpha, image_ids=image_ids.to(device), generator=gen,
+                   negatives=self.negatives())
 
     @torch.no_grad()
     def evaluate(self, model, device):
