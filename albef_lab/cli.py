@@ -16,6 +16,13 @@ def _add_config_args(p: argparse.ArgumentParser, default_preset: str | None = No
     p.add_argument("overrides", nargs="*", default=[], help="key=value overrides, e.g. model.embed_dim=128")
 
 
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default=None, metavar="PATH",
+                   help="your own images: a CSV / JSONL of image,caption rows, or a folder with one (retrieval, "
+                        "pretrain)")
+    p.add_argument("--val", default=None, metavar="PATH", help="validation rows (default: 10%% of --data's images)")
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from albef_lab.models.factory import create_model, parameter_counts, state_dict_tsv
     from albef_lab.shapesworld import load_config
@@ -73,12 +80,35 @@ def cmd_make_world(args: argparse.Namespace) -> int:
     return 0
 
 
+def _own_data(cfg, args: argparse.Namespace) -> bool:
+    """`--data` (and `--val`): the user's image,caption rows, checked and written as the official retrieval files
+    into the run folder, which the task then reads."""
+    if not getattr(args, "data", None):
+        return False
+    from albef_lab.data.pairs import find_table, load_pairs
+
+    pairs = load_pairs(args.data, args.val)
+    for note in pairs.notes:
+        print(f"note: {note}", file=sys.stderr)
+    train_file, val_file = pairs.write(Path(cfg.train.output_dir) / "data")
+    cfg.data.train_file, cfg.data.val_file = str(train_file.resolve()), str(val_file.resolve())
+    cfg.data.image_root = str(find_table(args.data).parent.resolve())
+    print(f"data: {len(pairs.train)} training and {len(pairs.val)} validation captions from {args.data}")
+    return True
+
+
+def _recalls(r: dict) -> str:
+    return (f"text->image R@1 {r['img_r1']:.1f} R@5 {r['img_r5']:.1f}, image->text R@1 {r['txt_r1']:.1f} "
+            f"R@5 {r['txt_r5']:.1f}")
+
+
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from albef_lab.eval.retrieval import chance_recall
     from albef_lab.shapesworld import load_config
     from albef_lab.train.engine import pretrain
 
     cfg = load_config(args.config, args.overrides, args.preset)
+    _own_data(cfg, args)
     result = pretrain(cfg, resume=args.resume)
     from albef_lab import distributed as D
 
@@ -104,10 +134,21 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         cfg.train.output_dir = f"runs/{args.task}_{cfg.preset}"
     from albef_lab import distributed as D
 
+    zero_shot = None
+    if _own_data(cfg, args) and args.task == "retrieval" and args.init and not args.resume:
+        import copy
+
+        from albef_lab.train.engine import evaluate
+
+        zero_shot = evaluate(copy.deepcopy(cfg), "retrieval", args.init,
+                             out_dir=Path(cfg.train.output_dir) / "zero_shot")
+        print(f"zero-shot, {Path(args.init).name} before fine-tuning: {_recalls(zero_shot)}")
     result = train(cfg, args.task, resume=args.resume, init=args.init)
     if D.is_main_process():
         shown = ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items())
         print(f"{args.task}: {shown}\nmodel: {cfg.train.output_dir}/model.pth")
+        if zero_shot is not None:
+            print(f"zero-shot:  {_recalls(zero_shot)}\nfine-tuned: {_recalls(result)}")
     return 0
 
 
@@ -118,6 +159,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from albef_lab.train.engine import evaluate
 
     cfg = load_config(args.config, args.overrides, args.preset)
+    if getattr(args, "data", None) and args.task not in ("retrieval", "pretrain"):
+        raise ValueError(f"--data holds image,caption rows: it serves retrieval and pretrain, not {args.task}")
+    _own_data(cfg, args)
     metrics = evaluate(cfg, args.task, args.checkpoint, blind=args.blind, verbose=True)
     print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in metrics.items()}))
     return 0
@@ -199,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pretrain", help="pre-train ALBEF (default: tiny preset on ShapesWorld, CPU, <10 min)")
     _add_config_args(p, None)
+    _add_data_args(p)
     p.add_argument("--resume", default=None, metavar="auto|PATH", help="continue from a checkpoint")
     p.set_defaults(func=cmd_pretrain)
 
@@ -209,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("task", choices=tasks)
     _add_config_args(p, None)
     p.add_argument("--init", default=None, help="pre-trained or fine-tuned checkpoint to start from")
+    _add_data_args(p)
     p.add_argument("--resume", default=None, metavar="auto|PATH")
     p.set_defaults(func=cmd_finetune)
 
@@ -219,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a control: every image swapped for another item's (shuffle) or blanked (blank); grounding: "
                         "each expression's map scored against another object's box (text)")
     _add_config_args(p, None)
+    _add_data_args(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("classify", help="zero-shot classification of an image: ITC over the labels, ITM re-ranks")
