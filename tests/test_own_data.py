@@ -60,6 +60,9 @@ def test_a_folder_of_photos_fine_tunes_retrieval_and_says_what_it_bought(tmp_pat
     tuned = [x for x in lines if x.startswith("fine-tuned:")]
     assert zero and tuned and "text->image R@1" in zero[0] and "image->text R@1" in tuned[0]
     assert lines.index(zero[0]) < lines.index(tuned[0])
+    before = [i for i, x in enumerate(lines) if x.startswith("zero-shot, model.pth before fine-tuning: text->image")]
+    result = [i for i, x in enumerate(lines) if x.startswith("retrieval: ")]
+    assert before and result and before[0] < result[0]  # seen before the fine-tuning runs
     assert lines[0].startswith("data: ") and "validation captions" in lines[0]
     assert (out / "model.pth").is_file()
     train = json.loads((out / "data" / "train.json").read_text())
