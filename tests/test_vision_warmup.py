@@ -103,7 +103,7 @@ def test_warmup_learns_the_objects_and_only_freeze_vision_keeps_it_through_pretr
 
 
 def test_pretrain_warms_up_its_own_encoder_inside_the_time_budget(tmp_path):
-    """`train.vision_warmup_steps` / `_minutes`: `albef-lab pretrain` trains the image encoder on the scene graphs
+    """`shapesworld.warmup_steps` / `_minutes`: `albef-lab pretrain` trains the image encoder on the scene graphs
     first (the tiny recipe), copies it to the momentum encoder, keeps it frozen (no `freeze_vision` needed) and
     counts its minutes against `max_minutes`."""
     world = make_world(tmp_path / "w", images=200, seed=4)

@@ -107,7 +107,7 @@ def load_split(data: str | Path, split: str, res: int) -> tuple[Tensor, list]:
     data = Path(data)
     if not (data / "scenes.json").is_file():
         raise FileNotFoundError(f"{data / 'scenes.json'} not found: the vision warm-up learns from ShapesWorld's "
-                                f"scene graphs (set train.vision_warmup_minutes=0 for other data)")
+                                f"scene graphs (set shapesworld.warmup_minutes=0 for other data)")
     entries = [e for e in read_json(data / "scenes.json") if e["split"] == split]
     if not entries:
         raise ValueError(f"{data / 'scenes.json'} has no {split} images")
