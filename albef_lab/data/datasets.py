@@ -14,9 +14,10 @@ from pathlib import Path
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
+from torchvision.io import ImageReadMode, decode_jpeg
 
 from albef_lab.data import formats as F
-from albef_lab.data.transforms import ImageTextTransform
+from albef_lab.data.transforms import ImageTextTransform, as_uint8
 
 
 def read_rgb(path: str | Path) -> Image.Image:
@@ -26,6 +27,21 @@ def read_rgb(path: str | Path) -> Image.Image:
             return im.convert("RGB")
     except (OSError, SyntaxError, ValueError) as e:  # PIL raises these for missing, truncated or corrupt files
         raise ValueError(f"{path}: not a readable image ({type(e).__name__}: {e})") from e
+
+
+def read_uint8(path: str | Path) -> torch.Tensor:
+    """An image file as a uint8 `[3, H, W]` RGB tensor: JPEGs decoded by libjpeg-turbo through torchvision (the
+    same pixels as PIL's decode), anything else, or a JPEG torchvision refuses, by PIL; errors as `read_rgb`'s."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise ValueError(f"{path}: not a readable image ({type(e).__name__}: {e})") from e
+    if data[:3] == b"\xff\xd8\xff":  # a JPEG
+        try:
+            return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+        except RuntimeError:  # corrupt, truncated or an unusual colour space: PIL says which, or reads it
+            pass
+    return as_uint8(read_rgb(path))
 
 
 class ImageTextDataset(Dataset):
@@ -56,8 +72,8 @@ class ImageTextDataset(Dataset):
         if missing:
             raise FileNotFoundError(f"{len(missing)} image file(s) missing, e.g. {missing[:3]}")
 
-    def open_image(self, path: Path) -> Image.Image:
-        return read_rgb(path)
+    def open_image(self, path: Path) -> Image.Image | torch.Tensor:
+        return read_uint8(path) if getattr(self.transform, "wants_tensor", False) else read_rgb(path)
 
     def __len__(self) -> int:
         return len(self.entries)

@@ -151,13 +151,20 @@ class RandomAugment:
         self.n, self.level, self.ops, self.fix_autocontrast = n, level, list(ops), fix_autocontrast
         self.applied: list[tuple[str, tuple]] = []
 
-    def __call__(self, img, rng=np.random) -> np.ndarray:
-        img = np.asarray(img, dtype=np.uint8)
-        self.applied = []
+    def draw(self, rng=np.random) -> list[tuple[str, tuple]]:
+        """The ops that fire and their arguments, drawn in the original's order (its ops draw nothing)."""
+        plan = []
         for name in rng.choice(self.ops, self.n):
             if rng.random() > 0.5:
                 continue
-            args = draw_args(str(name), self.level, rng)
-            img = apply_op(str(name), img, args, self.fix_autocontrast)
-            self.applied.append((str(name), args))
+            plan.append((str(name), draw_args(str(name), self.level, rng)))
+        return plan
+
+    def apply(self, img: np.ndarray, plan: Sequence[tuple[str, tuple]]) -> np.ndarray:
+        for name, args in plan:
+            img = apply_op(name, img, args, self.fix_autocontrast)
         return img
+
+    def __call__(self, img, rng=np.random) -> np.ndarray:
+        self.applied = self.draw(rng)
+        return self.apply(np.asarray(img, dtype=np.uint8), self.applied)

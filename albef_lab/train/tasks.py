@@ -53,7 +53,7 @@ class Task:
     def train_transform(self) -> ImageTextTransform:
         d = self.cfg.data
         return ImageTextTransform(self.res, train=True, scale=(d.crop_min_scale, 1.0), randaugment=d.randaugment,
-                                  flip_text=d.flip_text, fix_autocontrast=d.fix_autocontrast)
+                                  flip_text=d.flip_text, fix_autocontrast=d.fix_autocontrast, resize=d.resize)
 
     def train_set(self) -> Dataset:
         return DS.PretrainDataset(self.train_file, self.image_root, self.train_transform(), self.cfg.data.max_words)
