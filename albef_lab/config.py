@@ -108,6 +108,7 @@ class DataConfig:
     answer_list: str = "answer_list.json"  # VQA candidate answers
     refer_dir: str = "refcoco+"  # RefCOCO+ refs / instances / dets
     k_test: int = 256  # retrieval: candidates re-ranked by ITM (COCO 256, Flickr 128); VQA: answers rescored
+    stream_images: bool = False  # retrieval evaluation: re-encode each chunk of images as it is fused, not hold all
     gradcam_mode: str = "itm"  # grounding: "itm" (ITM score on a cross-attention layer) or "itc" (ViT block)
     gradcam_block: int = -1  # -1: the paper's 3rd fusion layer, else the last but one (itm); the last ViT block (itc)
     image_root: str = ""  # default: root

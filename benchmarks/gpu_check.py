@@ -154,7 +154,9 @@ def main(argv: list[str] | None = None) -> bool:
     dt = rerank_seconds(args.preset, args.res, args.images, 5 * args.images, 16, device)
     print(f"retrieval, {args.images} images x {5 * args.images} texts at {args.res} px, k 16: {dt:.2f} s")
     if not args.skip_loader:
-        script("loader_bench.py", "--images", "600", "--workers", "0", str(os.cpu_count() or 1))
+        cores = os.cpu_count() or 1
+        workers = sorted({n for n in (1, cores // 2, cores) if n})
+        script("loader_bench.py", "--images", "300", "--workers", *map(str, workers))
     print(f"gpu check: {'ok' if ok else 'bf16 losses differ from fp32 beyond the tolerance'}")
     return ok
 

@@ -80,3 +80,18 @@ def test_gpu_check_dry_run_on_the_cpu():
     strict = subprocess.run([sys.executable, str(BENCH / "gpu_check.py"), *args, "--rtol", "1e-9"],
                             capture_output=True, text=True, timeout=300)
     assert strict.returncode == 1 and "differ from fp32" in strict.stdout
+
+
+def test_loader_bench_times_both_transforms_on_jpegs():
+    out = run("loader_bench.py", "--images", "12", "--rounds", "1", "--workers", "1", "--epochs", "1", "--res", "64")
+    assert re.search(r"^per core .*: original \d+ images/s, ours \d+ images/s$", out, re.M)
+    stages = [ln.split() for ln in out.splitlines() if ln.strip().startswith(("read", "crop", "Random", "to float"))]
+    assert len(stages) == 4
+    assert re.fullmatch(r"loader speedup: \d+\.\d\d", out.strip().splitlines()[-1])
+
+
+def test_eval_memory_runs_every_method_and_checks_rankings():
+    out = run("eval_memory.py", "--size", "tiny", "--images", "6", "--texts", "20", "--k", "3")
+    assert "ours: top-3 rankings identical to the original's: True" in out
+    assert "streamed: top-3 rankings identical to the original's: True" in out
+    assert re.fullmatch(r"memory ratio: \d+\.\d\d", out.strip().splitlines()[-1])

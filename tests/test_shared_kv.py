@@ -116,6 +116,43 @@ def test_token_nll_equals_the_full_head_nll_with_padding():
                           atol=1e-6)
 
 
+def test_streamed_image_states_give_the_held_scores_and_hold_one_chunk(monkeypatch):
+    """`data.stream_images`: the ViT runs again per chunk of images (never on all at once), same scores."""
+    from albef_lab.eval.retrieval import StreamedImageStates, match_logits
+
+    class Images(torch.utils.data.Dataset):
+        def __init__(self, x):
+            self.x = x
+
+        def __len__(self):
+            return len(self.x)
+
+        def __getitem__(self, i):
+            return self.x[i], i
+
+    torch.manual_seed(0)
+    model = ALBEFRetrieval(small_config()).eval()
+    image, _, _ = batch(b=7, seed=1)
+    _, ids, mask = batch(b=12, length=12, seed=2)
+    with torch.no_grad():
+        img, img_feat = model.encode_image(image)
+        txt, txt_feat = model.encode_text(ids, mask)
+        held = rerank_scores(model, img, img_feat, txt, mask, txt_feat, k=4)
+        sizes, real = [], model.encode_image
+        monkeypatch.setattr(model, "encode_image", lambda x: sizes.append(len(x)) or real(x))
+        streamed = StreamedImageStates(model, Images(image), torch.device("cpu"))
+        pairs = torch.tensor([[i, j] for i in range(7) for j in range(12)])
+        a = match_logits(model, pairs, streamed, txt, mask, images_per_chunk=3)
+        assert sizes == [3, 3, 1]
+        b = rerank_scores(model, streamed, img_feat, txt, mask, txt_feat, k=4)
+    assert torch.allclose(a, match_logits(model, pairs, img, txt, mask), atol=1e-5)
+    for x, y in zip(held, b, strict=True):
+        assert torch.equal(x.topk(4).indices, y.topk(4).indices) and torch.allclose(x, y, atol=1e-5)
+    model.cfg.share_cross_kv = False
+    with pytest.raises(ValueError, match="share_cross_kv=true"):
+        match_logits(model, pairs, streamed, txt, mask)
+
+
 def test_retrieval_chunks_compute_keys_values_once_per_image_and_layer(monkeypatch):
     from albef_lab.eval.retrieval import match_logits
 

@@ -126,6 +126,15 @@ def test_every_registered_task_builds_trains_saves_loads_strictly_and_evaluates(
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in saved.items())
     again = E.evaluate(cfg, task, out / "model.pth")
     assert again[primary] == pytest.approx(result[primary], abs=1e-6)
+    if task == "retrieval":  # the image states re-encoded chunk by chunk give the same recall
+        from albef_lab.eval.retrieval import StreamedImageStates
+
+        chunks, real = [], StreamedImageStates.__getitem__
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(StreamedImageStates, "__getitem__", lambda self, i: chunks.append(i) or real(self, i))
+            cfg.data.stream_images = True
+            assert E.evaluate(cfg, task, out / "model.pth") == pytest.approx(again, abs=1e-6)
+        assert chunks  # the evaluation asked for its image states chunk by chunk
     if task == "vqa":
         answers = json.loads((out / "vqa_result.json").read_text())
         assert answers and set(answers[0]) == {"question_id", "answer"}

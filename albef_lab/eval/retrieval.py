@@ -122,12 +122,38 @@ class EncodedSplit(NamedTuple):
     text_feat: Tensor  # [texts, E]
 
 
+class StreamedImageStates:
+    """Every image's ViT states without holding them: a chunk is encoded again when it is indexed (by a tensor of
+    image indices or a slice, like the tensor it stands for). The ViT runs twice; memory holds one chunk."""
+
+    def __init__(self, model: nn.Module, dataset, device: torch.device):
+        self.model, self.dataset, self.device = model, dataset, device
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    @property
+    def shape(self) -> tuple[int]:
+        return (len(self),)
+
+    @torch.no_grad()
+    def __getitem__(self, index: Tensor | slice) -> Tensor:
+        rows = range(len(self))[index] if isinstance(index, slice) else index.reshape(-1).tolist()
+        images = torch.stack([self.dataset[i][0] for i in rows]).to(self.device)
+        return self.model.encode_image(images)[0]
+
+
 def encode_split(model: nn.Module, dataset, tokenizer: Tokenizer, device: torch.device, batch_size: int = 128,
-                 num_workers: int = 0) -> EncodedSplit:
-    """Every image and caption of a RetrievalEvalDataset, encoded once (in eval mode)."""
+                 num_workers: int = 0, stream_images: bool = False) -> EncodedSplit:
+    """Every image and caption of a RetrievalEvalDataset, encoded once (in eval mode); `stream_images` keeps
+    the images' ITC features only and hands back `StreamedImageStates` for their states."""
     with eval_mode(model):
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-        image_states, image_feat = encode_images(model, loader, device)
+        if stream_images:
+            image_feat = torch.cat([model.encode_image(images.to(device))[1] for images, *_ in loader])
+            image_states = StreamedImageStates(model, dataset, device)
+        else:
+            image_states, image_feat = encode_images(model, loader, device)
         text_states, text_atts, text_feat = encode_texts(model, tokenizer, dataset.text, device)
     return EncodedSplit(image_states, image_feat, text_states, text_atts, text_feat)
 
@@ -168,39 +194,44 @@ def zero_shot_eval(model: nn.Module, dataset, tokenizer: Tokenizer, device: torc
 
 @torch.no_grad()
 def rerank_scores(model: nn.Module, image_states: Tensor, image_feat: Tensor, text_states: Tensor,
-                  text_atts: Tensor, text_feat: Tensor, k: int, batch_size: int = 256) -> tuple[Tensor, Tensor]:
+                  text_atts: Tensor, text_feat: Tensor, k: int, batch_size: int = 32) -> tuple[Tensor, Tensor]:
     """The original's retrieval evaluation: ITC similarities pick each query's top-k candidates, which are
     scored by the raw ITM 'match' logit; every other entry is -100. Returns (score_i2t [images, texts],
     score_t2i [texts, images]).
 
     Each distinct (image, text) pair of the two directions is fused once, in batches of whole images whose
-    cross-attention keys/values are computed once per image (`model.cfg.share_cross_kv`).
+    cross-attention keys/values are computed once per image (`model.cfg.share_cross_kv`). Batches of 32 pairs:
+    each row gathers its image's keys/values, so a larger batch costs memory and buys no speed.
     """
     sims = image_feat @ text_feat.t()
     n_img, n_txt = sims.shape
     kt, ki = min(k, n_txt), min(k, n_img)
     i2t = torch.stack([torch.arange(n_img, device=sims.device).repeat_interleave(kt),
-                       sims.topk(kt, dim=1).indices.reshape(-1)], dim=1)  # [pairs, (image, text)]
-    t2i = torch.stack([sims.t().topk(ki, dim=1).indices.reshape(-1),
+                       row_topk(sims, kt).reshape(-1)], dim=1)  # [pairs, (image, text)]
+    t2i = torch.stack([row_topk(sims.t(), ki).reshape(-1),
                        torch.arange(n_txt, device=sims.device).repeat_interleave(ki)], dim=1)
-    score = torch.full((n_img, n_txt), -100.0, device=sims.device, dtype=sims.dtype)
     if model.cfg.share_cross_kv:  # every distinct pair once, keys/values once per image
-        pairs = torch.unique(torch.cat([i2t, t2i]), dim=0)  # sorted by image, then text
-        score[pairs[:, 0], pairs[:, 1]] = match_logits(model, pairs, image_states, text_states, text_atts,
-                                                       batch_size).to(score.dtype)
-        i2t_logits, t2i_logits = score[i2t[:, 0], i2t[:, 1]], score[t2i[:, 0], t2i[:, 1]]
+        pairs, where = torch.unique(torch.cat([i2t, t2i]), dim=0, return_inverse=True)  # by image, then text
+        logits = match_logits(model, pairs, image_states, text_states, text_atts, batch_size).to(sims.dtype)
+        i2t_logits, t2i_logits = logits[where[:len(i2t)]], logits[where[len(i2t):]]
     else:  # before: each direction on its own, one image per pair
-        i2t_logits = match_logits(model, i2t, image_states, text_states, text_atts, batch_size).to(score.dtype)
-        t2i_logits = match_logits(model, t2i, image_states, text_states, text_atts, batch_size).to(score.dtype)
-    score_i2t = torch.full_like(score, -100.0)
+        i2t_logits = match_logits(model, i2t, image_states, text_states, text_atts, batch_size).to(sims.dtype)
+        t2i_logits = match_logits(model, t2i, image_states, text_states, text_atts, batch_size).to(sims.dtype)
+    del sims  # the two score matrices below are the evaluation's largest tensors (5k x 25k: 0.5 GB each)
+    score_i2t = torch.full((n_img, n_txt), -100.0, device=i2t.device, dtype=i2t_logits.dtype)
     score_i2t[i2t[:, 0], i2t[:, 1]] = i2t_logits
-    score_t2i = torch.full((n_txt, n_img), -100.0, device=sims.device, dtype=sims.dtype)
+    score_t2i = torch.full((n_txt, n_img), -100.0, device=i2t.device, dtype=i2t_logits.dtype)
     score_t2i[t2i[:, 1], t2i[:, 0]] = t2i_logits
     return score_i2t, score_t2i
 
 
+def row_topk(scores: Tensor, k: int, rows: int = 1024) -> Tensor:
+    """Indices of each row's top k, `rows` rows at a time: a transposed view is never copied whole."""
+    return torch.cat([scores[a:a + rows].topk(k, dim=1).indices for a in range(0, len(scores), rows)])
+
+
 def match_logits(model: nn.Module, pairs: Tensor, image_states: Tensor, text_states: Tensor, text_atts: Tensor,
-                 batch_size: int = 256, images_per_chunk: int = 32) -> Tensor:
+                 batch_size: int = 32, images_per_chunk: int = 32) -> Tensor:
     """ITM 'match' logits of (image, text) `pairs` [P, 2], sorted by image.
 
     With `model.cfg.share_cross_kv`: the pairs of `images_per_chunk` images at a time, their keys/values computed
@@ -209,9 +240,11 @@ def match_logits(model: nn.Module, pairs: Tensor, image_states: Tensor, text_sta
     Otherwise the original's way: one image per pair, every text padded to the longest of all.
     """
     if not model.cfg.share_cross_kv:
+        if isinstance(image_states, StreamedImageStates):
+            raise ValueError("streamed image states need model.share_cross_kv=true (one chunk of images at a time)")
         return torch.cat([model.itm_logits(text_states[b[:, 1]], text_atts[b[:, 1]], image_states[b[:, 0]])[:, 1]
                           for b in pairs.split(batch_size)]) if len(pairs) else image_states.new_zeros(0)
-    out = image_states.new_zeros(len(pairs))
+    out = text_states.new_zeros(len(pairs))
     lengths = text_atts.sum(1)
     images, rank = torch.unique(pairs[:, 0], return_inverse=True)  # the distinct images; each pair's among them
     for a in range(0, len(images), images_per_chunk):

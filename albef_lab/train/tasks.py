@@ -109,7 +109,8 @@ class RetrievalTask(Task):
     @torch.no_grad()
     def evaluate(self, model, device):
         val = self.retrieval_val()
-        image_states, image_feat, text_states, text_atts, text_feat = encode_split(model, val, self.tok, device)
+        image_states, image_feat, text_states, text_atts, text_feat = encode_split(
+            model, val, self.tok, device, stream_images=self.cfg.data.stream_images)
         with eval_mode(model):
             s_i2t, s_t2i = rerank_scores(model, image_states, image_feat, text_states, text_atts, text_feat,
                                          self.cfg.data.k_test)
