@@ -156,3 +156,17 @@ def test_init_vision_and_init_text_start_where_the_paper_starts(world, tmp_path,
     out = capsys.readouterr().out
     assert "initialised the image encoder" in out and "initialised the text encoder" in out
     assert "crossattention" in out  # the report names what the file could not provide
+
+
+@pytest.mark.parametrize("resize,fast", [("torch", True), ("pil", False)])
+def test_data_resize_picks_the_training_images_path(world, tmp_path, resize, fast):
+    """`data.resize`: the fast uint8 path reads files as tensors; `pil` is the original's PIL pipeline."""
+    from albef_lab.train.tasks import task_class
+
+    cfg = small_cfg(world, tmp_path, f"data.resize={resize}")
+    task = task_class("pretrain")(cfg, None)
+    ds = task.train_set()
+    assert ds.transform.wants_tensor is fast
+    assert isinstance(ds.open_image(ds.root / ds.entries[0]["image"]), torch.Tensor) is fast
+    image, _, _ = ds[0]
+    assert image.dtype == torch.float32 and image.shape[1:] == (cfg.model.vision.image_res,) * 2
