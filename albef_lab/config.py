@@ -120,7 +120,7 @@ class DataConfig:
     fix_autocontrast: bool = False  # PIL's autocontrast; the original's wraps and whitens a channel whose min > 0
     crop_min_scale: float = 0.2  # random resized crop keeps 20-100 % of the image (the paper)
     flip_text: str = "ignore"  # ignore (the original: the caption stays as it is) | swap left/right | skip
-    resize: str = "torch"  # training crops: torch (libjpeg-turbo, uint8 bicubic; ~3x faster) | pil (the original's)
+    resize: str = "torch"  # training crops: torch (libjpeg-turbo, uint8 bicubic with PIL's kernel) | pil (the original)
 
 
 @dataclass
