@@ -1,4 +1,5 @@
-"""`albef-lab` command line: demo, info, make-world, pretrain, finetune, evaluate, plot, verify-reference."""
+"""`albef-lab` command line: demo, info, make-world, pretrain, finetune, evaluate, classify, export, plot, sweep,
+verify-reference."""
 
 from __future__ import annotations
 
@@ -193,6 +194,27 @@ def cmd_classify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from albef_lab.inference import load_checkpoint
+    from albef_lab.onnx_export import export_onnx, format_checks
+    from albef_lab.shapesworld import load_config
+
+    loaded = load_checkpoint(args.checkpoint, load_config(None, [], args.preset).model)
+    if loaded.task == "vqa":
+        raise ValueError(f"{args.checkpoint} is a VQA model; the export takes a pre-training or retrieval model")
+    vocab = Path(args.tokenizer) if args.tokenizer else None
+    if vocab is not None and not (vocab / "vocab.txt" if vocab.is_dir() else vocab).is_file():
+        raise FileNotFoundError(f"no vocab.txt at {vocab}")
+    t0 = time.perf_counter()
+    manifest, checks = export_onnx(loaded.model, args.out, vocab=vocab, source=Path(args.checkpoint).name)
+    print(f"exported {args.checkpoint} ({loaded.task}, {manifest.image_res} px) to {args.out} in "
+          f"{time.perf_counter() - t0:.0f} s; onnxruntime against torch at batch x length 1 x 2 and 3 x 11:")
+    print(format_checks(checks))
+    if vocab is None:
+        print("note: no --tokenizer given, so no vocab.txt was copied beside the files", file=sys.stderr)
+    return 0
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
     from albef_lab.train.plot import plot_metrics
 
@@ -279,6 +301,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="data/shapesworld")
     p.add_argument("--no-rerank", action="store_true", help="ITC alone")
     p.set_defaults(func=cmd_classify)
+
+    p = sub.add_parser("export", help="write a model as ONNX files (image encoder, text encoder, ITM head), "
+                       "checked against torch under onnxruntime")
+    p.add_argument("format", choices=["onnx"])
+    p.add_argument("checkpoint", help="pre-training or retrieval model (ours or an official file)")
+    p.add_argument("out", help="folder for the .onnx files and albef_onnx.json")
+    p.add_argument("--preset", default="base", help="architecture of an official file")
+    p.add_argument("--tokenizer", default=None, help="folder with vocab.txt, copied beside the files")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("plot", help="draw the curves of a run (metrics.jsonl -> PNG)")
     p.add_argument("run", help="run directory or metrics.jsonl")

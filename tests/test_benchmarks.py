@@ -63,6 +63,14 @@ def test_pretrain_bench_reports_every_variant(isolate):
         assert float(re.search(r"^mlm head speedup: ([\d.]+)$", out, re.M).group(1)) > 0
 
 
+def test_onnx_bench_checks_then_times_every_part():
+    out = run("onnx_bench.py", "--presets", "tiny", "--sizes", "1", "2", "--repeats", "1", "--length", "8")
+    assert out.count("ok ") == 5 and "BAD" not in out
+    assert len(re.findall(r"^(image|text|itm)\s+[12]\s", out, re.M)) == 6
+    last = out.strip().splitlines()[-1]
+    assert re.fullmatch(r"onnx speedup: \d+\.\d\d", last), last
+
+
 def test_profile_step_groups_the_ops():
     out = run("profile_step.py", "--preset", "tiny", "--batch", "4", "--steps", "1", "--top", "5")
     assert "matrix products" in out
