@@ -112,3 +112,21 @@ def test_the_example_ranks_a_gallery_like_the_workbench_without_torch(exported, 
     assert [r[2] for r in rows] == [w["path"] for w in want]
     np.testing.assert_allclose([float(r[0]) for r in rows], [w["itm"] for w in want], atol=2e-3)  # 3 decimals
     np.testing.assert_allclose([float(r[1]) for r in rows], [w["itc"] for w in want], atol=2e-3)
+
+
+def test_the_readme_onnx_commands_run(demo_files, tmp_path):
+    """The README's two lines, on the test's model and world: the export, then a ranked folder."""
+    world, pre, _ = demo_files
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("## Without torch: ONNX", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    lines = [ln.replace("runs/pretrain_tiny/model.pth", str(pre)).replace("data/shapesworld", str(world))
+             .replace("examples/", f"{ROOT}/examples/").replace("python ", f"{sys.executable} ", 1)
+             for ln in block.strip().splitlines()]
+    assert len(lines) == 2 and lines[0].startswith("albef-lab export onnx")
+    albef = [sys.executable, "-m", "albef_lab", *lines[0].split()[1:]]
+    assert subprocess.run(albef, cwd=tmp_path, capture_output=True, text=True, timeout=300).returncode == 0
+    res = subprocess.run(lines[1], shell=True, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    rows = res.stdout.splitlines()
+    match = [float(r.split()[0]) for r in rows]
+    assert len(rows) == 5 and match == sorted(match, reverse=True)
