@@ -1,5 +1,5 @@
-"""`albef-lab` command line: demo, info, make-world, pretrain, finetune, evaluate, classify, export, plot, sweep,
-verify-reference."""
+"""`albef-lab` command line: demo, info, make-world, pretrain, finetune, evaluate, classify, export, export-shards,
+plot, sweep, verify-reference."""
 
 from __future__ import annotations
 
@@ -215,6 +215,21 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_shards(args: argparse.Namespace) -> int:
+    from albef_lab.data.shards import export_shards
+
+    if args.world:
+        files, images = [Path(args.world) / "pretrain.json"], args.images or args.world
+    elif args.json:
+        files, images = args.json, args.images or str(Path(args.json[0]).parent)
+    else:
+        raise ValueError("give --json FILE [FILE ...] (and --images ROOT), or --world DIR")
+    t0 = time.perf_counter()
+    pattern, n = export_shards(files, images, args.out, per_shard=args.per_shard, progress=not args.quiet)
+    print(f"{n} samples written in {time.perf_counter() - t0:.0f} s; pre-train on them with data.shards={pattern}")
+    return 0
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
     from albef_lab.train.plot import plot_metrics
 
@@ -310,6 +325,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="base", help="architecture of an official file")
     p.add_argument("--tokenizer", default=None, help="folder with vocab.txt, copied beside the files")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("export-shards", help="write pre-training pairs as WebDataset tar shards (data.shards reads "
+                       "them)")
+    p.add_argument("out", help="folder for the shards")
+    p.add_argument("--json", nargs="+", default=None, help="the official pre-training JSON file(s)")
+    p.add_argument("--images", default=None, help="image root of the JSON's paths (default: the JSON's folder)")
+    p.add_argument("--world", default=None, help="a ShapesWorld folder (its pretrain.json and images)")
+    p.add_argument("--per-shard", type=int, default=1000, help="samples per shard")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_export_shards)
 
     p = sub.add_parser("plot", help="draw the curves of a run (metrics.jsonl -> PNG)")
     p.add_argument("run", help="run directory or metrics.jsonl")

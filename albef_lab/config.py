@@ -104,6 +104,7 @@ class DataConfig:
 
     root: str = "data/shapesworld"
     train_file: str = ""  # relative to root, or absolute; "" = the task's ShapesWorld file
+    shards: str = ""  # pre-training from WebDataset tar shards instead (a brace pattern, relative to root or absolute)
     val_file: str = ""  # evaluation split; "" = the task's ShapesWorld file
     answer_list: str = "answer_list.json"  # VQA candidate answers
     refer_dir: str = "refcoco+"  # RefCOCO+ refs / instances / dets

@@ -6,7 +6,8 @@ Writes 640x480 JPEGs (quality 90) cut from scikit-image's sample photographs, th
 thread, reading + decoding + the pre-training transform per image: the original's pipeline as published
 (`Image.open(...).convert('RGB')`, torchvision's RandomResizedCrop(0.2-1.0, bicubic), RandomHorizontalFlip,
 RandomAugment(2, 7) (its ops bit for bit, `albef_lab/data/randaugment.py`), ToTensor, Normalize) and ours
-(`PretrainDataset` with `pretrain_transform`). Rounds alternate so drift hits both; medians are reported, then
+(`PretrainDataset` with `pretrain_transform`), and ours reading the same images from WebDataset tar shards
+(`ShardPretrainDataset`). Rounds alternate so drift hits both; medians are reported, then
 the stages of each path, then DataLoader throughput with 1..N workers. Ends with `loader speedup: N.NN`.
 """
 
@@ -30,6 +31,7 @@ from torchvision import transforms as T
 
 from albef_lab.data.datasets import PretrainDataset, read_uint8
 from albef_lab.data.randaugment import RandomAugment
+from albef_lab.data.shards import ShardPretrainDataset, export_shards
 from albef_lab.data.transforms import MEAN, STD, pretrain_transform
 
 
@@ -158,13 +160,17 @@ def main() -> None:
               f"each; {args.res} px; torch {torch.__version__}, one thread")
         orig_tf = original_transform(args.res)
         ours = PretrainDataset(root / "pretrain.json", root, pretrain_transform(args.res))
-        per_image_original(paths[:20], orig_tf), per_image_ours(ours)  # warm the page cache and the allocators
-        orig, new = [], []
+        pattern, _ = export_shards(root / "pretrain.json", root, root / "shards", per_shard=50, progress=False)
+        shards = ShardPretrainDataset(pattern, pretrain_transform(args.res))
+        per_image_original(paths[:20], orig_tf), per_image_ours(ours), per_image_ours(shards)  # warm the caches
+        orig, new, sharded = [], [], []
         for _ in range(args.rounds):
             orig.append(per_image_original(paths, orig_tf))
             new.append(per_image_ours(ours))
-        o, n = statistics.median(orig), statistics.median(new)
-        print(f"\nper core (median of {args.rounds} rounds): original {o:.0f} images/s, ours {n:.0f} images/s")
+            sharded.append(per_image_ours(shards))
+        o, n, sh = statistics.median(orig), statistics.median(new), statistics.median(sharded)
+        print(f"\nper core (median of {args.rounds} rounds): original {o:.0f} images/s, ours {n:.0f} images/s "
+              f"(from files), {sh:.0f} images/s from tar shards (shards / files {sh / n:.2f})")
         print("\nwhere the time goes, ms per image (same crops):")
         print(f"{'stage':>22} {'original':>9} {'ours':>7}")
         total = [0.0, 0.0]
@@ -174,10 +180,10 @@ def main() -> None:
             print(f"{stage:>22} {a:>9.2f} {b:>7.2f}")
         print(f"{'sum':>22} {total[0]:>9.2f} {total[1]:>7.2f}")
         print(f"\nDataLoader, batch 32, images/s ({os.cpu_count()} cores on this machine):")
-        print(f"{'workers':>7} {'original':>9} {'ours':>7}")
+        print(f"{'workers':>7} {'original':>9} {'ours':>7} {'shards':>7}")
         for w in args.workers:
             print(f"{w:>7} {loader_rate(OriginalDataset(paths, orig_tf), w, args.epochs):>9.0f} "
-                  f"{loader_rate(ours, w, args.epochs):>7.0f}")
+                  f"{loader_rate(ours, w, args.epochs):>7.0f} {loader_rate(shards, w, args.epochs):>7.0f}")
         print(f"\ncores to feed 1,000 images/s at {args.res} px: original {1000 / o:.1f}, ours {1000 / n:.1f}")
         print(f"loader speedup: {n / o:.2f}")
 

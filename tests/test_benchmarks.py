@@ -92,7 +92,9 @@ def test_gpu_check_dry_run_on_the_cpu():
 
 def test_loader_bench_times_both_transforms_on_jpegs():
     out = run("loader_bench.py", "--images", "12", "--rounds", "1", "--workers", "1", "--epochs", "1", "--res", "64")
-    assert re.search(r"^per core .*: original \d+ images/s, ours \d+ images/s$", out, re.M)
+    assert re.search(r"^per core .*: original \d+ images/s, ours \d+ images/s \(from files\), \d+ images/s from tar "
+                     r"shards \(shards / files \d+\.\d\d\)$", out, re.M)
+    assert re.search(r"^\s+1\s+\d+\s+\d+\s+\d+$", out, re.M)  # DataLoader: original, files, shards
     stages = [ln.split() for ln in out.splitlines() if ln.strip().startswith(("read", "crop", "Random", "to float"))]
     assert len(stages) == 4
     assert re.fullmatch(r"loader speedup: \d+\.\d\d", out.strip().splitlines()[-1])

@@ -114,6 +114,18 @@ def test_killed_after_a_step_checkpoint_resumes_from_it(world, baseline, tmp_pat
     assert 2 <= step < total and step % 2 == 0
 
 
+def test_a_killed_run_on_shards_resumes_at_its_sample(world, baseline, tmp_path):
+    """The same pairs as tar shards: the position in the checkpoint is a sample index, so the resumed run ends
+    with the uninterrupted run's weights (which read the JSON and files, read identically)."""
+    from albef_lab.data.shards import export_shards
+
+    pattern, _ = export_shards(world / "pretrain.json", world, tmp_path / "shards", per_shard=9, progress=False)
+    out = tmp_path / "run"
+    cmd = command(world, out, "train.save_every=2", f"data.shards={pattern}")
+    kill_when(cmd, checkpoint_exists(out, "checkpoint_0000002.pth"))
+    assert resume_and_check(cmd, out, baseline) >= 2
+
+
 def test_killed_after_an_end_of_epoch_checkpoint_resumes_at_the_next_epoch(world, baseline, tmp_path):
     out = tmp_path / "run"
     kill_when(command(world, out), lambda _: any(out.glob("checkpoint_*.pth")))

@@ -6,6 +6,7 @@ decoded is skipped at load time, counted in `dataset.skipped` and reported once 
 
 from __future__ import annotations
 
+import io
 import random
 import warnings
 from collections import Counter
@@ -20,28 +21,55 @@ from albef_lab.data import formats as F
 from albef_lab.data.transforms import ImageTextTransform, as_uint8
 
 
-def read_rgb(path: str | Path) -> Image.Image:
-    """An image file as RGB; a missing or unreadable file is a ValueError that names it."""
-    try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except (OSError, SyntaxError, ValueError) as e:  # PIL raises these for missing, truncated or corrupt files
-        raise ValueError(f"{path}: not a readable image ({type(e).__name__}: {e})") from e
+def _unreadable(name: str | Path, e: BaseException) -> ValueError:
+    return ValueError(f"{name}: not a readable image ({type(e).__name__}: {e})")
 
 
-def read_uint8(path: str | Path) -> torch.Tensor:
-    """An image file as a uint8 `[3, H, W]` RGB tensor: JPEGs decoded by libjpeg-turbo through torchvision (the
-    same pixels as PIL's decode), anything else, or a JPEG torchvision refuses, by PIL; errors as `read_rgb`'s."""
+def read_bytes(path: str | Path) -> bytes:
     try:
-        data = Path(path).read_bytes()
+        return Path(path).read_bytes()
     except OSError as e:
-        raise ValueError(f"{path}: not a readable image ({type(e).__name__}: {e})") from e
+        raise _unreadable(path, e) from e
+
+
+def decode_rgb(data: bytes, name: str | Path) -> Image.Image:
+    """Encoded image bytes as RGB; undecodable bytes are a ValueError that names `name`."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return im.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as e:  # PIL raises these for truncated or corrupt files
+        raise _unreadable(name, e) from e
+
+
+def decode_uint8(data: bytes, name: str | Path) -> torch.Tensor:
+    """Encoded image bytes as a uint8 `[3, H, W]` RGB tensor: JPEGs decoded by libjpeg-turbo through torchvision
+    (the same pixels as PIL's decode), anything else, or a JPEG torchvision refuses, by PIL."""
     if data[:3] == b"\xff\xd8\xff":  # a JPEG
         try:
             return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
         except RuntimeError:  # corrupt, truncated or an unusual colour space: PIL says which, or reads it
             pass
-    return as_uint8(read_rgb(path))
+    return as_uint8(decode_rgb(data, name))
+
+
+def read_rgb(path: str | Path) -> Image.Image:
+    """An image file as RGB; a missing or unreadable file is a ValueError that names it."""
+    return decode_rgb(read_bytes(path), path)
+
+
+def read_uint8(path: str | Path) -> torch.Tensor:
+    """An image file as a uint8 `[3, H, W]` RGB tensor (`decode_uint8`); errors as `read_rgb`'s."""
+    return decode_uint8(read_bytes(path), path)
+
+
+def image_indices(entries: list[dict]) -> tuple[list[int], list[str]]:
+    """(each entry's image index, the file of each image index): captions of one image share an index."""
+    ids = [e.get("image_id", e["image"]) for e in entries]
+    index = {k: i for i, k in enumerate(dict.fromkeys(ids))}
+    first: dict[int, str] = {}
+    for e, k in zip(entries, ids, strict=True):
+        first.setdefault(index[k], e["image"])
+    return [index[k] for k in ids], [first[i] for i in range(len(first))]
 
 
 class ImageTextDataset(Dataset):
@@ -73,7 +101,11 @@ class ImageTextDataset(Dataset):
             raise FileNotFoundError(f"{len(missing)} image file(s) missing, e.g. {missing[:3]}")
 
     def open_image(self, path: Path) -> Image.Image | torch.Tensor:
-        return read_uint8(path) if getattr(self.transform, "wants_tensor", False) else read_rgb(path)
+        return self.decode(read_bytes(path), path)
+
+    def decode(self, data: bytes, name: str | Path) -> Image.Image | torch.Tensor:
+        """What the transform takes: a uint8 tensor on the fast path, else a PIL image."""
+        return decode_uint8(data, name) if getattr(self.transform, "wants_tensor", False) else decode_rgb(data, name)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -110,13 +142,7 @@ class PretrainDataset(ImageTextDataset):
     def __init__(self, files, image_root, transform, max_words: int = 30, **kw):
         super().__init__(F.read_entries(files, F.PRETRAIN), image_root, transform, **kw)
         self.max_words = max_words
-        ids = [e.get("image_id", e["image"]) for e in self.entries]
-        index = {k: i for i, k in enumerate(dict.fromkeys(ids))}
-        self.image_index = [index[k] for k in ids]
-        first = {}
-        for e, i in zip(self.entries, self.image_index, strict=True):
-            first.setdefault(i, e["image"])
-        self.image_files = [first[i] for i in range(len(first))]  # the file of each image index
+        self.image_index, self.image_files = image_indices(self.entries)
 
     def load(self, i: int):
         e = self.entries[i]

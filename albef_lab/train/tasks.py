@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 from albef_lab.config import Config
 from albef_lab.data import datasets as DS
 from albef_lab.data.formats import NLVR, VE, VQA_TRAIN, read_entries, read_json, resolve
+from albef_lab.data.shards import ShardPretrainDataset
 from albef_lab.data.tokenizer import Tokenizer
 from albef_lab.data.transforms import ImageTextTransform, eval_transform
 from albef_lab.eval.controls import text_only_accuracy, vqa_text_only_accuracy
@@ -44,6 +45,9 @@ class Task:
         self.train_file = resolve(d.root, d.train_file or train_file)
         self.val_file = resolve(d.root, d.val_file or val_file)
         self.image_root = d.image_root or d.root
+        if d.shards and train_file != "pretrain.json":
+            raise ValueError(f"data.shards holds image-caption pairs for pre-training; {self.name} reads "
+                             f"data.train_file ({train_file} in the official format)")
         self.res = cfg.model.vision.image_res
 
     @property
@@ -56,7 +60,10 @@ class Task:
                                   flip_text=d.flip_text, fix_autocontrast=d.fix_autocontrast, resize=d.resize)
 
     def train_set(self) -> Dataset:
-        return DS.PretrainDataset(self.train_file, self.image_root, self.train_transform(), self.cfg.data.max_words)
+        d = self.cfg.data
+        if d.shards:
+            return ShardPretrainDataset(str(resolve(d.root, d.shards)), self.train_transform(), d.max_words)
+        return DS.PretrainDataset(self.train_file, self.image_root, self.train_transform(), d.max_words)
 
     def text(self, texts, device: torch.device, max_length: int | None = None) -> tuple[Tensor, Tensor]:
         ids, mask = self.tok(list(texts), max_length=max_length or self.cfg.data.max_tokens)
