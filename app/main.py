@@ -17,6 +17,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from albef_lab.demo import DemoBuild, world_texts
 from albef_lab.inference import InputError, Workbench, read_image
 from albef_lab.viz.overlay import draw_boxes, overlay
 
@@ -80,37 +81,52 @@ def image_arg(image: str | None) -> str:
     return image
 
 
-def build_app(wb: Workbench) -> gr.Blocks:
-    examples = [str(p) for p in (wb.gallery.paths[:4] if wb.gallery else [])]
+def build_app(source: Workbench | DemoBuild) -> gr.Blocks:
+    """The page on a ready workbench, or on the demo's build: then it is served at once, shows the build's
+    progress, and each tab answers as soon as its model is loaded."""
+    build = source if isinstance(source, DemoBuild) else None
+    get = build.workbench if build else (lambda need="matcher": source)
+    if build:
+        examples = [str(p) for p in world_texts(build.paths.data)[2][:4]]
+        layers, default_layer = build.layers()
+    else:
+        examples = [str(p) for p in (source.gallery.paths[:4] if source.gallery else [])]
+        layers = source.layers() if source.matcher else []
+        default_layer = source.default_layer() if source.matcher else None
     as_file = ImageFiles()
-    layers = wb.layers() if wb.matcher else []
-    default_layer = wb.default_layer() if wb.matcher else None
+
+    def about():
+        wb = build.wb if build else source
+        return wb.about() if wb is not None else []
+
+    def poll():
+        return build.status_markdown(), about(), gr.Timer(active=not build.done)
 
     @user_errors
     def search(query: str, k: float = 8, rerank: bool = True):
-        rows, notes = wb.search(query, k, rerank)
+        rows, notes = get("matcher").search(query, k, rerank)
         items = [(r["path"], f"ITC {r['itc']:.3f}" + (f" · ITM {r['itm']:.2f}" if "itm" in r else "")) for r in rows]
         return items, warn(notes)
 
     @user_errors
     def describe(image: str, k: float = 5):
-        rows = wb.describe(read_image(image_arg(image)), k)
+        rows = get("matcher").describe(read_image(image_arg(image)), k)
         return "\n".join(f"{i + 1}. {r['caption']} (ITC {r['itc']:.3f})" for i, r in enumerate(rows))
 
     @user_errors
     def classify(image: str, labels: str, template: str = "a photo of a {}", rerank: bool = True):
-        rows, notes = wb.classify(read_image(image_arg(image)), labels, template, rerank)
+        rows, notes = get("matcher").classify(read_image(image_arg(image)), labels, template, rerank)
         key = "itm" if rerank else "itc_prob"
         return {r["label"]: r[key] for r in rows}, warn(notes)
 
     @user_errors
     def answer(image: str, question: str, k: float = 5):
-        rows, notes = wb.answer(read_image(image_arg(image)), question, k)
+        rows, notes = get("vqa").answer(read_image(image_arg(image)), question, k)
         return {r["answer"]: r["score"] for r in rows}, warn(notes)
 
     @user_errors
     def gradcam(image: str, text: str, mode: str = "itm", layer: float | None = None, cam_methods: bool = True):
-        img = read_image(image_arg(image))
+        img, wb = read_image(image_arg(image)), get("matcher")
         r = wb.explain(img, text, mode, None if layer is None or mode == "itc" else int(layer))
         shown, _ = enlarge(img)
         words = [(as_file(overlay(shown, m)), tok) for tok, m in r["words"]]
@@ -126,7 +142,7 @@ def build_app(wb: Workbench) -> gr.Blocks:
     @user_errors
     def ground(image: str, expression: str, mode: str = "itm", layer: float | None = None):
         img = read_image(image_arg(image))
-        r = wb.ground(img, expression, image_path=image, mode=mode,
+        r = get("matcher").ground(img, expression, image_path=image, mode=mode,
                       layer=None if layer is None or mode == "itc" else int(layer))
         shown, scale = enlarge(img)
         boxes = [(p[:4], "#bbbbbb") for p in r["proposals"]] if r["proposal_source"] != "sliding windows" else []
@@ -141,8 +157,14 @@ def build_app(wb: Workbench) -> gr.Blocks:
     with gr.Blocks(title="albef-lab workbench") as demo:
         gr.Markdown("# albef-lab workbench\nALBEF (Align before Fuse): retrieval, VQA, Grad-CAM, grounding and "
                     "zero-shot classification.")
+        if build:
+            status = gr.Markdown(build.status_markdown(), elem_id="build-status")
         with gr.Accordion("About the model", open=False):
-            gr.JSON(value=wb.about(), label="loaded checkpoints")
+            loaded = gr.JSON(value=about(), label="loaded checkpoints")
+        if build:
+            timer = gr.Timer(2.0, active=not build.done)
+            timer.tick(poll, None, [status, loaded, timer], api_name=False, show_progress="hidden")
+            demo.load(poll, None, [status, loaded, timer], api_name=False, show_progress="hidden")
         with gr.Tab("Retrieval"):
             with gr.Row():
                 query = gr.Textbox(label="Text query", placeholder="a red circle to the left of a blue square")
@@ -256,22 +278,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from albef_lab.demo import build_workbench
+    from albef_lab.demo import DemoPaths, build_workbench, ensure_world
     from albef_lab.models.checkpoint import CheckpointError
 
     args = parse_args(argv)
     try:
-        wb = build_workbench(args.checkpoint, args.preset, args.tokenizer, args.gallery, args.runs, args.data)
+        if args.checkpoint:
+            source = build_workbench(args.checkpoint, args.preset, args.tokenizer, args.gallery, args.runs, args.data)
+            report_skipped(source)
+        else:  # the embedded default: the world now (seconds), the models behind the served page
+            paths = DemoPaths(Path(args.runs), Path(args.data))
+            ensure_world(paths)
+            source = DemoBuild(paths, gallery=args.gallery, progress=True).start()
     except (CheckpointError, FileNotFoundError, InputError) as e:
         print(f"albef-lab demo: error: {e}", file=sys.stderr)
         return 2
-    if wb.gallery and wb.gallery.skipped:
-        print(f"gallery: skipped {len(wb.gallery.skipped)} unreadable file(s): " +
-              "; ".join(f"{k} ({v})" for k, v in list(wb.gallery.skipped.items())[:10]))
-    app = build_app(wb)
+    app = build_app(source)
     app.launch(server_name=args.host, server_port=args.port, max_file_size=MAX_UPLOAD,
                allowed_paths=[str(Path(p).resolve()) for p in (args.data, args.gallery) if p])
     return 0
+
+
+def report_skipped(wb: Workbench) -> None:
+    if wb.gallery and wb.gallery.skipped:
+        print(f"gallery: skipped {len(wb.gallery.skipped)} unreadable file(s): " +
+              "; ".join(f"{k} ({v})" for k, v in list(wb.gallery.skipped.items())[:10]))
 
 
 if __name__ == "__main__":
