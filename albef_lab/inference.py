@@ -115,6 +115,7 @@ class Loaded:
     path: str = ""
     checksum: str = ""
     inferred: list[str] = field(default_factory=list)  # what an official file did not say, and how it was found
+    held_out: dict = field(default_factory=dict)  # the run's last evaluation, when its metrics.jsonl is beside it
 
     def summary(self) -> dict:
         params = {name: sum(p.numel() for p in child.parameters()) for name, child in self.model.named_children()
@@ -123,7 +124,18 @@ class Loaded:
                 "image_res": self.cfg.vision.image_res, "parameters": params,
                 "parameters_total": sum(p.numel() for p in self.model.parameters() if p.requires_grad),
                 "missing": self.report.missing, "unexpected": self.report.unexpected,
-                "resized": self.report.resized, "inferred": self.inferred}
+                "resized": self.report.resized, "inferred": self.inferred, **self.held_out_summary()}
+
+    def held_out_summary(self) -> dict:
+        """The held-out figures; for VQA each question type beside the text-only guess on the same questions."""
+        if not self.held_out:
+            return {}
+        kinds = sorted(k.removeprefix("n_") for k in self.held_out if k.startswith("n_") and k != "n_images")
+        rows = [{"type": k, "accuracy": round(self.held_out[f"vqa_acc_{k}"], 1),
+                 "text_only_guess": round(self.held_out[f"text_only_acc_{k}"], 1), "questions": self.held_out[f"n_{k}"]}
+                for k in kinds if f"vqa_acc_{k}" in self.held_out]
+        main = {k: v for k, v in self.held_out.items() if not any(k.endswith(f"_{kind}") for kind in kinds)}
+        return {"held_out": main, **({"held_out_by_question_type": rows} if rows else {})}
 
 
 MAX_LABELS = 100  # classify: one fused pass per label
@@ -140,7 +152,24 @@ def load_checkpoint(path: str | Path, arch: ModelConfig | None = None) -> Loaded
                               f"grounding and VQA models ({found.task} files are for `albef-lab evaluate`)")
     model = create_model(found.task, found.config)
     report = load_for_task(model, found.task, found.state_dict, fusion_layer=found.config.text.fusion_layer)
-    return Loaded(found.task, model.eval(), found.config, report, str(path), sha256(path), found.inferred)
+    return Loaded(found.task, model.eval(), found.config, report, str(path), sha256(path), found.inferred,
+                  last_evaluation(Path(path).parent / "metrics.jsonl"))
+
+
+def last_evaluation(metrics: Path) -> dict:
+    """The last `val_*` row of a run's metrics.jsonl, without the prefix ({} when there is none)."""
+    if not metrics.is_file():
+        return {}
+    last = {}
+    for line in metrics.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        vals = {k.removeprefix("val_"): v for k, v in row.items() if k.startswith("val_")}
+        if vals:
+            last = vals
+    return last
 
 
 # --- the gallery index --------------------------------------------------------------------------

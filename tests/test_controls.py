@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from albef_lab.eval.controls import text_only_accuracy, vqa_text_only_accuracy
+from albef_lab.eval.controls import text_only_accuracy, vqa_by_type, vqa_text_only_accuracy
 from albef_lab.eval.grounding import other_objects_texts, random_object_baseline, random_proposal_baseline
 from albef_lab.eval.retrieval import chance_recall, recall_metrics
 
@@ -81,6 +81,23 @@ def test_text_only_guesses_by_hand():
                 {"question": "q3", "answer": ["red"] * 10, "type": "colour"}]
     # per question: red (1.0), unseen -> blue (0.0) = 50 %; per type: colour -> blue = 0 %; the better one
     assert vqa_text_only_accuracy(vqa_train, vqa_test) == 50.0
+
+
+def test_vqa_by_type_by_hand():
+    train = [{"question": "what color is the circle", "answer": ["red"] * 10, "type": "colour"},
+             {"question": "how many shapes are there", "answer": ["2"] * 10, "type": "count"},
+             {"question": "how many shapes are there", "answer": ["2"] * 10, "type": "count"}]
+    test = [{"question_id": 1, "question": "what color is the circle", "answer": ["blue"] * 10, "type": "colour"},
+            {"question_id": 2, "question": "what color is the circle", "answer": ["red"] * 7 + ["blue"] * 3,
+             "type": "colour"},
+            {"question_id": 3, "question": "how many shapes are there", "answer": ["3"] * 10, "type": "count"},
+            {"question_id": 4, "question": "is there a star", "answer": ["no"] * 10}]  # no type: not counted
+    rows = vqa_by_type(train, test, {1: "blue", 2: "blue", 3: "2", 4: "no"})
+    assert list(rows) == ["colour", "count"]
+    # colour: "blue" is 1.0 on q1 and 0.9 on q2 (3 of 10 annotators: over the ten 9-annotator subsets, 7 keep all
+    # three (1.0) and 3 keep two (2/3)); the guess "red": 0 on q1, 1.0 on q2
+    assert rows["colour"] == {"acc": 95.0, "text_only": 50.0, "n": 2}
+    assert rows["count"] == {"acc": 0.0, "text_only": 0.0, "n": 1}
 
 
 def test_the_random_recall_bar_is_passed_by_random_scores_as_often_as_its_quantile_says():

@@ -1,5 +1,7 @@
 """The inference API the app and the notebooks share: inputs checked and converted, every tab's computation."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -288,3 +290,18 @@ def test_classify_at_the_command_line(wb, demo_files, capsys):
     assert "not found" in capsys.readouterr().err
     assert main(["classify", image, "--labels", "circle", "--checkpoint", str(pre), "--data", str(world)]) == 2
     assert "at least two" in capsys.readouterr().err
+
+
+def test_about_shows_the_vqa_model_per_question_type_beside_the_text_only_guess(wb):
+    """The VQA run's last evaluation (its metrics.jsonl beside the checkpoint): each type's accuracy and the
+    text-only guess on the same questions, and the questions counted add up to the whole test split."""
+    import json
+
+    vqa = next(x for x in wb.about() if x["task"] == "vqa")
+    rows = vqa["held_out_by_question_type"]
+    assert {r["type"] for r in rows} <= {"colour", "shape", "count", "exist", "relation"} and len(rows) >= 3
+    test = json.loads((Path(wb.vqa.path).parents[1] / "world" / "vqa_test.json").read_text())  # tests/helpers.py
+    assert sum(r["questions"] for r in rows) == len([e for e in test if e.get("answer")])
+    assert all(0 <= r["accuracy"] <= 100 and 0 <= r["text_only_guess"] <= 100 for r in rows)
+    assert "vqa_acc" in vqa["held_out"] and not any(k.endswith("_colour") for k in vqa["held_out"])
+    assert "held_out_by_question_type" not in next(x for x in wb.about() if x["task"] != "vqa")

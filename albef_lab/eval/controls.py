@@ -42,6 +42,19 @@ def vqa_text_only_accuracy(train: list[dict], test: list[dict]) -> float:
     return 100.0 * best / len(labelled)
 
 
+def vqa_by_type(train: list[dict], test: list[dict], predicted: dict) -> dict[str, dict]:
+    """Per question type (where the data names types, as ShapesWorld's): the model's VQA accuracy on that type's
+    questions, the text-only guess's on the same questions, and how many there are. `predicted`: question_id ->
+    answer."""
+    labelled = [e for e in test if e.get("answer") and "type" in e]
+    out = {}
+    for kind in sorted({e["type"] for e in labelled}):
+        mine = [e for e in labelled if e["type"] == kind]
+        acc = sum(vqa_accuracy(predicted[e["question_id"]], e["answer"]) for e in mine if e["question_id"] in predicted)
+        out[kind] = {"acc": 100.0 * acc / len(mine), "text_only": vqa_text_only_accuracy(train, mine), "n": len(mine)}
+    return out
+
+
 def random_mean_recall(n_images: int, texts_per_image: int, quantile: float, draws: int = 5000,
                        seed: int = 0) -> float:
     """The `quantile` of the mean of R@1/5/10 in both directions (percent) that random scores reach on a split of

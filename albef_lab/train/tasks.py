@@ -20,7 +20,7 @@ from albef_lab.data.formats import NLVR, VE, VQA_TRAIN, read_entries, read_json,
 from albef_lab.data.shards import ShardPretrainDataset
 from albef_lab.data.tokenizer import Tokenizer
 from albef_lab.data.transforms import ImageTextTransform, eval_transform
-from albef_lab.eval.controls import text_only_accuracy, vqa_text_only_accuracy
+from albef_lab.eval.controls import text_only_accuracy, vqa_by_type, vqa_text_only_accuracy
 from albef_lab.eval.retrieval import encode_split, recall_metrics, rerank_scores, zero_shot_eval
 from albef_lab.eval.vqa import majority_answer_accuracy, vqa_accuracy
 from albef_lab.files import write_text_atomic
@@ -174,9 +174,13 @@ class VQATask(Task):
                 counted += 1
         if self.out_dir is not None:  # written at every evaluation, not only at the end
             write_text_atomic(self.out_dir / "vqa_result.json", json.dumps(results))
+        train = read_entries(self.train_file, VQA_TRAIN)
+        by_type = vqa_by_type(train, test.entries, {r["question_id"]: r["answer"] for r in results})
+        per_type = {f"{k}_{kind}": v for kind, row in by_type.items() for k, v in
+                    (("vqa_acc", row["acc"]), ("text_only_acc", row["text_only"]), ("n", row["n"]))}
         return {"vqa_acc": 100.0 * score / max(1, counted), "answered": len(results),
                 "majority_answer_acc": majority_answer_accuracy(test.entries),
-                "text_only_acc": vqa_text_only_accuracy(read_entries(self.train_file, VQA_TRAIN), test.entries)}
+                "text_only_acc": vqa_text_only_accuracy(train, test.entries), **per_type}
 
 
 class ClassifyTask(Task):
