@@ -41,7 +41,7 @@ def user_errors(fn):
         try:
             out = fn(*args, **kwargs)
         except InputError as e:
-            raise gr.Error(str(e)) from e
+            raise gr.Error(str(e), print_exception=False) from e  # the person reads it; no traceback in the log
         return out
 
     return wrapper

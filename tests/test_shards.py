@@ -5,9 +5,11 @@ and counted, and under torchrun with 2 processes x 2 workers every sample is rea
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import tarfile
+import time
 import warnings
 from pathlib import Path
 
@@ -107,23 +109,69 @@ def test_missing_shards_and_finetuning_on_shards_are_refused(world, tmp_path):
         train(small_cfg(world, tmp_path / "r", "train.max_steps=1", f"data.shards={pattern}"), "retrieval")
 
 
-@pytest.mark.slow
-def test_two_processes_with_two_workers_read_every_sample_once_per_epoch(world, tmp_path):
-    entries = json.loads((world / "pretrain.json").read_text())[:32]  # 2 ranks x 2 batches of 8
-    (tmp_path / "pairs.json").write_text(json.dumps(entries))
-    pattern, _ = export_shards(tmp_path / "pairs.json", world, tmp_path / "s", per_shard=5, progress=False)
-    out = tmp_path / "ddp"
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+def torchrun(world: Path, out: Path, pattern: str, *extra: str, delay: float = 0.0, wait: bool = True):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), STEP_DELAY=str(delay))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(ROOT / "tests" / "dist_shard_reads.py"), str(world), str(out), *SMALL, f"data.shards={pattern}",
-           "data.num_workers=2", "train.epochs=2", "train.max_steps=0"]
+           str(ROOT / "tests" / "dist_shard_reads.py"), str(world), str(out), *extra, *SMALL,
+           f"data.shards={pattern}", "data.num_workers=2", "train.epochs=2", "train.max_steps=0", "train.save_every=1"]
+    if not wait:
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    reads = [line.split() for f in out.glob("reads-*.txt") for line in f.read_text().splitlines()]
-    readers = {(rank, pid) for rank, pid, _, _ in reads}
-    assert len({pid for _, pid in readers}) >= 4  # 2 ranks x 2 loader workers did the reading
-    keys = {e for _, _, _, e in reads}
+    return proc
+
+
+def reads(out: Path) -> list[list[str]]:
+    return [line.split() for f in out.glob("reads-*.txt") for line in f.read_text().splitlines()]
+
+
+def kill_every_process_of(out: Path) -> None:
+    """SIGKILL the agent, both ranks and their loader workers at once: every process whose command line names
+    `out` (torchrun's workers leave the agent's process group, so a group kill would miss them)."""
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and str(out).encode() in (proc / "cmdline").read_bytes():
+                os.kill(int(proc.name), signal.SIGKILL)
+        except (OSError, ProcessLookupError):
+            continue
+
+
+@pytest.fixture(scope="module")
+def pairs(world, tmp_path_factory) -> str:
+    """32 pairs (2 ranks x 2 batches of 8) in shards of 5."""
+    tmp = tmp_path_factory.mktemp("pairs")
+    (tmp / "pairs.json").write_text(json.dumps(json.loads((world / "pretrain.json").read_text())[:32]))
+    return export_shards(tmp / "pairs.json", world, tmp / "s", per_shard=5, progress=False)[0]
+
+
+@pytest.mark.slow
+def test_two_processes_with_two_workers_read_every_sample_once_per_epoch_and_resume_after_a_kill(world, pairs,
+                                                                                                  tmp_path):
+    whole = tmp_path / "whole"
+    torchrun(world, whole, pairs)
+    rows = reads(whole)
+    assert len({pid for _, pid, _, _ in rows}) >= 4  # 2 ranks x 2 loader workers did the reading
+    keys = sorted({k for *_, k in rows})
     assert len(keys) == 32
     for epoch in ("0", "1"):
-        per_epoch = sorted(k for _, _, ep, k in reads if ep == epoch)
-        assert per_epoch == sorted(keys), f"epoch {epoch}: a sample read twice or never"
+        assert sorted(k for _, _, ep, k in rows if ep == epoch) == keys, f"epoch {epoch}: a sample read twice or never"
+
+    killed = tmp_path / "killed"
+    proc = torchrun(world, killed, pairs, delay=2.0, wait=False)
+    try:
+        deadline = time.monotonic() + 240
+        while not (killed / "checkpoint_0000001.pth").is_file():  # half-way through epoch 0
+            assert proc.poll() is None and time.monotonic() < deadline, "the run ended before the moment to kill it"
+            time.sleep(0.01)
+        kill_every_process_of(killed)
+    finally:
+        proc.wait(30)
+    assert not (killed / "model.pth").exists()
+    killed_pids = {pid for _, pid, _, _ in reads(killed)}
+    torchrun(world, killed, pairs, "--resume", "auto")
+    resumed = [row for row in reads(killed) if row[1] not in killed_pids]
+    first_half = [k for _, _, ep, k in resumed if ep == "0"]
+    assert len(first_half) == len(set(first_half)) == 16  # the rest of epoch 0: its second batch on both ranks
+    assert sorted(k for _, _, ep, k in resumed if ep == "1") == keys  # then epoch 1, each sample once
+    final = [torch.load(d / "model.pth", weights_only=True)["model"] for d in (whole, killed)]
+    assert all(torch.equal(v, final[1][k]) for k, v in final[0].items())

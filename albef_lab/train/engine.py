@@ -162,6 +162,9 @@ class Trainer:
         self.ddp = DistributedDataParallel(
             self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
             broadcast_buffers=False, find_unused_parameters=unused) if self.world > 1 else None
+        if self.world > 1:  # rank 0's queues everywhere, once, as the original's DDP (broadcast_buffers) makes them:
+            for buf in self.model.buffers():  # each rank drew its own at init, and a resume loads rank 0's
+                dist.broadcast(buf, src=0)
         self.tb = None
         if self.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
