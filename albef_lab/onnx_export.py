@@ -152,13 +152,13 @@ def check_onnx(model: nn.Module, out_dir: str | Path, sizes: tuple[tuple[int, in
     out_dir = Path(out_dir)
     checks = []
     for name, part in PARTS.items():
-        session = ort.InferenceSession(str(out_dir / part.file), providers=["CPUExecutionProvider"])
+        runner = ort.InferenceSession(str(out_dir / part.file), providers=["CPUExecutionProvider"])
         wrapper = WRAPPERS[name](model).eval()
         for batch, length in sizes:
             inputs = sample_inputs(model, batch, length, seed)[name]
             with torch.no_grad():
                 want = wrapper(*(inputs[k] for k in part.inputs))
-            got = session.run(list(part.outputs), {k: v.numpy() for k, v in inputs.items()})
+            got = runner.run(list(part.outputs), {k: v.numpy() for k, v in inputs.items()})
             want = want if isinstance(want, tuple) else (want,)
             for out, w, o in zip(part.outputs, want, got, strict=True):
                 rel = float(np.abs(o - w.numpy()).max() / max(float(w.abs().max()), 1e-12))

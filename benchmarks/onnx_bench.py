@@ -49,14 +49,14 @@ def bench(preset: str, sizes: list[int], length: int, repeats: int) -> list[floa
         opts.intra_op_num_threads = torch.get_num_threads()
         print(f"{'part':<6} {'batch':>5} {'length':>6} {'torch ms':>9} {'ort ms':>9} {'ratio':>6}")
         for name, part in PARTS.items():
-            session = ort.InferenceSession(f"{out}/{part.file}", opts, providers=["CPUExecutionProvider"])
+            runner = ort.InferenceSession(f"{out}/{part.file}", opts, providers=["CPUExecutionProvider"])
             wrapper = WRAPPERS[name](model).eval()
             for batch in sizes:
                 x = sample_inputs(model, batch, length)[name]
                 feed = {k: v.numpy() for k, v in x.items()}
                 with torch.no_grad():
                     t_torch = timed(lambda: wrapper(*(x[k] for k in part.inputs)), repeats)  # noqa: B023
-                t_ort = timed(lambda: session.run(None, feed), repeats)  # noqa: B023
+                t_ort = timed(lambda: runner.run(None, feed), repeats)  # noqa: B023
                 ratios.append(t_torch / t_ort)
                 print(f"{name:<6} {batch:>5} {length if name != 'image' else '-':>6} {1e3 * t_torch:>9.1f} "
                       f"{1e3 * t_ort:>9.1f} {t_torch / t_ort:>6.2f}")

@@ -40,8 +40,8 @@ def test_every_part_equals_torch_at_new_batch_and_length(exported):
     for (batch, length), seed in (((5, 17), 3), ((1, 30), 4)):
         inputs = sample_inputs(model, batch, length, seed)
         for name, part in PARTS.items():
-            session = ort.InferenceSession(str(out / manifest["files"][name]), providers=["CPUExecutionProvider"])
-            got = session.run(None, {k: v.numpy() for k, v in inputs[name].items()})
+            runner = ort.InferenceSession(str(out / manifest["files"][name]), providers=["CPUExecutionProvider"])
+            got = runner.run(None, {k: v.numpy() for k, v in inputs[name].items()})
             want = the_model(model, name, inputs[name])
             assert [g.shape for g in got] == [tuple(w.shape) for w in want]
             for out_name, g, w in zip(part.outputs, got, want, strict=True):
