@@ -16,6 +16,7 @@ from albef_lab.config import Config
 from albef_lab.data.tokenizer import load_tokenizer
 from albef_lab.inference import InputError, Loaded, Workbench, folder_images, load_checkpoint
 from albef_lab.shapesworld.config import finetune_config, load_config, tiny, with_overrides
+from albef_lab.train.plot import read_metrics
 
 # On 2 CPU cores; world generation and the two evaluations come on top (~1 minute).
 PRETRAIN_MINUTES = 9.0  # the tiny recipe's whole run: the image encoder's warm-up and the last ITM step included
@@ -114,7 +115,6 @@ class Stage:
     unlocks: str  # the tabs that need it
     state: str = "waiting"  # waiting | running | done | failed
     started: float = 0.0
-    finished: float = 0.0
     detail: str = ""
 
 
@@ -154,14 +154,14 @@ class DemoBuild:
                 print(f"[demo] gallery: skipped {len(wb.gallery.skipped)} unreadable file(s), e.g. "
                       f"{next(iter(wb.gallery.skipped.items()))}")
             self.wb = wb
-            stage.state, stage.finished = "done", time.monotonic()
+            stage.state = "done"
             stage = self.stages["vqa"]
             stage.state, stage.started = "running", time.monotonic()
             self.vqa_step(self.paths, self.progress, self.extra)
             vqa = load_checkpoint(self.paths.vqa)
             vqa.model.to(self.wb.device).eval()
             self.wb.vqa = vqa
-            stage.state, stage.finished = "done", time.monotonic()
+            stage.state = "done"
         except Exception as e:  # the page says so, and the tabs that need the model
             stage.state, stage.detail = "failed", f"{type(e).__name__}: {e}"
             self.error = f"the demo's build failed in {stage.label}: {stage.detail} (the server's log has the rest)"
@@ -215,15 +215,9 @@ class DemoBuild:
 
 
 def last_step(metrics: Path) -> int:
-    """The last optimiser step a run logged (0 before its first)."""
-    step = 0
-    if metrics.is_file():
-        for line in metrics.read_text().splitlines():
-            try:
-                step = int(json.loads(line).get("step", step))
-            except (ValueError, AttributeError):
-                continue  # a line being written
-    return step
+    """The last optimiser step a run (perhaps still writing) logged; 0 before its first."""
+    rows = read_metrics(metrics, running=True) if metrics.is_file() else []
+    return next((int(r["step"]) for r in reversed(rows) if "step" in r), 0)
 
 
 def world_texts(data: Path) -> tuple[list[str], list[str], list[Path]]:

@@ -29,6 +29,7 @@ from albef_lab.eval.grounding import best_proposal
 from albef_lab.models.base import eval_mode
 from albef_lab.models.checkpoint import CheckpointError, LoadReport, load_for_task, recognise, save_atomic
 from albef_lab.models.factory import create_model
+from albef_lab.train.plot import read_metrics
 from albef_lab.viz.gradcam import cross_attention_layers, default_itm_layer, itc_gradcam, itm_gradcam, upsample
 
 MAX_PIXELS = 120_000_000  # larger uploads are refused (a 40-megapixel photo is fine)
@@ -158,18 +159,9 @@ def load_checkpoint(path: str | Path, arch: ModelConfig | None = None) -> Loaded
 
 def last_evaluation(metrics: Path) -> dict:
     """The last `val_*` row of a run's metrics.jsonl, without the prefix ({} when there is none)."""
-    if not metrics.is_file():
-        return {}
-    last = {}
-    for line in metrics.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        vals = {k.removeprefix("val_"): v for k, v in row.items() if k.startswith("val_")}
-        if vals:
-            last = vals
-    return last
+    rows = read_metrics(metrics, running=True) if metrics.is_file() else []
+    evals = ({k.removeprefix("val_"): v for k, v in r.items() if k.startswith("val_")} for r in reversed(rows))
+    return next((e for e in evals if e), {})
 
 
 # --- the gallery index --------------------------------------------------------------------------

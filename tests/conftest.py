@@ -36,6 +36,17 @@ def pytest_collection_modifyitems(config, items):
     items[:] = trained[:1] + slow + rest + trained[1:]
 
 
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    """A small ShapesWorld (20 images at 32 px) for the engine's, resume's and shards' tests; a module that needs
+    another world defines its own `world`."""
+    from albef_lab.shapesworld.export import WorldSettings, write_world
+
+    out = tmp_path_factory.mktemp("w")
+    write_world(WorldSettings(out=str(out), images=20, seed=2, res=32, workers=1), progress=False)
+    return out
+
+
 @pytest.fixture(scope="session")
 def demo_files(tmp_path_factory):
     """(world, pre-training model, VQA model): briefly trained tiny models for the app's tests, built once."""

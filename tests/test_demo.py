@@ -110,3 +110,19 @@ def test_a_stopped_build_resumes_from_its_last_checkpoint(tmp_path, demo_files, 
     pretrain_demo_model(paths, progress=False, extra=extra)
     assert re.search(r"resumed from \S+checkpoint_0000002.pth at step 2", capsys.readouterr().out)
     assert paths.pretrain.is_file()
+
+
+def test_a_half_written_last_metrics_line_is_left_out_while_a_run_writes(tmp_path):
+    import json
+
+    from albef_lab.demo import last_step
+    from albef_lab.inference import last_evaluation
+    from albef_lab.train.plot import read_metrics
+
+    metrics = tmp_path / "metrics.jsonl"
+    rows = [{"step": 5, "loss": 1.0}, {"step": 5, "val_vqa_acc": 40.0}, {"step": 10, "loss": 0.5}]
+    metrics.write_text("\n".join(json.dumps(r) for r in rows) + '\n{"step": 15, "lo')
+    assert last_step(metrics) == 10 and last_evaluation(metrics) == {"vqa_acc": 40.0}
+    assert last_step(tmp_path / "none.jsonl") == 0 and last_evaluation(tmp_path / "none.jsonl") == {}
+    with pytest.raises(ValueError):
+        read_metrics(metrics)  # a finished run's file must parse whole

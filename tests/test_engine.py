@@ -11,20 +11,12 @@ import torch
 
 from albef_lab.config import preset
 from albef_lab.models.factory import create_model
-from albef_lab.shapesworld.export import WorldSettings, write_world
 from albef_lab.train import engine as E
 from albef_lab.train.data import ResumableSampler
 from albef_lab.train.schedule import alpha_at, lr_at, param_groups
 from tests.helpers import SMALL, small_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("w")
-    write_world(WorldSettings(out=str(out), images=20, seed=2, res=32, workers=1), progress=False)
-    return out
-
 
 def losses(run: Path) -> dict[int, float]:
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]

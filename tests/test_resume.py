@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from albef_lab.shapesworld.export import WorldSettings, write_world
 from tests.helpers import SMALL
 
 pytestmark = pytest.mark.slow
@@ -26,13 +25,6 @@ RESUMED = re.compile(r"resumed from (\S+) at step (\d+)")
 # the tiny recipe's two stages around pre-training, shrunk: a vision warm-up and the last ITM step
 STAGES = ["model.vision.conv_stem=true", "shapesworld.warmup_steps=150", "shapesworld.itm_finish_steps=200",
           "shapesworld.itm_finish_mined=2"]
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("w")
-    write_world(WorldSettings(out=str(out), images=20, seed=2, res=32, workers=1), progress=False)
-    return out
 
 
 def command(world: Path, out: Path, *extra: str) -> list[str]:

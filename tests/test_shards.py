@@ -19,18 +19,10 @@ import torch
 from albef_lab.cli import main
 from albef_lab.data.shards import ShardPretrainDataset, export_shards, shard_files
 from albef_lab.data.transforms import ImageTextTransform
-from albef_lab.shapesworld.export import WorldSettings, write_world
 from albef_lab.train.engine import train
 from tests.helpers import SMALL, small_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("w")
-    write_world(WorldSettings(out=str(out), images=20, seed=2, res=32, workers=1), progress=False)
-    return out
 
 
 def transform():

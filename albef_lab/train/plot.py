@@ -6,13 +6,20 @@ import json
 from pathlib import Path
 
 
-def read_metrics(path: str | Path) -> list[dict]:
+def read_metrics(path: str | Path, running: bool = False) -> list[dict]:
+    """A run's rows. `running`: the run may be writing its last line right now; a half-written one is left out."""
     path = Path(path)
     if path.is_dir():
         path = path / "metrics.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"no metrics file at {path}")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    if running and lines:
+        try:
+            json.loads(lines[-1])
+        except ValueError:
+            lines.pop()
+    return [json.loads(line) for line in lines]
 
 
 def plot_metrics(run: str | Path, out: str | Path | None = None) -> Path:
