@@ -71,8 +71,8 @@ def cmd_make_world(args: argparse.Namespace) -> int:
     from albef_lab.shapesworld.export import WorldSettings, write_world
 
     s = WorldSettings(out=args.out, seed=args.seed, images=args.images, res=args.res, noise=args.noise,
-                      caption_kinds=tuple(k.strip() for k in args.captions.split(",") if k.strip()),
-                      workers=args.workers)
+                      noise_style=args.noise_style, workers=args.workers,
+                      caption_kinds=tuple(k.strip() for k in args.captions.split(",") if k.strip()))
     t0 = time.perf_counter()
     counts = write_world(s, progress=not args.quiet)
     print(f"ShapesWorld written to {args.out} in {time.perf_counter() - t0:.1f}s")
@@ -272,6 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", type=int, default=3000)
     p.add_argument("--res", type=int, default=64, help="image size in pixels")
     p.add_argument("--noise", type=float, default=0.0, help="fraction of pre-training captions corrupted")
+    p.add_argument("--noise-style", choices=["replace", "web"], default="replace",
+                   help="replace: a wholly wrong caption; web: a partly right one, its false words recorded")
     p.add_argument("--captions", default="listing,count,single,relation",
                    help="the kinds of caption, comma-separated (listing,relation: captions true of few scenes)")
     p.add_argument("--workers", type=int, default=2, help="processes that render images")

@@ -413,3 +413,95 @@ def test_the_default_caption_kinds_are_written_alike_in_the_world_the_config_and
 
     assert WorldConfig().caption_kinds == list(W.CAPTION_KINDS)
     assert build_parser().parse_args(["make-world"]).captions == ",".join(W.CAPTION_KINDS)
+
+
+# sha256 over (relative path, bytes) of every file of a 40-image world, seed 0, as it was before web-like noise
+CLEAN_WORLD_SHA = {0.0: "b8de2f24310540bcc399f7968743c7d5d9830eba6e119463015867531bae8170",
+                   0.3: "b6070f2d8acafd5c18f8b150a7dff1875b870794e8e892097ef9b2e598b11daa"}
+
+
+def tree_sha(root: Path, skip: tuple[str, ...] = ()) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted(p for p in root.rglob("*") if p.is_file() and p.name not in skip):
+        h.update(str(f.relative_to(root)).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+@pytest.mark.parametrize("noise", sorted(CLEAN_WORLD_SHA))
+def test_worlds_without_web_noise_are_unchanged_byte_for_byte(tmp_path, noise):
+    write_world(WorldSettings(out=str(tmp_path / "w"), images=40, noise=noise, workers=1), progress=False)
+    assert tree_sha(tmp_path / "w") == CLEAN_WORLD_SHA[noise]
+
+
+def test_web_noise_at_zero_leaves_every_caption_as_a_clean_world(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    write_world(WorldSettings(out=str(a), images=40, workers=1), progress=False)
+    write_world(WorldSettings(out=str(b), images=40, noise_style="web", workers=1), progress=False)
+    assert tree_sha(a, skip=("world.json",)) == tree_sha(b, skip=("world.json",))
+    assert load(b, "world.json")["settings"]["noise_style"] == "web"
+
+
+ATTRIBUTE_WORDS = {"small", "large"} | COLOURS | SHAPES
+DIRECTION = {"left", "right", "above", "below"}
+
+
+def phrase_around(words: list[str], i: int) -> tuple[int, int]:
+    """The run of size/colour/shape words holding word i."""
+    a, b = i, i + 1
+    while a > 0 and words[a - 1] in ATTRIBUTE_WORDS:
+        a -= 1
+    while b < len(words) and words[b] in ATTRIBUTE_WORDS:
+        b += 1
+    return a, b
+
+
+@pytest.fixture(scope="module")
+def web_world(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("web")
+    write_world(WorldSettings(out=str(out), images=200, seed=7, noise=0.5, noise_style="web", workers=1),
+                progress=False)
+    return out
+
+
+def test_web_noise_records_exactly_the_words_that_are_false_of_the_scene(web_world):
+    """Every recorded false word sits in a phrase that names no object of the scene (or is the direction of a
+    relation that does not hold); putting the recorded true word back makes the caption true; and every phrase
+    naming no object is recorded. Checked with this file's own parser."""
+    scenes, pre = load(web_world, "scenes.json"), load(web_world, "pretrain.json")
+    kinds = Counter(p["noise"] for p in pre)
+    assert set(kinds) == {"none", "extra", "attribute", "minor", "other"} and min(kinds.values()) > 20, kinds
+    assert len(pre) - kinds["none"] == round(0.5 * len(pre))
+    n_false = 0
+    for p in pre:
+        sc, words = scenes[p["image_id"]], p["caption"].replace(",", "").split()
+        if p["noise"] == "none":
+            assert "false_words" not in p and caption_true(sc, p["caption"])
+            continue
+        flagged = {i for i, _ in p["false_words"]}
+        n_false += len(flagged)
+        assert caption_true(sc, p["caption"]) == (not flagged), p  # noisy means false, save a true "minor" one
+        for i, truth in p["false_words"]:
+            if words[i] in DIRECTION:
+                assert p["noise"] == "other" and not caption_true(sc, p["caption"]), p
+                continue
+            a, b = phrase_around(words, i)
+            assert words[i] in ATTRIBUTE_WORDS and not find(sc, " ".join(words[a:b])), p
+            if truth is None:  # no one word to blame: the whole phrase is false
+                assert set(range(a, b)) <= flagged, p
+            else:
+                fixed = " ".join(words[:i] + [truth] + words[i + 1:])
+                assert find(sc, " ".join(words[a:i] + [truth] + words[i + 1:b])) and caption_true(sc, fixed), p
+        for i, w in enumerate(words):  # no phrase naming nothing left without a false word
+            span = range(*phrase_around(words, i))
+            if w in ATTRIBUTE_WORDS and not find(sc, " ".join(words[j] for j in span)):
+                assert flagged & set(span), (p, w)
+        if p["noise"] == "attribute":
+            assert len(p["false_words"]) == 1 and p["false_words"][0][1] is not None, p
+        if p["noise"] == "minor":
+            assert not flagged and len(sc["objects"]) > 1 and re.fullmatch(r"there is an? small \w+ \w+", p["caption"])
+    counts = load(web_world, "world.json")["counts"]
+    assert counts["false_words"] == n_false > 0
+    assert counts["pretrain_words"] == sum(len(p["caption"].split()) for p in pre)

@@ -37,6 +37,7 @@ class WorldConfig:
     res: int = 64
     seed: int = 0
     noise: float = 0.0  # share of pre-training captions replaced by a wrong one
+    noise_style: str = "replace"  # replace: a wholly wrong caption; web: partly right, its false words recorded
     # what captions say (world.CAPTION_KINDS); [listing, relation]: captions true of few scenes (docs/itm_recipe.md)
     caption_kinds: list[str] = field(default_factory=lambda: ["listing", "count", "single", "relation"])
 

@@ -35,6 +35,9 @@ def world_version(root: str | Path) -> int | None:
     return json.loads(path.read_text())["settings"].get("version", 1)
 
 
+NOISE_STYLES = ("replace", "web")
+
+
 @dataclass
 class WorldSettings:
     out: str = "data/shapesworld"
@@ -42,6 +45,9 @@ class WorldSettings:
     images: int = 3000
     res: int = 64
     noise: float = 0.0  # fraction of pre-training captions corrupted
+    # replace: a wholly wrong caption (world.NOISE_KINDS); web: a partly right one with its false words recorded
+    # (world.WEB_NOISE_KINDS)
+    noise_style: str = "replace"
     captions_per_image: int = 3  # pre-training / retrieval train
     test_captions: int = 5  # retrieval val/test, as COCO
     questions_per_image: int = 2
@@ -85,6 +91,8 @@ def write_world(s: WorldSettings, progress: bool = True) -> dict:
     """Generate scenes, render images, and write every task's annotations. Returns the counts."""
     if not 0.0 <= s.noise <= 1.0:
         raise ValueError(f"noise must be a fraction in [0, 1], got {s.noise}")
+    if s.noise_style not in NOISE_STYLES:
+        raise ValueError(f"noise_style must be one of {list(NOISE_STYLES)}, got {s.noise_style!r}")
     if s.images < 10:
         raise ValueError("a world needs at least 10 images (train/val/test splits)")
     if not s.caption_kinds or set(s.caption_kinds) - set(W.CAPTION_KINDS):
@@ -107,6 +115,8 @@ def write_world(s: WorldSettings, progress: bool = True) -> dict:
     settings = {k: v for k, v in vars(s).items() if k not in ("workers", "out")} | {"version": VERSION}
     if tuple(s.caption_kinds) == W.CAPTION_KINDS:  # a default world's world.json stays as it was
         settings.pop("caption_kinds")
+    if s.noise_style == "replace":
+        settings.pop("noise_style")
     _dump(out / "world.json", {"settings": settings, "counts": counts})
     return counts
 
@@ -145,13 +155,21 @@ def caption_files(p: Plan) -> tuple[dict, dict]:
     for k in noise_rng.sample(range(len(pretrain)), n_noisy):
         i = pretrain[k]["image_id"]
         other = p.scenes[noise_rng.choice([j for j in p.by_split["train"] if j != i] or [i])]
-        pretrain[k]["caption"], pretrain[k]["noise"] = W.corrupt_caption(p.scenes[i], other, noise_rng)
+        if s.noise_style == "web":
+            pretrain[k]["caption"], pretrain[k]["noise"], pretrain[k]["false_words"] = W.web_noise(
+                p.scenes[i], other, noise_rng)
+        else:
+            pretrain[k]["caption"], pretrain[k]["noise"] = W.corrupt_caption(p.scenes[i], other, noise_rng)
     for part in ("val", "test"):
         for i in p.by_split[part]:
             coco[part].append({"image": img[i], "caption": W.captions(p.scenes[i], p.rng(i, "caption"),
                                                                       s.test_captions, s.caption_kinds)})
     files = {"pretrain.json": pretrain, **{f"coco_{part}.json": coco[part] for part in coco}}
-    return files, {"pretrain_pairs": len(pretrain), "noisy_captions": n_noisy}
+    counts = {"pretrain_pairs": len(pretrain), "noisy_captions": n_noisy}
+    if s.noise_style == "web":  # the noise in words: what a teacher that reads the image could correct
+        counts["pretrain_words"] = sum(len(e["caption"].split()) for e in pretrain)
+        counts["false_words"] = sum(len(e.get("false_words", [])) for e in pretrain)
+    return files, counts
 
 
 def vqa_files(p: Plan) -> tuple[dict, dict]:
@@ -248,6 +266,7 @@ def ensure_world(root: str | Path, world, train_file: str | Path, progress: bool
             why = f"was made by generator version {old}, this is {VERSION}" if stale else "not found"
             print(f"ShapesWorld at {root} {why}: generating {world.images} images ...")
             write_world(WorldSettings(out=str(root), seed=world.seed, images=world.images, res=world.res,
-                                      noise=world.noise, caption_kinds=tuple(world.caption_kinds)), progress=progress)
+                                      noise=world.noise, noise_style=world.noise_style,
+                                      caption_kinds=tuple(world.caption_kinds)), progress=progress)
     if barrier is not None:
         barrier()

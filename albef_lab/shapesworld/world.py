@@ -387,6 +387,79 @@ def corrupt_caption(scene: Scene, other: Scene, rng: random.Random, kind: str | 
     return caption(other, rng), "unrelated"
 
 
+# Web alt-text is mostly partly right: a true caption with a false clause, one attribute wrong, only a minor object
+# named, or another image's caption (the paper's ice-cream seller too small to see)
+WEB_NOISE_KINDS = ["extra", "attribute", "minor", "other"]
+_PHRASE_WORDS = set(SIZES) | set(COLOURS) | set(SHAPES)
+
+
+def phrase_spans(words: list[str]) -> list[tuple[int, int]]:
+    """[start, end) of each object phrase ('a [size] colour shape') in a caption's words, the article left out."""
+    spans, start = [], None
+    for i, w in enumerate([*words, "."]):
+        if w in _PHRASE_WORDS:
+            start = i if start is None else start
+        elif start is not None:
+            spans.append((start, i))
+            start = None
+    return spans
+
+
+def _names_an_object(scene: Scene, words: list[str]) -> bool:
+    return bool(_objects_matching(scene, _match_phrase(words)))
+
+
+def web_noise(scene: Scene, other: Scene, rng: random.Random, kind: str | None = None) -> tuple[str, str, list]:
+    """A partly right caption of `scene` (a kind of `WEB_NOISE_KINDS`) and its false words: [[index, the scene's
+    word there or None], ...], indexing the caption's words with commas dropped. A word is false when the object
+    phrase it is in names no object of the scene (or, for a direction, when no named pair stands that way)."""
+    kind = kind or rng.choice(WEB_NOISE_KINDS)
+    objs = scene.objects
+    if kind == "minor":  # every word true, the main object missing
+        if any(o.size == "large" for o in objs) and any(o.size == "small" for o in objs):
+            o = rng.choice([o for o in objs if o.size == "small"])
+            return f"there is {_with_article(o.phrase())}", kind, []
+        kind = "attribute"
+    if kind == "attribute":
+        text = caption(scene, rng, ("listing", "single", "relation"))
+        words = text.replace(",", "").split()
+        edits = []
+        for a, b in phrase_spans(words):
+            for i in range(a, b):
+                pool = COLOURS if words[i] in COLOURS else SHAPES if words[i] in SHAPES else ()
+                for alt in pool:
+                    edited = words[:i] + [alt] + words[i + 1:]
+                    if alt != words[i] and _plausible(edited) and not _names_an_object(scene, edited[a:b]):
+                        edits.append((i, alt))
+        if edits:
+            i, alt = rng.choice(edits)
+            edited = _fix_articles(words[:i] + [alt] + words[i + 1:])  # 'a red' -> 'an orange'
+            tokens = [w + ("," if t.endswith(",") else "") for w, t in zip(edited, text.split(), strict=True)]
+            return " ".join(tokens), kind, [[i, words[i]]]
+        kind = "extra"
+    if kind == "extra":  # a true listing and a false clause
+        shown = rng.sample(objs, min(len(objs), 2))
+        present = {(o.colour, o.shape) for o in objs}
+        colour, shape = rng.choice([(c, s) for s in SHAPES for c in COLOURS if (c, s) not in present])
+        parts = [_with_article(o.phrase(rng.random() < 0.5)) for o in shown]
+        text = ", ".join(parts) + f" and {_with_article(colour)} {shape}"
+        n = len(text.replace(",", "").split())
+        return text, kind, [[n - 2, None], [n - 1, None]]
+    text = caption(other, rng, ("listing", "single", "relation"))
+    return text, "other", false_words(scene, text)
+
+
+def false_words(scene: Scene, text: str) -> list:
+    """The words of a caption that are false of `scene`: those of each object phrase naming no object, else (a
+    relation whose objects are there) the direction's word when the relation holds for no named pair."""
+    words = text.replace(",", "").split()
+    spans = phrase_spans(words)
+    out = [[i, None] for a, b in spans if not _names_an_object(scene, words[a:b]) for i in range(a, b)]
+    if not out and not caption_holds(scene, text):
+        out = [[i, None] for i, w in enumerate(words) if w in ("left", "right", "above", "below")]
+    return out
+
+
 def vqa_item(scene: Scene, rng: random.Random) -> dict:
     """A question with its true answer and type (colour, shape, count, exist, relation)."""
     objs = scene.objects
