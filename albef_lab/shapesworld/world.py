@@ -371,12 +371,17 @@ def choose_edit(edits: dict[str, list[str]], u: float) -> str | None:
     return options[min(int((u * len(kinds) - k) * len(options)), len(options) - 1)]
 
 
+def _absent_pair(scene: Scene, rng: random.Random) -> tuple[str, str]:
+    """A (shape, colour) the scene does not hold, drawn uniformly."""
+    present = {(o.shape, o.colour) for o in scene.objects}
+    return rng.choice([(s, c) for s in SHAPES for c in COLOURS if (s, c) not in present])
+
+
 def corrupt_caption(scene: Scene, other: Scene, rng: random.Random, kind: str | None = None) -> tuple[str, str]:
     """A caption that is wrong the way web alt-text is: an absent object, a swapped attribute, unrelated."""
     kind = kind or rng.choice(NOISE_KINDS)
     if kind == "absent":
-        present = {(o.shape, o.colour) for o in scene.objects}
-        shape, colour = rng.choice([(s, c) for s in SHAPES for c in COLOURS if (s, c) not in present])
+        shape, colour = _absent_pair(scene, rng)
         fake = Obj(shape, colour, rng.choice(list(SIZES)), (0, 0, 0, 0))
         return f"there is {_with_article(fake.phrase(False))}", kind
     if kind == "swap":
@@ -439,8 +444,7 @@ def web_noise(scene: Scene, other: Scene, rng: random.Random, kind: str | None =
         kind = "extra"
     if kind == "extra":  # a true listing and a false clause
         shown = rng.sample(objs, min(len(objs), 2))
-        present = {(o.colour, o.shape) for o in objs}
-        colour, shape = rng.choice([(c, s) for s in SHAPES for c in COLOURS if (c, s) not in present])
+        shape, colour = _absent_pair(scene, rng)
         parts = [_with_article(o.phrase(rng.random() < 0.5)) for o in shown]
         text = ", ".join(parts) + f" and {_with_article(colour)} {shape}"
         n = len(text.replace(",", "").split())
@@ -456,7 +460,7 @@ def false_words(scene: Scene, text: str) -> list:
     spans = phrase_spans(words)
     out = [[i, None] for a, b in spans if not _names_an_object(scene, words[a:b]) for i in range(a, b)]
     if not out and not caption_holds(scene, text):
-        out = [[i, None] for i, w in enumerate(words) if w in ("left", "right", "above", "below")]
+        out = [[i, None] for i, w in enumerate(words) if w in EDIT_KINDS["direction"]]
     return out
 
 
